@@ -1,0 +1,83 @@
+"""`hfscratch <command>`: one entry point that lists every pipeline stage.
+
+Each stage module exposes `add_arguments(parser)` and `run(args) -> int`; this file only wires them up
+and turns `HfscratchError` into a one-line message with exit code 2 (`--debug` shows the traceback).
+Stage modules are imported lazily so `hfscratch --help` stays fast and one broken extra does not
+take down the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import HfscratchError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("hfscratch.data.cli", "prepare data: clean (datatrove), train a tokenizer, tokenize and pack"),
+    "pretrain": ("hfscratch.training.cli", "pretrain a model (same as `accelerate launch recipes/pretrain.py`)"),
+    "sft": ("hfscratch.alignment.cli_sft", "supervised fine-tuning with TRL (same as recipes/sft.py)"),
+    "dpo": ("hfscratch.alignment.cli_dpo", "direct preference optimisation with TRL (same as recipes/dpo.py)"),
+    "grpo": ("hfscratch.alignment.cli_grpo", "GRPO with a verifiable math reward (same as recipes/grpo.py)"),
+    "merge": ("hfscratch.alignment.merge", "merge a LoRA adapter into a standalone checkpoint"),
+    "eval": ("hfscratch.evaluation.cli", "evaluate with lm-eval (GSM8K, HellaSwag, ARC, ...) and bits-per-byte"),
+    "chat": ("hfscratch.chat", "chat with a model in the terminal (streamed)"),
+    "push": ("hfscratch.hub", "push a model folder to the Hugging Face Hub"),
+    "export": ("hfscratch.export", "export to a stock transformers architecture (llama, qwen3)"),
+}
+
+
+def _available_commands() -> dict[str, tuple[str, str]]:
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found[name] = (module, help_text)
+        except ModuleNotFoundError:
+            continue
+    return found
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    parser = argparse.ArgumentParser(prog="hfscratch", description="Build, train, align, evaluate and publish your own LLM.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    modules = {}
+    for name, (module, help_text) in _available_commands().items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, modules = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in modules:
+        # Let the stage module add its own arguments only for the command being run.
+        stage = importlib.import_module(modules[command])
+        stage.add_arguments(parser._subparsers._group_actions[0].choices[command])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    debug = getattr(args, "debug", False) or "--debug" in argv
+    try:
+        return int(stage.run(args) or 0)
+    except HfscratchError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
