@@ -1,0 +1,111 @@
+"""Parse a recipe's YAML config plus CLI overrides into dataclasses, alignment-handbook style.
+
+`--config recipes/configs/x.yaml --learning_rate 1e-3` : the YAML gives defaults, the CLI wins.
+Unknown keys and values of the wrong type are one-line `ConfigError`s naming the key and the fix,
+rather than HfArgumentParser's tracebacks (which also accept silently-ignored YAML keys when asked).
+The YAML values are turned into `--key value` arguments placed before the CLI ones, so argparse checks
+YAML and CLI values with the same field types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from .errors import ConfigError
+
+
+def _field_names(dataclass_types) -> dict[str, type]:
+    names = {}
+    for dtype in dataclass_types:
+        for field in dataclasses.fields(dtype):
+            if field.init:
+                names[field.name] = dtype
+    return names
+
+
+def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        elif isinstance(value, (list, tuple)):
+            if value:
+                argv += [f"--{key}", *[json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in value]]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML with --config (see recipes/configs/)")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config file {path} must be a YAML mapping of key: value, got {type(config).__name__}")
+    return config
+
+
+def parse_recipe_args(dataclass_types, argv: list[str] | None = None, prog: str | None = None):
+    """Return one instance per dataclass type from `--config YAML` and CLI overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a path to a YAML file, e.g. --config recipes/configs/pretrain_tiny.yaml")
+        config_path = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
+    known = _field_names(dataclass_types)
+    yaml_argv: list[str] = []
+    if config_path is not None:
+        config = load_yaml_config(config_path)
+        for key in config:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError(f"unknown key {key!r} in {config_path}{hint}; remove it or fix its name")
+        yaml_argv = _yaml_to_argv(config)
+    for arg in argv:
+        if arg.startswith("--") and "=" not in arg and arg[2:] not in known and arg[2:] not in ("help", "debug"):
+            close = difflib.get_close_matches(arg[2:], known, n=3)
+            hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
+            raise ConfigError(f"unknown option {arg}{hint}; see --help for the options")
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+    def error(message: str):  # argparse would print usage and exit; we want one line and ConfigError
+        raise ConfigError(f"{message} (source: {'YAML ' + config_path + ' or ' if config_path else ''}command line)")
+
+    parser.error = error
+    outputs = parser.parse_args_into_dataclasses(args=yaml_argv + argv, return_remaining_strings=False)
+    return outputs[:-1] if len(outputs) > len(dataclass_types) else outputs
+
+
+def run_recipe(main, argv: list[str] | None = None) -> None:
+    """Run a recipe's `main()`, turning `HfscratchError` into one line on stderr and exit code 2."""
+    from .errors import HfscratchError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        main(argv)
+    except HfscratchError as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
