@@ -315,18 +315,21 @@ class HfscratchModel(HfscratchPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
+        caller_cache = past_key_values
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
-        # With no attention_mask and restarting position_ids, this mask keeps packed documents apart.
+        # With no attention_mask and restarting position_ids, this mask keeps packed documents apart. The
+        # mask builder only looks for packing when it gets no cache, so a cache we just created (empty, so
+        # it changes nothing else) is not passed: a packed forward stays correct with use_cache=True too.
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            past_key_values=caller_cache,
             position_ids=position_ids,
         )
         hidden_states = inputs_embeds
