@@ -1,0 +1,74 @@
+"""`hfscratch data`: clean, train a tokenizer, tokenize and pack (same as `python recipes/prepare_data.py`).
+
+    hfscratch data                                              # embedded synthetic math -> data/synthetic_math/
+    hfscratch data --config recipes/configs/data_gutenberg.yaml --vocab_size 8192
+
+`DataConfig`'s fields become options only so `--help` lists them; the values go back through
+`parse_recipe_args`, so YAML and command-line values are checked by one parser with the same one-line errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def _kind(annotation) -> str:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "list" if text.startswith("list") else "bool" if text.startswith("bool") else "value"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .prepare import DataConfig
+
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help="YAML config (e.g. recipes/configs/data_gutenberg.yaml); options below override it")
+    group = parser.add_argument_group("DataConfig")
+    for f in dataclasses.fields(DataConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
+        kind = _kind(f.type)
+        if kind == "list":
+            group.add_argument(f"--{f.name}", nargs="*", default=argparse.SUPPRESS, help=help_text)
+        elif kind == "bool":
+            group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=help_text)
+
+
+def namespace_to_argv(args: argparse.Namespace) -> list[str]:
+    from .prepare import DataConfig
+
+    argv: list[str] = []
+    if getattr(args, "config", None):
+        argv += ["--config", args.config]
+    for f in dataclasses.fields(DataConfig):
+        if hasattr(args, f.name):
+            value = getattr(args, f.name)
+            argv += [f"--{f.name}", *value] if isinstance(value, list) else [f"--{f.name}", str(value)]
+    return argv
+
+
+def print_next_steps(data) -> None:
+    splits = data.manifest.get("splits", {})
+    train = splits.get("train", {})
+    print(
+        f"prepared data: {data.root}\n"
+        f"  tokenizer     {data.tokenizer_dir}  (vocab {len(data.tokenizer):,}, "
+        f"bytes/token {data.manifest['tokenizer'].get('bytes_per_token') or float('nan'):.2f})\n"
+        f"  train         {len(data.train):,} blocks, {train.get('tokens', 0):,} tokens\n"
+        f"  validation    {len(data.validation):,} blocks\n"
+        f"next: accelerate launch recipes/pretrain.py --data_dir {data.root.parent} --data_name {data.root.name}"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..recipe_args import parse_recipe_args
+    from .prepare import DataConfig, prepare_data
+
+    (config,) = parse_recipe_args([DataConfig], namespace_to_argv(args), prog="hfscratch data")
+    print_next_steps(prepare_data(config))
+    return 0
+
+
+__all__ = ["add_arguments", "run", "namespace_to_argv", "print_next_steps"]

@@ -1,0 +1,607 @@
+"""The data stage end to end: sources → (datatrove cleaning) → tokenizer → packed blocks, cached on disk.
+
+    from hfscratch.data import DataConfig, prepare_data
+    data = prepare_data(DataConfig(), max_position_embeddings=model_config.max_position_embeddings)
+    data.train, data.validation, data.tokenizer, data.tokenizer_dir, data.manifest
+
+Folder written under `<output_root>/<name>/`:
+
+    clean/         *.jsonl.gz ("text" field) + stats.json — the corpus the tokenizer is trained on
+    tokenizer/     AutoTokenizer.from_pretrained(...) works
+    packed/        DatasetDict(train, validation) for datasets.load_from_disk, columns input_ids + position_ids
+    manifest.json  config, sources (size, mtime), tokenizer sha256, stats, token and byte counts
+
+Caching: the manifest stores a fingerprint of everything that decides the output (config fields that matter,
+every source file's size and mtime, the reused tokenizer's hash). The same fingerprint → the folder is reused;
+anything different → rebuilt. Stages whose own inputs did not change (e.g. cleaning when only block_size
+changed) are carried over from the previous build by hard link instead of recomputed.
+
+Atomicity: a build happens in a hidden sibling temp folder that is renamed into place only when complete, so a
+killed run never leaves a folder that looks valid. In distributed runs only the main process builds
+(`prepare_data_distributed`); the others wait and then load the finished folder.
+
+Cleaning (datatrove) runs on the natural-text `sources` only. The embedded synthetic math corpus is generated
+clean, and quality filters tuned for web text (Gopher word-length/symbol ratios) would throw away equations, so it
+goes straight to clean/synthetic_math.jsonl.gz.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hfscratch.errors import ConfigError, DataError
+
+FORMAT_VERSION = "hfscratch-data/1"
+SYNTHETIC_FILE = "synthetic_math.jsonl.gz"
+# Held-out documents for bytes/token: every Nth document is kept out of tokenizer training.
+HELD_OUT_EVERY = 20
+HELD_OUT_MAX_CHARS = 2_000_000
+# Marks a folder as ours (so a rebuild may replace it) even when its manifest is missing after a crash.
+MARKER = ".hfscratch-data"
+
+
+@dataclass
+class DataConfig:
+    """Everything that decides a prepared dataset. Defaults: the embedded synthetic math corpus, offline, ~30 s."""
+
+    name: str = field(default="synthetic_math", metadata={"help": "folder name under output_root"})
+    output_root: str = field(default="data", metadata={"help": "parent folder of prepared datasets"})
+    sources: list[str] = field(
+        default_factory=list,
+        metadata={"help": "files, folders, globs or Hub ids of natural text; empty = only the synthetic math corpus"},
+    )
+    text_field: str = field(default="text", metadata={"help": "field holding the text in json/jsonl/parquet/Hub rows"})
+    txt_mode: str = field(default="file", metadata={"help": "a .txt file is one document per file|paragraph|line"})
+    max_documents: Optional[int] = field(default=None, metadata={"help": "read at most this many source documents"})
+    synthetic_problems: int = field(
+        default=4000, metadata={"help": "number of synthetic GSM8K-style training problems mixed in (0 = none)"}
+    )
+    synthetic_min_steps: int = field(default=1, metadata={"help": "fewest reasoning steps per synthetic problem"})
+    synthetic_max_steps: int = field(default=4, metadata={"help": "most reasoning steps per synthetic problem"})
+    synthetic_max_value: int = field(default=100, metadata={"help": "largest number in a synthetic problem"})
+    synthetic_operations: list[str] = field(
+        default_factory=list, metadata={"help": "operations for synthetic problems, e.g. + - * /; empty = all"}
+    )
+    synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic problem stream"})
+    clean: bool = field(default=True, metadata={"help": "run the datatrove cleaning pipeline on the sources"})
+    clean_config: Optional[str] = field(
+        default=None,
+        metadata={"help": "CleanConfig options: a YAML/JSON file path, a JSON object string, or a mapping in YAML"},
+    )
+    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, special tokens included"})
+    min_frequency: int = field(default=2, metadata={"help": "smallest pair count for a BPE merge"})
+    tokenizer_max_chars: Optional[int] = field(
+        default=None, metadata={"help": "train the tokenizer on at most this many characters (None = whole corpus)"}
+    )
+    tokenizer_path: Optional[str] = field(
+        default=None, metadata={"help": "reuse this tokenizer (folder or Hub id) instead of training one"}
+    )
+    block_size: int = field(default=256, metadata={"help": "tokens per packed training block"})
+    add_bos: bool = field(default=True, metadata={"help": "start every document with bos"})
+    drop_remainder: bool = field(default=True, metadata={"help": "drop the last partial block (else pad it)"})
+    validation_fraction: float = field(default=0.05, metadata={"help": "fraction of blocks held out for validation"})
+    num_proc: Optional[int] = field(default=None, metadata={"help": "tokenization processes (None = by corpus size)"})
+    seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    streaming: bool = field(
+        default=False, metadata={"help": "read documents as a stream and write blocks incrementally (bounded memory)"}
+    )
+    force: bool = field(default=False, metadata={"help": "rebuild even if a valid prepared folder exists"})
+
+    def __post_init__(self):
+        if isinstance(self.sources, (str, Path)):
+            self.sources = [str(self.sources)]
+        self.sources = [str(s) for s in self.sources]
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name={self.name!r} must be a plain folder name like 'synthetic_math'")
+        if self.synthetic_problems < 0:
+            raise ConfigError(f"synthetic_problems={self.synthetic_problems} must be >= 0")
+        if self.txt_mode not in ("file", "paragraph", "line"):
+            raise ConfigError(f"txt_mode={self.txt_mode!r}: use file, paragraph or line")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_root) / self.name
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset
+    validation: Any  # datasets.Dataset
+    tokenizer: Any  # PreTrainedTokenizerFast
+    tokenizer_dir: Path
+    manifest: dict
+    root: Path
+    reused: bool = False
+
+    @property
+    def packed_dir(self) -> Path:
+        return self.root / "packed"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fingerprints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sha256_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _describe_sources(sources: list[str]) -> list[dict]:
+    """Size and mtime of every file each source expands to (Hub ids are recorded by name)."""
+    from .sources import resolve_sources
+
+    described = []
+    for source in sources:
+        for kind, path in resolve_sources([source]):
+            entry = {"source": source, "kind": kind, "path": path}
+            target = Path(path)
+            if kind != "hub" and target.exists():
+                files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+                entry["bytes"] = sum(p.stat().st_size for p in files)
+                entry["mtime_ns"] = max((p.stat().st_mtime_ns for p in files), default=0)
+            described.append(entry)
+    return described
+
+
+def _tokenizer_source_hash(path: str) -> str:
+    folder = Path(path)
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for name in sorted(p.name for p in folder.iterdir() if p.is_file() and ("token" in p.name or p.suffix == ".jinja")):
+            digest.update(name.encode())
+            digest.update((folder / name).read_bytes())
+        return digest.hexdigest()
+    return f"hub:{path}"  # a Hub id: the name is all we know without a network call
+
+
+def _load_clean_options(config: DataConfig) -> dict:
+    raw = config.clean_config
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return dict(raw)
+    text = str(raw).strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"clean_config is not valid JSON ({err}); give a mapping or a YAML file path") from None
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"clean_config file {path} not found; give an existing YAML/JSON file or a mapping")
+    import yaml
+
+    options = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"clean_config file {path} must hold a mapping of CleanConfig fields")
+    return options
+
+
+def _stage_keys(config: DataConfig, sources: list[dict], clean_options: dict) -> dict[str, str]:
+    synthetic = {
+        k: getattr(config, k)
+        for k in (
+            "synthetic_problems", "synthetic_min_steps", "synthetic_max_steps", "synthetic_max_value",
+            "synthetic_operations", "synthetic_seed",
+        )
+    }
+    corpus = {
+        "version": FORMAT_VERSION,
+        "sources": sources,
+        "text_field": config.text_field,
+        "txt_mode": config.txt_mode,
+        "max_documents": config.max_documents,
+        "clean": config.clean and bool(config.sources),
+        "clean_options": clean_options,
+        "synthetic": synthetic,
+    }
+    corpus_key = _sha256_json(corpus)
+    tokenizer = {
+        "corpus": corpus_key,
+        "vocab_size": config.vocab_size,
+        "min_frequency": config.min_frequency,
+        "tokenizer_max_chars": config.tokenizer_max_chars,
+        "tokenizer_path": config.tokenizer_path,
+        "tokenizer_path_hash": _tokenizer_source_hash(config.tokenizer_path) if config.tokenizer_path else None,
+    }
+    if config.tokenizer_path:  # a reused tokenizer does not depend on the corpus
+        tokenizer = {k: tokenizer[k] for k in ("tokenizer_path", "tokenizer_path_hash")}
+    tokenizer_key = _sha256_json(tokenizer)
+    packed = {
+        "corpus": corpus_key,
+        "tokenizer": tokenizer_key,
+        **{k: getattr(config, k) for k in ("block_size", "add_bos", "drop_remainder", "validation_fraction", "seed")},
+    }
+    return {"corpus": corpus_key, "tokenizer": tokenizer_key, "packed": _sha256_json(packed)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cache lookup and atomic swap
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        return json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _check_root_is_ours(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} exists and is a file; choose another name/output_root")
+    if root.is_dir() and any(root.iterdir()) and _read_manifest(root) is None:
+        if not (root / MARKER).exists():
+            raise DataError(
+                f"{root} exists, is not empty and was not written by hfscratch; choose another name or output_root "
+                "(it is never overwritten)"
+            )
+
+
+def _load_prepared(root: Path, manifest: dict, reused: bool) -> PreparedData:
+    from datasets import load_from_disk
+
+    from hfscratch.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    packed = load_from_disk(str(root / "packed"))
+    tokenizer = load_tokenizer(root / "tokenizer")
+    if tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{root}/tokenizer does not match its manifest (edited by hand?); rerun with force=True")
+    return PreparedData(
+        train=packed["train"],
+        validation=packed["validation"],
+        tokenizer=tokenizer,
+        tokenizer_dir=root / "tokenizer",
+        manifest=manifest,
+        root=root,
+        reused=reused,
+    )
+
+
+def _try_reuse(root: Path, keys: dict) -> PreparedData | None:
+    manifest = _read_manifest(root)
+    if manifest is None or manifest.get("format") != FORMAT_VERSION or manifest.get("stage_keys") != keys:
+        return None
+    try:
+        return _load_prepared(root, manifest, reused=True)
+    except (OSError, FileNotFoundError, ValueError, KeyError, DataError):
+        return None
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Carry an unchanged stage over from the previous build: hard links (free, and the old folder stays intact)."""
+
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    old = None
+    if root.exists():
+        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+        # Invalidate before moving, so that a crash between the two renames leaves nothing that looks valid.
+        (root / "manifest.json").unlink(missing_ok=True)
+        root.rename(old)
+    staging.rename(root)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _write_jsonl_gz(path: Path, docs: Iterator[dict]) -> dict:
+    count = chars = 0
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as out:
+        for doc in docs:
+            out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            count += 1
+            chars += len(doc["text"])
+    return {"documents": count, "chars": chars}
+
+
+def _synthetic_docs(config: DataConfig) -> Iterator[dict]:
+    from tqdm.auto import tqdm
+
+    from .synthetic_math import iter_problems, problem_to_text
+
+    kwargs = {
+        "min_steps": config.synthetic_min_steps,
+        "max_steps": config.synthetic_max_steps,
+        "max_value": config.synthetic_max_value,
+    }
+    if config.synthetic_operations:
+        kwargs["operations"] = tuple(config.synthetic_operations)
+    stream = iter_problems("train", seed=config.synthetic_seed, **kwargs)
+    for index in tqdm(range(config.synthetic_problems), desc="synthetic math problems", unit="problem"):
+        problem = next(stream)
+        yield {"text": problem_to_text(problem), "id": f"synthetic-math-{config.synthetic_seed}-{index}", "source": "synthetic_math"}
+
+
+def _build_corpus(config: DataConfig, clean_dir: Path, clean_options: dict) -> tuple[list[Path], dict, bool]:
+    """Write the corpus under clean_dir. Returns (jsonl.gz files, stats, whether natural text is read from sources).
+
+    Natural text that is not cleaned is not copied (a Hub corpus may not fit on disk): it is streamed from the
+    sources at tokenizer-training and packing time instead.
+    """
+    stats: dict = {}
+    files: list[Path] = []
+    stream_sources = False
+    if config.sources:
+        if config.clean:
+            from .clean import CleanConfig, clean_corpus
+
+            options = {"txt_mode": config.txt_mode, **clean_options}
+            if config.max_documents is not None:
+                options.setdefault("limit", config.max_documents)
+            try:
+                clean_cfg = CleanConfig(**options)
+            except TypeError as err:
+                raise ConfigError(f"clean_config: {err}; use the fields of hfscratch.data.clean.CleanConfig") from None
+            # clean_corpus builds in a sibling temp folder and renames it to clean_dir when done.
+            result = clean_corpus(config.sources, clean_dir, clean_cfg, text_field=config.text_field)
+            files.extend(Path(f) for f in result.files)
+            stats["natural"] = {"cleaned": True, "stats_path": str(Path(result.stats_path).name),
+                                **{k: v for k, v in result.stats.items() if k != "datatrove_steps"}}
+        else:
+            stream_sources = True
+            stats["natural"] = {"cleaned": False, "sources": list(config.sources)}
+    clean_dir.mkdir(parents=True, exist_ok=True)
+    if config.synthetic_problems:
+        path = clean_dir / SYNTHETIC_FILE
+        stats["synthetic_math"] = _write_jsonl_gz(path, _synthetic_docs(config))
+        files.append(path)
+    if not (clean_dir / "stats.json").exists():
+        (clean_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str), encoding="utf-8")
+    if not files and not stream_sources:
+        raise DataError(
+            "the corpus is empty: no sources and synthetic_problems=0; give sources or set synthetic_problems > 0"
+        )
+    return files, stats, stream_sources
+
+
+def _iter_corpus_docs(config: DataConfig, files: list[Path], stream_sources: bool) -> Iterator[dict]:
+    from .sources import iter_documents
+
+    if stream_sources:
+        yield from iter_documents(
+            config.sources, text_field=config.text_field, txt_mode=config.txt_mode, limit=config.max_documents
+        )
+    if files:
+        # clean/ files always hold a "text" field (datatrove's JsonlWriter and ours).
+        yield from iter_documents([str(f) for f in files], text_field="text")
+
+
+def _train_or_load_tokenizer(config: DataConfig, docs: Iterator[dict], out_dir: Path):
+    from hfscratch.tokenizer import bytes_per_token, ensure_chat_template, train_tokenizer
+
+    held_out: list[str] = []
+    held_chars = 0
+    last_doc: list[str] = []
+
+    def training_texts():
+        nonlocal held_chars
+        budget = config.tokenizer_max_chars
+        used = 0
+        for index, doc in enumerate(docs):
+            text = doc["text"]
+            last_doc[:] = [text]
+            if index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 and held_chars < HELD_OUT_MAX_CHARS:
+                held_out.append(text)
+                held_chars += len(text)
+                continue
+            if budget is not None and used >= budget:
+                if held_chars >= HELD_OUT_MAX_CHARS:
+                    return
+                continue
+            used += len(text)
+            yield text
+
+    if config.tokenizer_path:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)
+        except (OSError, ValueError) as err:
+            raise DataError(
+                f"cannot load tokenizer_path={config.tokenizer_path!r} ({str(err).splitlines()[0]}); "
+                "give a folder written by save_pretrained or a Hub id"
+            ) from None
+        if not getattr(tokenizer, "is_fast", False):
+            raise ConfigError(f"tokenizer_path={config.tokenizer_path!r} is a slow tokenizer; use a fast (tokenizer.json) one")
+        ensure_chat_template(tokenizer)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(out_dir)
+        for text in training_texts():  # only to collect held-out documents for bytes/token
+            if held_chars >= HELD_OUT_MAX_CHARS:
+                break
+    else:
+        tokenizer = train_tokenizer(training_texts(), config.vocab_size, out_dir, min_frequency=config.min_frequency)
+    measured_on = "held-out documents (every 20th, not used to train the tokenizer)"
+    if not held_out:
+        held_out = last_doc
+        measured_on = "training text (corpus has fewer than 20 documents to hold out)"
+    bpt = bytes_per_token(tokenizer, held_out) if held_out else None
+    return tokenizer, {"bytes_per_token": bpt, "bytes_per_token_measured_on": measured_on}
+
+
+def _pack(config: DataConfig, tokenizer, docs_factory, staging: Path, max_position_embeddings):
+    from datasets import Dataset
+
+    from .pack import count_bytes, pack_dataset, split_blocks, token_byte_lengths
+
+    work = staging / "work"
+    if config.streaming:
+        documents = docs_factory()
+    else:
+        documents = Dataset.from_generator(
+            _materialize, gen_kwargs={"factory": docs_factory}, cache_dir=str(work / "documents"),
+            keep_in_memory=False,
+        )
+    blocks, stats = pack_dataset(
+        documents,
+        tokenizer,
+        config.block_size,
+        work / "blocks.arrow",
+        text_field="text",
+        add_bos=config.add_bos,
+        drop_remainder=config.drop_remainder,
+        num_proc=config.num_proc,
+        max_position_embeddings=max_position_embeddings,
+        cache_dir=work / "tokenized",
+    )
+    splits = split_blocks(blocks, config.validation_fraction, seed=config.seed)
+    splits.save_to_disk(str(staging / "packed"))
+    byte_lengths = token_byte_lengths(tokenizer)
+    counts = {name: {"blocks": len(ds), **count_bytes(ds, byte_lengths)} for name, ds in splits.items()}
+    del blocks, splits, documents
+    shutil.rmtree(work, ignore_errors=True)
+    return stats.as_dict(), counts
+
+
+def _materialize(factory):
+    for doc in factory():
+        yield {"text": doc["text"]}
+
+
+def prepare_data(config: DataConfig | None = None, max_position_embeddings: int | None = None) -> PreparedData:
+    """Build (or reuse) `<output_root>/<name>/` and return the packed splits, tokenizer and manifest."""
+    from hfscratch.tokenizer import check_vocab_size, tokenizer_fingerprint
+
+    from .pack import check_block_size
+
+    config = config if config is not None else DataConfig()
+    # Cheap checks first, so a typo fails in a second rather than after cleaning.
+    check_block_size(config.block_size, max_position_embeddings)
+    if not config.tokenizer_path:
+        check_vocab_size(config.vocab_size)
+    if not 0.0 <= config.validation_fraction < 1.0:
+        raise ConfigError(f"validation_fraction={config.validation_fraction} must be in [0, 1); use e.g. 0.05")
+    if not config.sources and config.synthetic_problems == 0:
+        raise DataError("the corpus is empty: no sources and synthetic_problems=0; give sources or set synthetic_problems > 0")
+    sources = _describe_sources(config.sources)  # raises DataError for a missing path / unsupported file
+    clean_options = _load_clean_options(config) if (config.clean and config.sources) else {}
+    keys = _stage_keys(config, sources, clean_options)
+    root = config.root
+    _check_root_is_ours(root)
+
+    if not config.force:
+        reused = _try_reuse(root, keys)
+        if reused is not None:
+            print(f"hfscratch data: reusing prepared data in {root} (same config, sources and tokenizer)", flush=True)
+            return reused
+
+    previous = _read_manifest(root) if not config.force else None
+    previous_keys = (previous or {}).get("stage_keys", {})
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    (staging / MARKER).write_text("written by hfscratch data; rebuilt when the config changes\n")
+    timings: dict[str, float] = {}
+    try:
+        start = time.perf_counter()
+        if previous_keys.get("corpus") == keys["corpus"] and (root / "clean").is_dir():
+            print("hfscratch data: corpus unchanged, reusing clean/ from the previous build", flush=True)
+            _link_tree(root / "clean", staging / "clean")
+            corpus_stats = previous["corpus"]
+            files = [staging / "clean" / f for f in corpus_stats["files"]]
+            stream_sources = corpus_stats["stream_sources"]
+        else:
+            files, stats, stream_sources = _build_corpus(config, staging / "clean", clean_options)
+            clean_dir = (staging / "clean").resolve()
+            relative = [str(Path(f).resolve().relative_to(clean_dir)) for f in files]
+            corpus_stats = {"files": relative, "stream_sources": stream_sources, "stats": stats}
+        timings["corpus_s"] = time.perf_counter() - start
+
+        def docs_factory():
+            return _iter_corpus_docs(config, files, stream_sources)
+
+        start = time.perf_counter()
+        if previous_keys.get("tokenizer") == keys["tokenizer"] and (root / "tokenizer").is_dir():
+            print("hfscratch data: tokenizer inputs unchanged, reusing tokenizer/ from the previous build", flush=True)
+            from hfscratch.tokenizer import load_tokenizer
+
+            _link_tree(root / "tokenizer", staging / "tokenizer")
+            tokenizer = load_tokenizer(staging / "tokenizer")
+            tokenizer_stats = {k: previous["tokenizer"][k] for k in ("bytes_per_token", "bytes_per_token_measured_on")}
+        else:
+            tokenizer, tokenizer_stats = _train_or_load_tokenizer(config, docs_factory(), staging / "tokenizer")
+        timings["tokenizer_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        pack_stats, counts = _pack(config, tokenizer, docs_factory, staging, max_position_embeddings)
+        timings["pack_s"] = time.perf_counter() - start
+
+        manifest = {
+            "format": FORMAT_VERSION,
+            "name": config.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stage_keys": keys,
+            "config": dataclasses.asdict(config),
+            "sources": sources,
+            "corpus": corpus_stats,
+            "tokenizer": {
+                "path": "tokenizer",
+                "sha256": tokenizer_fingerprint(tokenizer),
+                "vocab_size": len(tokenizer),
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+                **tokenizer_stats,
+            },
+            "pack": {"block_size": config.block_size, **pack_stats},
+            "splits": counts,
+            "bits_per_byte": (
+                "bpb = (sum of next-token losses in nats over validation targets) / ln(2) / splits.validation.target_bytes; "
+                "targets are every token but each block's first; special tokens count 0 bytes"
+            ),
+            "timings": timings,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+        _check_root_is_ours(root)
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    train, validation = counts["train"], counts["validation"]
+    print(
+        f"hfscratch data: wrote {root} — train {train['blocks']:,} blocks ({train['tokens']:,} tokens), "
+        f"validation {validation['blocks']:,} blocks, vocab {len(tokenizer):,}, "
+        f"bytes/token {tokenizer_stats['bytes_per_token'] or float('nan'):.2f}",
+        flush=True,
+    )
+    return _load_prepared(root, manifest, reused=False)
+
+
+def prepare_data_distributed(config: DataConfig | None, accelerator, max_position_embeddings: int | None = None,
+                             local: bool = False) -> PreparedData:
+    """Only the main process builds; the others wait at a barrier, then load (reuse) the finished folder.
+
+    The others wait inside a collective barrier, which times out after the process group's timeout (30 min by
+    default with NCCL): prepare a large corpus beforehand with `hfscratch data` (same config -> reused).
+
+    `local=True` builds once per node (node-local disks); the default builds once in total and expects
+    `output_root` on a filesystem every process can see.
+    """
+    first = accelerator.local_main_process_first if local else accelerator.main_process_first
+    with first():
+        return prepare_data(config, max_position_embeddings=max_position_embeddings)
