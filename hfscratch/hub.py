@@ -1,0 +1,519 @@
+"""Publish a model folder to the Hugging Face Hub and fetch one back, with retries and one-line errors.
+
+`push_folder` uploads what `save_pretrained` wrote — safetensors weights, tokenizer, generation config,
+the two modeling files + `auto_map` (so `from_pretrained(repo, trust_remote_code=True)` works for people
+without hfscratch) and a model card — in one commit made with huggingface_hub's `create_repo`,
+`create_branch` and `create_commit`. Pickled weights (.bin/.pt/...) are never uploaded. `push_checkpoint`
+does the same in the background for the pretraining loop, to a branch named after the step
+(`step-001000`), so training never waits on the network.
+
+Network failures are retried with exponential backoff; what cannot be retried becomes a one-line
+`HubError` that names the fix (log in, check the repo id, check HF_ENDPOINT). A push that died half way
+can simply be re-run: files whose content the Hub already has (LFS objects uploaded before the cut,
+unchanged files) are skipped, so the second run only finishes the job. The token is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import fnmatch
+import inspect
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from .errors import CheckpointError, HfscratchError, HubError
+
+T = TypeVar("T")
+
+# Weight formats that unpickle (run code) on load: never uploaded.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
+# Not part of a model: VCS/cache folders, Python caches, Trainer intermediate checkpoints, logger runs.
+SKIP_DIRS = (".*", "__pycache__", "checkpoint-*", "runs", "wandb", "logs")
+AUTO_MAP = {
+    "AutoConfig": "configuration_hfscratch.HfscratchConfig",
+    "AutoModel": "modeling_hfscratch.HfscratchModel",
+    "AutoModelForCausalLM": "modeling_hfscratch.HfscratchForCausalLM",
+}
+MODELING_FILES = ("configuration_hfscratch.py", "modeling_hfscratch.py")
+_BRANCH_RE = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)(?!.*\.lock$)(?!.*/$)[A-Za-z0-9._\-/]{1,200}$")
+# Retries: HFSCRATCH_HUB_RETRIES attempts after the first, waits of HFSCRATCH_HUB_BACKOFF * 2^k seconds (max 30).
+DEFAULT_RETRIES = 4
+DEFAULT_BACKOFF_SECONDS = 1.0
+
+
+def _log(message: str) -> None:
+    print(f"[hfscratch hub] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    # Read at call time (not import time) so HF_ENDPOINT set by a launcher after import still applies.
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _root_causes(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Connection drops, timeouts, 5xx and 429 are worth retrying; 4xx answers are not."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    for cause in _root_causes(err):
+        if isinstance(cause, OfflineModeIsEnabled):
+            return False
+        if isinstance(cause, HfHubHTTPError):
+            status = _status(cause)
+            return status is None or status >= 500 or status in (408, 429)
+        if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
+            return True
+    return False
+
+
+def describe_hub_error(err: BaseException, repo_id: str | None, action: str) -> str:
+    """One line: what failed and what to do. Never includes the token (hub errors carry only URLs)."""
+    import httpx2
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = _endpoint()
+    repo = f"'{repo_id}'" if repo_id else "the repository"
+    for cause in _root_causes(err):
+        if isinstance(cause, OfflineModeIsEnabled):
+            return f"{action} {repo}: offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to reach {endpoint}"
+        if isinstance(cause, GatedRepoError):
+            return f"{action} {repo}: the repository is gated; accept its terms on the Hub, then log in with `hf auth login`"
+        if isinstance(cause, RevisionNotFoundError):
+            return f"{action} {repo}: that revision (branch, tag or commit) does not exist; check the branch name on the repo page or omit --revision"
+        if isinstance(cause, RemoteEntryNotFoundError):
+            return f"{action} {repo}: a file is missing in the repository ({_first_line(cause)}); push the complete model folder"
+        if isinstance(cause, RepositoryNotFoundError):
+            if _status(cause) == 401:
+                return (f"{action} {repo}: not authorised (401) - the repository is private or does not exist; "
+                        "log in with `hf auth login` or set HF_TOKEN to a token that can read it")
+            return f"{action} {repo}: repository not found (404) at {endpoint}; check the repo id (ORG/NAME) and HF_ENDPOINT"
+        if isinstance(cause, HfHubHTTPError):
+            status = _status(cause)
+            server = getattr(cause, "server_message", None) or ""
+            detail = f" ({server.strip().splitlines()[0]})" if server.strip() else ""
+            if status == 401:
+                return f"{action} {repo}: not authorised (401){detail}; log in with `hf auth login` or set HF_TOKEN to a valid token"
+            if status == 403:
+                return f"{action} {repo}: forbidden (403){detail}; use a token with write access to that namespace (`hf auth login`)"
+            if status == 404:
+                return f"{action} {repo}: not found (404) at {endpoint}{detail}; check the repo id and HF_ENDPOINT"
+            if status is not None and status >= 500:
+                return f"{action} {repo}: the Hub at {endpoint} answered {status}{detail} after retries; try again later"
+            return f"{action} {repo}: the Hub answered {status}{detail}"
+        if isinstance(cause, httpx2.ConnectError) or isinstance(cause, ConnectionRefusedError):
+            return f"{action} {repo}: cannot connect to {endpoint} ({_first_line(cause) or 'connection refused'}); check your network or HF_ENDPOINT"
+        if isinstance(cause, httpx2.TimeoutException):
+            return f"{action} {repo}: {endpoint} timed out after retries; check your network and re-run (finished files are skipped)"
+        if isinstance(cause, (httpx2.TransportError, ConnectionError)):
+            return (f"{action} {repo}: the connection to {endpoint} broke ({type(cause).__name__}: {_first_line(cause)}); "
+                    "re-run the same command - files already uploaded are skipped")
+    return f"{action} {repo}: {type(err).__name__}: {_first_line(err)}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+@contextmanager
+def hub_errors(repo_id: str | None, action: str):
+    """Turn huggingface_hub / network exceptions raised inside the block into a one-line HubError."""
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+
+    import httpx2
+
+    try:
+        yield
+    except HfscratchError:
+        raise
+    except HFValidationError as err:
+        raise HubError(f"{action} '{repo_id}': {_first_line(err).rstrip('.')}; a repo id is ORG/NAME with letters, digits, '-', '_' and '.'") from err
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError, TimeoutError) as err:
+        raise HubError(describe_hub_error(err, repo_id, action)) from err
+    except (RuntimeError, OSError, ValueError) as err:
+        # huggingface_hub wraps LFS upload failures in RuntimeError, transformers wraps download failures in
+        # OSError: only translate those caused by the network or the Hub, let real bugs surface.
+        if any(isinstance(c, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError)) for c in _root_causes(err) if c is not err):
+            raise HubError(describe_hub_error(err, repo_id, action)) from err
+        raise
+
+
+def with_retries(fn: Callable[[], T], *, what: str, retries: int | None = None, backoff: float | None = None) -> T:
+    """Call `fn`, retrying transient network/server failures with exponential backoff."""
+    retries = int(os.environ.get("HFSCRATCH_HUB_RETRIES", DEFAULT_RETRIES)) if retries is None else retries
+    backoff = float(os.environ.get("HFSCRATCH_HUB_BACKOFF", DEFAULT_BACKOFF_SECONDS)) if backoff is None else backoff
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - classified below, re-raised when not transient
+            if attempt >= retries or not _is_transient(err):
+                raise
+            wait = min(backoff * 2**attempt, 30.0)
+            attempt += 1
+            _log(f"{what} failed ({type(err).__name__}: {_first_line(err)[:120]}); retry {attempt}/{retries} in {wait:.1f}s")
+            time.sleep(wait)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def validate_repo_id(repo_id: str) -> str:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hf_validate
+
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise HubError("empty repo id; pass --repo-id ORG/NAME")
+    try:
+        hf_validate(repo_id)
+    except HFValidationError as err:
+        raise HubError(
+            f"invalid repo id '{repo_id}': {_first_line(err).rstrip('.')}; use ORG/NAME with letters, digits, '-', '_' or '.'"
+        ) from err
+    if repo_id.count("/") > 1:
+        raise HubError(f"invalid repo id '{repo_id}': use ORG/NAME (one '/')")
+    return repo_id
+
+
+def validate_revision(revision: str | None) -> str | None:
+    if revision is None or revision == "":
+        return None
+    if not _BRANCH_RE.match(revision) or revision.startswith("refs/"):
+        raise HubError(f"invalid branch name '{revision}'; use letters, digits, '.', '_', '-' and '/' (e.g. step-001000)")
+    return revision
+
+
+def checkpoint_branch(step: int) -> str:
+    """Branch name of the checkpoint at `step`: step-001000 (zero-padded so names sort by step)."""
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise HubError(f"checkpoint step must be a non-negative integer, got {step!r}")
+    return f"step-{step:06d}"
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _collect_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """Files to upload (relative paths) and a list of what was skipped and why."""
+    files, skipped = [], []
+    for root, dirs, names in os.walk(folder):
+        root_path = Path(root)
+        kept_dirs = []
+        for d in sorted(dirs):
+            if _matches(d, SKIP_DIRS):
+                skipped.append(f"{(root_path / d).relative_to(folder)}/ (not part of the model)")
+            else:
+                kept_dirs.append(d)
+        dirs[:] = kept_dirs
+        for name in sorted(names):
+            rel = (root_path / name).relative_to(folder)
+            if name.startswith("."):
+                continue
+            if _matches(name, PICKLE_PATTERNS):
+                skipped.append(f"{rel} (pickle: not uploaded, weights go as safetensors)")
+                continue
+            files.append(rel)
+    return files, skipped
+
+
+def check_model_folder(folder) -> tuple[Path, dict]:
+    """A folder save_pretrained wrote: config.json + safetensors weights. Returns (path, config)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CheckpointError(f"{folder} does not exist; pass the folder model.save_pretrained() wrote")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a model folder; pass the folder model.save_pretrained() wrote")
+    config_path = folder / "config.json"
+    if not config_path.is_file() and (folder / "adapter_config.json").is_file():
+        config_path = folder / "adapter_config.json"  # a PEFT adapter folder (LoRA from the SFT/DPO stages)
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} is not a model folder (no config.json); pass the folder model.save_pretrained() wrote")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path} is not valid JSON ({err.msg}); re-save the model with save_pretrained") from err
+    has_safetensors = any(folder.glob("*.safetensors"))
+    if not has_safetensors:
+        pickles = sorted(p.name for p in folder.iterdir() if _matches(p.name, PICKLE_PATTERNS))
+        if pickles:
+            raise CheckpointError(
+                f"{folder} holds only pickled weights ({', '.join(pickles)}), which hfscratch never uploads; "
+                "re-save with model.save_pretrained(path) (safetensors is the default)"
+            )
+        raise CheckpointError(f"{folder} has no *.safetensors weights; save the model with model.save_pretrained(path)")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise CheckpointError(f"{folder} is missing weight shards {missing[:3]}; the save did not finish, re-save the model")
+    return folder, config
+
+
+def _modeling_sources() -> dict[str, Path]:
+    from . import configuration_hfscratch, modeling_hfscratch
+
+    return {
+        "configuration_hfscratch.py": Path(inspect.getsourcefile(configuration_hfscratch)),
+        "modeling_hfscratch.py": Path(inspect.getsourcefile(modeling_hfscratch)),
+    }
+
+
+def _operations(folder: Path, config: dict, repo_id: str, *, announce: bool = True):
+    """CommitOperationAdd list for the folder; fixes remote-code loading in the upload, not in the folder."""
+    from huggingface_hub import CommitOperationAdd
+
+    files, skipped = _collect_files(folder)
+    overrides: dict[str, bytes | Path] = {}
+    if config.get("model_type") == "hfscratch":
+        auto_map = dict(config.get("auto_map") or {})
+        if not all(key in auto_map for key in ("AutoConfig", "AutoModelForCausalLM")):
+            fixed = dict(config)
+            fixed["auto_map"] = {**AUTO_MAP, **auto_map}
+            overrides["config.json"] = (json.dumps(fixed, indent=2, sort_keys=True) + "\n").encode()
+            if announce:
+                _log("config.json had no auto_map: the uploaded copy gets one so trust_remote_code loading works")
+        for name, source in _modeling_sources().items():
+            if not (folder / name).is_file():
+                overrides[name] = source
+                if announce:
+                    _log(f"{name} missing in the folder: uploading the one from the installed hfscratch")
+    readme = folder / "README.md"
+    if readme.is_file():
+        # A card written before the repo id was known shows `path/to/<folder>` in its loading snippets.
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        placeholder = f'"path/to/{folder.resolve().name}"'
+        if placeholder in text:
+            overrides["README.md"] = text.replace(placeholder, f'"{repo_id}"').encode()
+    ops = []
+    for rel in files:
+        key = rel.as_posix()
+        source = overrides.pop(key, folder / rel)
+        ops.append(CommitOperationAdd(path_in_repo=key, path_or_fileobj=source if isinstance(source, bytes) else str(source)))
+    for key, source in overrides.items():
+        ops.append(CommitOperationAdd(path_in_repo=key, path_or_fileobj=source if isinstance(source, bytes) else str(source)))
+    if announce and skipped:
+        _log("skipped: " + "; ".join(skipped))
+    return ops
+
+
+def _resolve_token(token: str | None, private: bool) -> str | None:
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if token is None:
+        raise HubError(
+            ("pushing to a private repo needs a token" if private else "pushing needs a token with write access")
+            + ": run `hf auth login` or set HF_TOKEN"
+        )
+    return token
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, token: str | None,
+          commit_message: str | None):
+    from huggingface_hub import HfApi, constants
+
+    folder, config = check_model_folder(folder)
+    repo_id = validate_repo_id(repo_id)
+    revision = validate_revision(revision)
+    token = _resolve_token(token, private)
+    if constants.is_offline_mode():
+        raise HubError(f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE")
+    if not (folder / "README.md").is_file() and (folder / "config.json").is_file():
+        from .model_card import write_model_card
+
+        write_model_card(folder, extra={"repo_id": repo_id})
+        _log(f"wrote a model card to {folder / 'README.md'}")
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        library_version = version("hfscratch")
+    except PackageNotFoundError:
+        library_version = "dev"
+    api = HfApi(endpoint=_endpoint(), token=token, library_name="hfscratch", library_version=library_version)
+    action = f"pushing {folder} to"
+    with hub_errors(repo_id, action):
+        repo_url = with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
+        full_repo_id = getattr(repo_url, "repo_id", None) or repo_id
+        if private and not with_retries(lambda: api.repo_info(full_repo_id), what="repo_info").private:
+            # create_repo leaves an existing repo's visibility alone: never publish what was meant to be private.
+            raise HubError(f"'{full_repo_id}' already exists and is public, but --private was asked; make it private "
+                           "in the repo settings first, or push without --private")
+        if revision and revision != "main":
+            with_retries(lambda: api.create_branch(full_repo_id, branch=revision, exist_ok=True), what="create_branch")
+        message = commit_message or (f"Upload model from hfscratch to {revision}" if revision else "Upload model from hfscratch")
+
+        def commit():
+            # Fresh operations per attempt: an attempt that died after uploading some LFS objects leaves them
+            # on the Hub, and the LFS batch answer makes this attempt skip them.
+            return api.create_commit(full_repo_id, _operations(folder, config, full_repo_id, announce=False),
+                                     commit_message=message, revision=revision)
+
+        _operations(folder, config, full_repo_id, announce=True)  # validate + report before the network work
+        info = with_retries(commit, what="upload")
+    _log(f"pushed {folder} to {repo_url}" + (f" (branch {revision})" if revision else "") + f", commit {info.oid[:8]}")
+    return info
+
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_PENDING: list[Future] = []
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        # One worker: checkpoint pushes land in order and never compete with each other for bandwidth.
+        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfscratch-push")
+        atexit.register(wait_for_pushes)
+    return _EXECUTOR
+
+
+def push_folder(folder, repo_id: str, *, revision: str | None = None, private: bool = False, token: str | None = None,
+                commit_message: str | None = None, run_as_future: bool = False):
+    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns its `CommitInfo`.
+
+    `revision`: a branch (created from main if missing). With `run_as_future=True` the upload runs in a
+    background thread and a `concurrent.futures.Future` is returned at once. Bad input (not a model folder,
+    invalid repo id, no token) raises right away, before anything is sent.
+    """
+    if run_as_future:
+        # Check the cheap things now so a typo fails in the caller, not in a thread.
+        check_model_folder(folder)
+        validate_repo_id(repo_id)
+        validate_revision(revision)
+        token = _resolve_token(token, private)
+        future = _executor().submit(_push, Path(folder), repo_id, revision=revision, private=private, token=token,
+                                    commit_message=commit_message)
+        future.add_done_callback(_report_background_failure)
+        _PENDING.append(future)
+        return future
+    return _push(Path(folder), repo_id, revision=revision, private=private, token=token, commit_message=commit_message)
+
+
+def push_checkpoint(folder, repo_id: str, step: int, tokens_seen: int, *, private: bool = False, token: str | None = None,
+                    blocking: bool = False):
+    """Push a training checkpoint to branch `step-{step:06d}` without blocking the training loop.
+
+    Returns a `Future` (or the `CommitInfo` with `blocking=True`). The folder must stay on disk until the
+    future is done (`wait_for_pushes()` waits for all of them; it also runs at interpreter exit).
+    """
+    branch = checkpoint_branch(step)
+    message = f"Checkpoint at step {step:,} ({tokens_seen:,} tokens seen)"
+    return push_folder(folder, repo_id, revision=branch, private=private, token=token, commit_message=message,
+                       run_as_future=not blocking)
+
+
+def _report_background_failure(future: Future) -> None:
+    err = future.exception()
+    if err is not None:
+        text = str(err) if isinstance(err, HfscratchError) else describe_hub_error(err, None, "background push")
+        _log(f"background push failed: {text}")
+
+
+def wait_for_pushes(timeout: float | None = None) -> list:
+    """Wait for every background push started by this process; returns their results (exceptions included)."""
+    results = []
+    for future in list(_PENDING):
+        try:
+            results.append(future.result(timeout=timeout))
+        except Exception as err:  # noqa: BLE001 - already reported by the done callback
+            results.append(err)
+        _PENDING.remove(future)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- download
+
+
+def is_local_model(path_or_repo) -> bool:
+    return Path(path_or_repo).expanduser().is_dir()
+
+
+def download_model(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:
+    """Snapshot of a Hub model (safetensors, configs, tokenizer, modeling code; no pickles) -> local folder."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = validate_repo_id(repo_id)
+    with hub_errors(repo_id, "downloading"):
+        path = with_retries(
+            lambda: snapshot_download(
+                repo_id, revision=revision, token=token, endpoint=_endpoint(),
+                allow_patterns=["*.json", "*.safetensors", "*.py", "*.jinja", "*.txt", "*.model", "*.md", "*.tiktoken"],
+            ),
+            what="download",
+        )
+    return Path(path)
+
+
+def resolve_model_path(path_or_repo: str, *, revision: str | None = None, token: str | None = None) -> Path:
+    """A local model folder as is, or a Hub repo id downloaded to the cache."""
+    if is_local_model(path_or_repo):
+        return Path(path_or_repo).expanduser()
+    text = str(path_or_repo)
+    if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1):
+        raise CheckpointError(f"{text} does not exist; pass a model folder or a Hub repo id (ORG/NAME)")
+    return download_model(text, revision=revision, token=token)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="model folder written by save_pretrained (config.json + *.safetensors)")
+    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (created if missing)")
+    parser.add_argument("--revision", default=None, help="branch to push to (created from main if missing), e.g. step-001000")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload model from hfscratch')")
+    parser.epilog = "The token comes from `hf auth login` or HF_TOKEN; the endpoint from HF_ENDPOINT."
+
+
+def run(args: argparse.Namespace) -> int:
+    info = push_folder(args.path, args.repo_id, revision=args.revision, private=args.private,
+                       commit_message=args.commit_message)
+    print(info.commit_url)
+    return 0
+
+
+__all__ = [
+    "add_arguments", "check_model_folder", "checkpoint_branch", "describe_hub_error", "download_model", "hub_errors",
+    "push_checkpoint", "push_folder", "resolve_model_path", "run", "validate_repo_id", "wait_for_pushes", "with_retries",
+]
