@@ -1,0 +1,214 @@
+"""Intrinsic metrics on held-out text: perplexity and bits-per-byte, with a sliding window over long documents.
+
+Bits-per-byte divides the summed negative log-likelihood (in bits) by the UTF-8 byte count of the text, so it
+does not depend on the tokenizer: models with different vocabularies compare on the same file. Perplexity is
+per token and does depend on it.
+
+Why hand-written: `evaluate`'s Hub `perplexity` metric needs the Hub, truncates long texts instead of sliding a
+window, and has no bytes-based variant; lm-eval's rolling loglikelihood needs a task/dataset around the text.
+The two `evaluate` modules in `metrics/` call this file, so the numbers are the same from every entry point.
+
+Each document is scored from a prefix token (BOS, else EOS), so its first real token is predicted too and every
+byte of the text is paid for. Windows of `max_length` tokens advance by `stride` tokens; each window scores only
+tokens no earlier window scored, and every scored token sees at least `max_length - stride` tokens of context
+(all tokens since the document start while the document still fits in one window).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, ConfigError, DataError
+
+
+@dataclass
+class TextScores:
+    """Summed negative log-likelihood (nats) of the scored tokens, with token and byte counts."""
+
+    nll: float = 0.0
+    tokens: int = 0
+    bytes: int = 0
+    per_text_nll: list[float] = field(default_factory=list)
+    per_text_tokens: list[int] = field(default_factory=list)
+    per_text_bytes: list[int] = field(default_factory=list)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / (math.log(2) * self.bytes)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nll / (math.log(2) * self.tokens)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def per_text_perplexity(self) -> list[float]:
+        return [math.exp(n / t) if t else float("nan") for n, t in zip(self.per_text_nll, self.per_text_tokens)]
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "bits_per_byte": self.bits_per_byte, "bits_per_token": self.bits_per_token, "perplexity": self.perplexity,
+            "nll_nats": self.nll, "tokens": self.tokens, "bytes": self.bytes,
+        }
+
+
+def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input_start, score_start, end) per window over a sequence whose position 0 is the prefix token.
+
+    Tokens score_start..end-1 are scored from the input tokens input_start..end-1; positions 1..num_tokens-1
+    are each scored exactly once.
+    """
+    if max_length < 2:
+        raise ConfigError(f"max_length must be at least 2 tokens to score anything, got {max_length}")
+    if stride < 1:
+        raise ConfigError(f"stride must be a positive number of tokens, got {stride}")
+    step = min(stride, max_length - 1)  # a window of L tokens predicts at most L-1 of its own tokens
+    windows = []
+    score_start = 1
+    end = min(num_tokens, max_length)
+    while score_start < num_tokens:
+        windows.append((max(0, end - max_length), score_start, end))
+        score_start, end = end, min(num_tokens, end + step)
+    return windows
+
+
+def _prefix_token_id(tokenizer) -> int:
+    for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ConfigError("the tokenizer has neither a BOS nor an EOS token to condition the first token on; add one (tokenizer.add_special_tokens)")
+
+
+def model_max_length(model) -> int:
+    config = model.config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, texts: list[str] | str, max_length: int | None = None, stride: int | None = None,
+                batch_size: int = 4, device: str | torch.device | None = None, progress: bool = True) -> TextScores:
+    """Summed token log-likelihoods of each text under `model` (see the module docstring for the windowing)."""
+    from tqdm.auto import tqdm
+
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise DataError("no text to score: every given text is empty; pass a non-empty file or string")
+    limit = model_max_length(model)
+    max_length = int(max_length or limit)
+    if max_length > limit and getattr(model.config, "position_embedding_type", "rope") == "learned":
+        raise ConfigError(f"max_length {max_length} exceeds the model's {limit} learned positions; pass --max_length {limit} or less")
+    stride = int(stride or max(1, max_length // 2))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    prefix = _prefix_token_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix
+
+    scores = TextScores()
+    jobs = []  # (text index, input ids, number of leading inputs not scored)
+    for index, text in enumerate(texts):
+        ids = [prefix] + tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        scores.per_text_nll.append(0.0)
+        scores.per_text_tokens.append(len(ids) - 1)
+        scores.per_text_bytes.append(len(text.encode("utf-8")))
+        for input_start, score_start, end in sliding_windows(len(ids), max_length, stride):
+            jobs.append((index, ids[input_start:end], score_start - input_start))
+
+    was_training = model.training
+    model.eval()
+    try:
+        for first in tqdm(range(0, len(jobs), batch_size), desc="scoring text", unit="batch", disable=not progress):
+            batch = jobs[first:first + batch_size]
+            width = max(len(ids) for _, ids, _ in batch)
+            # Right padding: causal attention keeps real positions blind to the padding after them.
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, ids, _) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = input_ids[:, 1:].to(device)
+            token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for row, (index, ids, context) in enumerate(batch):
+                # logits at i predict token i+1: scored tokens context..len-1 use logits context-1..len-2
+                nll = -token_logprobs[row, context - 1: len(ids) - 1].sum().item()
+                scores.per_text_nll[index] += nll
+    finally:
+        model.train(was_training)
+    scores.nll = sum(scores.per_text_nll)
+    scores.tokens = sum(scores.per_text_tokens)
+    scores.bytes = sum(scores.per_text_bytes)
+    return scores
+
+
+def bits_per_byte(model, tokenizer, texts: list[str] | str, max_length: int | None = None, stride: int | None = None,
+                  batch_size: int = 4, device=None) -> float:
+    return score_texts(model, tokenizer, texts, max_length, stride, batch_size, device, progress=False).bits_per_byte
+
+
+def perplexity(model, tokenizer, texts: list[str] | str, max_length: int | None = None, stride: int | None = None,
+               batch_size: int = 4, device=None) -> float:
+    return score_texts(model, tokenizer, texts, max_length, stride, batch_size, device, progress=False).perplexity
+
+
+def read_text_file(path: str | Path, max_chars: int | None = None) -> str:
+    """A held-out text file as one document (WikiText-2 test, the TinyShakespeare tail, anything UTF-8)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"text file {path} not found; pass --bpb a UTF-8 text file (e.g. shared/data/wikitext-2/test.txt)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it to UTF-8") from None
+    if max_chars is not None and max_chars > 0:
+        text = text[-max_chars:] if max_chars < len(text) else text
+    if not text.strip():
+        raise DataError(f"{path} is empty; bits-per-byte needs some text")
+    return text
+
+
+def load_model_and_tokenizer(model_or_path, tokenizer=None, device=None, dtype=None, trust_remote_code: bool = False):
+    """A model folder or Hub id -> (model, tokenizer); an in-memory model is passed through (tokenizer required)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hfscratch  # noqa: F401  registers the hfscratch Auto classes
+
+    if not isinstance(model_or_path, (str, Path)):
+        if tokenizer is None:
+            raise ConfigError("an in-memory model needs its tokenizer: pass tokenizer=...")
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
+        if device is not None:
+            model_or_path.to(device)
+        return model_or_path, tokenizer
+    source = str(model_or_path)
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise CheckpointError(f"{local} is not a model folder (no config.json); pass a folder written by save_pretrained")
+        source = str(local)
+    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise CheckpointError(f"model folder {source} does not exist; pass a folder written by save_pretrained or a Hub id")
+    torch_dtype = dtype if dtype not in (None, "auto") else "auto"
+    if isinstance(torch_dtype, str) and torch_dtype != "auto":
+        torch_dtype = getattr(torch, torch_dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else AutoTokenizer.from_pretrained(
+            str(tokenizer or source), trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise CheckpointError(f"could not load {source}: {str(err).splitlines()[0]}; check the path/Hub id (offline: only local folders)") from None
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model, tok
