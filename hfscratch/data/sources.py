@@ -1,0 +1,486 @@
+"""Reading raw text: local files, folders, globs and Hub datasets, as plain `{"text", "id", "source"}` dicts.
+
+Supported local formats (each optionally compressed as `.gz`, `.bz2` or `.zst`):
+
+* `.txt` / `.text` / `.md`: one document per file (`txt_mode="file"`), per blank-line separated paragraph
+  (`"paragraph"`) or per non-empty line (`"line"`).
+* `.jsonl` / `.ndjson`: one JSON object per line; the text is read from `text_field`.
+* `.json`: a JSON array of objects (or JSON Lines saved with a `.json` name); text from `text_field`.
+* `.parquet`: read with datatrove's `ParquetReader` (column `text_field`).
+* a folder written by `datasets.Dataset.save_to_disk`.
+
+Anything that is not an existing path and looks like `owner/name` is a Hub dataset id, streamed with
+`datasets.load_dataset(..., streaming=True)` through datatrove's `HuggingFaceDatasetReader`, so corpora larger than
+disk or RAM work. Optional suffixes pick the config and split: `owner/name:config@split` (split defaults to `train`);
+`hf:owner/name` forces the Hub reading.
+
+Undecodable bytes never stop a run: they are removed, counted per file and reported (a log warning and the
+`stats` dict). Missing paths, unsupported extensions and sources without any text raise a one-line `DataError`.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.readers.base import BaseReader
+from tqdm.auto import tqdm
+
+from hfscratch.errors import DataError
+
+logger = logging.getLogger("hfscratch.data")
+
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+FORMAT_SUFFIXES = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+}
+TXT_MODES = ("file", "paragraph", "line")
+SUPPORTED_HINT = ".txt, .jsonl, .json, .parquet (text/json optionally .gz/.bz2/.zst)"
+
+# `owner/name`, optionally `:config` and `@split`; a local path that does not exist never gets here if it has a
+# file extension we know, starts with `/`, `.` or `~`, or contains glob characters.
+_HUB_ID = re.compile(r"^(?:hf:)?[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?(?:@[\w.\[\]:%+-]+)?$")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+def file_format(path: str | Path) -> str | None:
+    """The reader kind for a file name (`txt`, `jsonl`, `json`, `parquet`), or None when unsupported."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            return None  # parquet compresses its own pages; a compressed parquet file is a mistake
+    return FORMAT_SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def _compression(path: str) -> str | None:
+    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _folder_files(folder: Path) -> list[tuple[str, str]]:
+    found = []
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file() or any(part.startswith(".") for part in file.relative_to(folder).parts):
+            continue
+        kind = file_format(file)
+        if kind:
+            found.append((kind, str(file)))
+    return found
+
+
+def resolve_sources(sources: list[str] | str) -> list[tuple[str, str]]:
+    """Expand sources into `(kind, path_or_id)` pairs; kind is txt|jsonl|json|parquet|saved|hub.
+
+    Folders are searched recursively (hidden files skipped) for supported files, globs are expanded (`**` works),
+    and anything else that looks like `owner/name` is a Hub dataset id. Raises DataError for a missing path,
+    an unsupported file, an empty folder/glob or an empty source list.
+    """
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    if not sources:
+        raise DataError("no data sources given; pass at least one file, folder, glob or Hub dataset id")
+    resolved: list[tuple[str, str]] = []
+    for source in sources:
+        text = str(source)
+        if text.startswith("hf:"):
+            resolved.append(("hub", text[3:]))
+            continue
+        path = Path(text).expanduser()
+        if path.is_file():
+            kind = file_format(path)
+            if kind is None:
+                raise DataError(
+                    f"unsupported file type: {text}; convert it to one of {SUPPORTED_HINT} or pass a folder of such files"
+                )
+            resolved.append((kind, str(path)))
+        elif path.is_dir():
+            if _is_saved_dataset(path):
+                resolved.append(("saved", str(path)))
+                continue
+            files = _folder_files(path)
+            if not files:
+                raise DataError(f"folder {text} holds no supported files; put {SUPPORTED_HINT} files in it")
+            resolved.extend(files)
+        elif _GLOB_CHARS.search(text):
+            matches = [Path(m) for m in sorted(globlib.glob(str(path), recursive=True))]
+            files = [(file_format(m), str(m)) for m in matches if m.is_file() and file_format(m)]
+            if not files:
+                raise DataError(f"glob {text} matches no supported files; check the pattern ({SUPPORTED_HINT})")
+            resolved.extend(files)
+        elif _HUB_ID.match(text) and file_format(text) is None and not text.startswith((".", "/", "~")):
+            resolved.append(("hub", text))
+        else:
+            raise DataError(
+                f"data source not found: {text}; pass an existing file, folder, glob (e.g. 'data/*.txt') "
+                "or a Hub dataset id ('owner/name')"
+            )
+    # the same file named twice (e.g. a folder and a glob inside it) is read once
+    seen, unique = set(), []
+    for item in resolved:
+        if item not in seen:
+            seen.add(item)
+            unique.append(item)
+    return unique
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decoding that never fails
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def decode_counting(raw: bytes) -> tuple[str, int]:
+    """UTF-8 decode `raw`, dropping undecodable bytes; returns (text, number of bytes dropped).
+
+    Strict decoding is the fast path. On failure `surrogateescape` maps every bad byte to exactly one lone
+    surrogate (U+DC80..U+DCFF), which valid UTF-8 can never produce, so counting and removing those is exact.
+    """
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        escaped = raw.decode("utf-8", errors="surrogateescape")
+        cleaned, dropped = _ESCAPED_BYTES.subn("", escaped)
+        return cleaned, dropped
+
+
+def _open_binary(path: str):
+    """Open a local or fsspec path for binary reading, decompressing gz/bz2/zst transparently."""
+    import fsspec
+
+    compression = _compression(path)
+    if compression == "zstd":
+        # fsspec's zstd file object cannot iterate lines; zstandard's own reader wrapped in a buffer can
+        import io
+
+        import zstandard
+
+        raw = fsspec.open(path, "rb").open()
+        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+        return io.BufferedReader(stream)
+    return fsspec.open(path, "rb", compression=compression).open()
+
+
+def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle):
+            line, dropped = decode_counting(raw)
+            counters["undecodable_bytes"] += dropped
+            yield number, line
+
+
+def _text_of(record, text_field: str, path: str, counters: dict) -> str | None:
+    if not isinstance(record, dict):
+        counters["bad_records"] += 1
+        return None
+    value = record.get(text_field)
+    if value is None:
+        counters["missing_field"] += 1
+        counters.setdefault("keys_seen", sorted(record.keys())[:20])
+        return None
+    if not isinstance(value, str):
+        counters["bad_records"] += 1
+        return None
+    return value
+
+
+def _record_id(record: dict, path: str, index: int) -> str:
+    value = record.get("id") if isinstance(record, dict) else None
+    return str(value) if isinstance(value, (str, int)) else f"{path}#{index}"
+
+
+def _iter_txt(path: str, txt_mode: str, counters: dict) -> Iterator[tuple[str, str]]:
+    if txt_mode == "file":
+        with _open_binary(path) as handle:
+            text, dropped = decode_counting(handle.read())
+        counters["undecodable_bytes"] += dropped
+        yield text, path
+    elif txt_mode == "line":
+        for number, line in _read_lines(path, counters):
+            yield line.rstrip("\r\n"), f"{path}#{number}"
+    else:  # paragraph: lines are streamed so a huge file never sits in memory at once
+        paragraph: list[str] = []
+        index = 0
+        for _, line in _read_lines(path, counters):
+            if line.strip():
+                paragraph.append(line)
+            elif paragraph:
+                yield "".join(paragraph).rstrip("\r\n"), f"{path}#{index}"
+                index += 1
+                paragraph = []
+        if paragraph:
+            yield "".join(paragraph).rstrip("\r\n"), f"{path}#{index}"
+
+
+def _iter_jsonl(path: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
+    # Hand-rolled instead of datatrove's JsonlReader: that reader opens files in text mode, so one undecodable
+    # byte ends the whole file with a warning (the rest is silently lost); here bad bytes are dropped per line.
+    for number, line in _read_lines(path, counters):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            counters["bad_records"] += 1
+            continue
+        text = _text_of(record, text_field, path, counters)
+        if text is not None:
+            yield text, _record_id(record, path, number)
+
+
+def _iter_json(path: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
+    # datatrove has no reader for a JSON array file (only JSON Lines), hence this small one.
+    with _open_binary(path) as handle:
+        content, dropped = decode_counting(handle.read())
+    counters["undecodable_bytes"] += dropped
+    stripped = content.lstrip()
+    if not stripped.startswith("["):
+        yield from _iter_jsonl(path, text_field, counters)  # JSON Lines saved as .json
+        return
+    try:
+        records = json.loads(stripped)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); fix or re-export it") from None
+    for index, record in enumerate(records):
+        text = _text_of(record, text_field, path, counters)
+        if text is not None:
+            yield text, _record_id(record, path, index)
+
+
+def _iter_parquet(path: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
+    from datatrove.pipeline.readers import ParquetReader
+
+    parent, name = str(Path(path).parent), Path(path).name
+    reader = ParquetReader(parent, text_key=text_field, read_metadata=False)
+    try:
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+    except Exception as error:  # noqa: BLE001 - any pyarrow failure means the same thing to the user
+        raise DataError(f"cannot read parquet file {path} ({error}); check that it is a complete parquet file") from None
+    if text_field not in columns:
+        counters["missing_field"] += 1
+        counters.setdefault("keys_seen", columns[:20])
+        return
+    for document in reader.read_file(name):
+        yield document.text, str(document.id)
+
+
+def _hub_options(spec: str) -> tuple[str, dict]:
+    name, _, split = spec.partition("@")
+    name, _, config = name.partition(":")
+    options = {"split": split or "train"}
+    if config:
+        options["name"] = config
+    return name, options
+
+
+def _hub_reader(spec: str, text_field: str, limit: int = -1, saved: bool = False):
+    from datatrove.pipeline.readers import HuggingFaceDatasetReader
+
+    if saved:
+        return HuggingFaceDatasetReader(spec, load_from_disk=True, text_key=text_field, limit=limit)
+    name, options = _hub_options(spec)
+    return HuggingFaceDatasetReader(name, dataset_options=options, streaming=True, text_key=text_field, limit=limit)
+
+
+def _iter_dataset(
+    spec: str, text_field: str, counters: dict, saved: bool, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[str, str]]:
+    reader = _hub_reader(spec, text_field, saved=saved)
+    try:
+        for document in reader.run(rank=rank, world_size=world_size):
+            yield document.text, str(document.id)
+    except DataError:
+        raise
+    except Exception as error:  # noqa: BLE001 - datasets raises many types for "cannot get this dataset"
+        where = "saved dataset folder" if saved else "Hub dataset"
+        fix = (
+            "check the folder was written by Dataset.save_to_disk"
+            if saved
+            else "check the id, your network (HF_HUB_OFFLINE must be unset) and `owner/name:config@split`"
+        )
+        message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise DataError(f"cannot read {where} {spec} ({message}); {fix}") from None
+
+
+def iter_source_texts(
+    kind: str,
+    path: str,
+    text_field: str = "text",
+    txt_mode: str = "file",
+    counters: dict | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[str, str]]:
+    """Yield `(text, id)` for one resolved source; `counters` collects undecodable_bytes, missing_field, ...
+
+    `rank`/`world_size` only shard Hub and saved datasets (files are sharded by the caller, one file per task).
+    """
+    counters = _new_counters() if counters is None else counters
+    if kind == "txt":
+        yield from _iter_txt(path, txt_mode, counters)
+    elif kind == "jsonl":
+        yield from _iter_jsonl(path, text_field, counters)
+    elif kind == "json":
+        yield from _iter_json(path, text_field, counters)
+    elif kind == "parquet":
+        yield from _iter_parquet(path, text_field, counters)
+    elif kind in ("hub", "saved"):
+        yield from _iter_dataset(path, text_field, counters, saved=kind == "saved", rank=rank, world_size=world_size)
+    else:
+        raise DataError(f"unknown source kind {kind!r} for {path}; use one of txt, jsonl, json, parquet, saved, hub")
+
+
+def _new_counters() -> dict:
+    return {"undecodable_bytes": 0, "missing_field": 0, "bad_records": 0, "empty": 0}
+
+
+def _check_txt_mode(txt_mode: str) -> None:
+    if txt_mode not in TXT_MODES:
+        raise DataError(f"unknown txt_mode {txt_mode!r}; use one of {', '.join(TXT_MODES)}")
+
+
+def _no_text_error(source: str, text_field: str, counters: dict) -> DataError:
+    if counters["missing_field"]:
+        keys = counters.get("keys_seen", [])
+        return DataError(
+            f"no documents in {source}: records have no {text_field!r} field (fields seen: {keys}); "
+            "set text_field to the field holding the text"
+        )
+    return DataError(f"no documents in {source}: it is empty or holds only blank text; point to a file with text")
+
+
+def iter_documents(
+    sources: list[str],
+    text_field: str = "text",
+    txt_mode: str = "file",
+    limit: int | None = None,
+    stats: dict | None = None,
+    progress: bool = False,
+) -> Iterator[dict]:
+    """Yield `{"text", "id", "source"}` for every non-blank document in `sources`, in order.
+
+    `limit` caps the total number of documents. When `stats` is a dict it is filled with files, documents,
+    undecodable_bytes, bad_records (unparsable JSON lines) and empty (blank documents skipped). A source argument
+    that yields no document at all raises DataError (naming a wrong `text_field` when that is the cause).
+    """
+    _check_txt_mode(txt_mode)
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    # resolve everything first so a typo in the last source fails before any work is done
+    per_source = [(str(source), resolve_sources([source])) for source in sources] if sources else resolve_sources([])
+    totals = stats if stats is not None else {}
+    for key in ("files", "documents", "undecodable_bytes", "bad_records", "empty"):
+        totals.setdefault(key, 0)
+    produced = 0
+    bar = tqdm(total=sum(len(r) for _, r in per_source), unit="file", desc="reading", disable=not progress)
+    try:
+        for source, resolved in per_source:
+            found_in_source = 0
+            counters = _new_counters()
+            for kind, path in resolved:
+                before = dict(counters)
+                for text, doc_id in iter_source_texts(kind, path, text_field, txt_mode, counters):
+                    if limit is not None and produced >= limit:
+                        break
+                    if not text.strip():
+                        counters["empty"] += 1
+                        continue
+                    found_in_source += 1
+                    produced += 1
+                    totals["documents"] += 1
+                    yield {"text": text, "id": doc_id, "source": path}
+                totals["files"] += 1
+                for key in ("undecodable_bytes", "bad_records", "empty"):
+                    totals[key] += counters[key] - before[key]
+                if counters["undecodable_bytes"] > before["undecodable_bytes"]:
+                    dropped = counters["undecodable_bytes"] - before["undecodable_bytes"]
+                    logger.warning("%s: skipped %d undecodable bytes (not UTF-8)", path, dropped)
+                if counters["bad_records"] > before["bad_records"]:
+                    bad = counters["bad_records"] - before["bad_records"]
+                    logger.warning("%s: skipped %d records that are not JSON objects with text", path, bad)
+                bar.update()
+                if limit is not None and produced >= limit:
+                    return
+            if found_in_source == 0:
+                raise _no_text_error(source, text_field, counters)
+    finally:
+        bar.close()
+
+
+class SourceReader(BaseReader):
+    """Datatrove reader over `resolve_sources(sources)`: files are spread over tasks (file i goes to task
+    i % world_size); Hub/saved datasets are sharded by datatrove's HuggingFaceDatasetReader in every task.
+
+    Hand-rolled on top of `iter_source_texts` because no single datatrove reader handles a mix of txt, jsonl,
+    json arrays, parquet and Hub ids, nor counts undecodable bytes instead of aborting a file.
+    Stats: `undecodable_bytes`, `bad_records`, `empty` and the per-document `doc_len`.
+    """
+
+    name = "📂 hfscratch sources"
+
+    def __init__(
+        self,
+        sources: list[str],
+        text_field: str = "text",
+        txt_mode: str = "file",
+        limit: int = -1,
+        file_progress: bool = True,
+    ):
+        super().__init__(limit=limit)
+        _check_txt_mode(txt_mode)
+        self.sources = [str(s) for s in sources]
+        self.text_field = text_field
+        self.txt_mode = txt_mode
+        self.file_progress = file_progress
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        resolved = resolve_sources(self.sources)
+        files = [item for item in resolved if item[0] not in ("hub", "saved")]
+        datasets_ = [item for item in resolved if item[0] in ("hub", "saved")]
+        my_files = files[rank::world_size]
+        produced = 0
+        bar = tqdm(total=len(my_files), unit="file", desc=f"read task {rank}", disable=not self.file_progress)
+        try:
+            for kind, path in my_files + datasets_:
+                counters = _new_counters()
+                for text, doc_id in iter_source_texts(
+                    kind, path, self.text_field, self.txt_mode, counters, rank=rank, world_size=world_size
+                ):
+                    if self.limit != -1 and produced >= self.limit:
+                        break
+                    if not text.strip():
+                        counters["empty"] += 1
+                        continue
+                    produced += 1
+                    document = Document(text=text, id=doc_id, metadata={"source": path})
+                    self.update_doc_stats(document)
+                    yield document
+                for key in ("undecodable_bytes", "bad_records", "empty", "missing_field"):
+                    if counters[key]:
+                        self.stat_update(key, value=counters[key])
+                if counters["undecodable_bytes"]:
+                    logger.warning("%s: skipped %d undecodable bytes", path, counters["undecodable_bytes"])
+                if kind not in ("hub", "saved"):
+                    bar.update()
+                    self.stat_update("input_files")
+        finally:
+            bar.close()

@@ -1,0 +1,235 @@
+"""hfscratch.data.clean: the datatrove cleaning pipeline on real Gutenberg/TinyStories/GSM8K text with planted
+duplicates, PII and benchmark contamination."""
+
+import gzip
+import json
+import os
+import re
+
+import pytest
+
+from hfscratch.data.clean import CleanConfig, PIIScrubber, build_decontamination_index, clean_corpus
+from hfscratch.errors import ConfigError, DataError
+
+NO_QUALITY = dict(gopher_repetition=False, gopher_quality=False, c4_quality=False, fineweb_quality=False)
+
+
+def read_output(result):
+    docs = []
+    for path in result.files:
+        assert path.name.endswith(".jsonl.gz")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            docs += [json.loads(line) for line in f]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def paragraphs(shared_data):
+    """Distinct prose paragraphs (>= 60 words) from the middle of three Gutenberg books (skips the PG header)."""
+    out = []
+    for name in ["pg1342.txt", "pg11.txt", "pg1400.txt"]:
+        text = (shared_data / "gutenberg" / "books" / name).read_text(encoding="utf-8")
+        found = [re.sub(r"\s+", " ", p).strip() for p in text.split("\n\n")]
+        found = [p for p in found if len(p.split()) >= 60][30:50]
+        out += found
+    assert len(set(out)) == len(out) == 60
+    return out
+
+
+@pytest.fixture(scope="module")
+def gsm8k_slice(shared_data, tmp_path_factory):
+    """The first 100 GSM8K test problems as the eval set, plus 2 train problems (not in the eval set)."""
+    folder = tmp_path_factory.mktemp("evalsets") / "gsm8k"
+    folder.mkdir()
+    test_lines = (shared_data / "gsm8k" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:100]
+    (folder / "test.jsonl").write_text("\n".join(test_lines) + "\n", encoding="utf-8")
+    train = [json.loads(x) for x in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:2]]
+    return folder / "test.jsonl", [json.loads(x) for x in test_lines], train
+
+
+def edit_lightly(text: str) -> str:
+    """Swap one word mid-paragraph and change another's case: a near duplicate, not an exact one."""
+    words = text.split(" ")
+    words[len(words) // 2] = "lantern"
+    words[3] = words[3].upper()
+    return " ".join(words)
+
+
+PII = "Write to jane.roe@mailbox-example.net or call (415) 555-2671 / +44 20 7946 0958; our server is 93.184.216.34."
+
+
+@pytest.fixture(scope="module")
+def planted_run(paragraphs, gsm8k_slice, tmp_path_factory):
+    eval_file, test_problems, train_problems = gsm8k_slice
+    clean = paragraphs[:40]
+    near_sources = paragraphs[40:43]
+    pii_docs = [f"{p} {PII}" for p in paragraphs[43:46]]
+    contaminated = [f"{p} {test_problems[i * 30]['question']} {paragraphs[i]}"
+                    for i, p in enumerate(paragraphs[46:49])]
+    with_train_question = f"{paragraphs[49]} {train_problems[0]['question']}"
+    docs = (
+        clean + near_sources + pii_docs + contaminated + [with_train_question]
+        + [clean[0], clean[5], clean[5]]  # exact copies (one of them twice)
+        + [edit_lightly(p) for p in near_sources]  # near copies
+    )
+    out_dir = tmp_path_factory.mktemp("clean") / "out"
+    config = CleanConfig(**NO_QUALITY, decontaminate_with=[str(eval_file)], tasks=2, workers=2, progress=False)
+    result = clean_corpus([{"text": d} for d in docs], out_dir, config)
+    return result, dict(clean=clean, near=near_sources, pii=pii_docs, contaminated=contaminated,
+                        train=with_train_question)
+
+
+def test_dedup_removes_planted_exact_and_near_copies_and_keeps_the_rest(planted_run):
+    result, planted = planted_run
+    texts = [d["text"] for d in read_output(result)]
+    for paragraph in planted["clean"]:
+        assert texts.count(paragraph) == 1  # every real paragraph kept, its exact copies gone
+    for original in planted["near"]:
+        kept = texts.count(original) + texts.count(edit_lightly(original))
+        assert kept == 1, "exactly one of a near-duplicate pair survives"
+    stages = result.stats["stages"]
+    assert stages["exact_dedup"]["dropped"] == 3
+    assert stages["minhash_dedup"]["dropped"] == 3
+    assert stages["read"]["docs_out"] == len(texts) + 3 + 3 + 3  # 3 exact, 3 near, 3 contaminated
+    assert len(texts) == 40 + 3 + 3 + 1
+
+
+def test_pii_is_scrubbed(planted_run, paragraphs):
+    result, planted = planted_run
+    texts = [d["text"] for d in read_output(result)]
+    joined = "\n".join(texts)
+    for secret in ["jane.roe@mailbox-example.net", "(415) 555-2671", "+44 20 7946 0958", "93.184.216.34"]:
+        assert secret not in joined
+    scrubbed = [t for t in texts if t.startswith(tuple(paragraphs[43:46]))]
+    assert len(scrubbed) == 3
+    for text in scrubbed:
+        assert "@example." in text and "Write to " in text  # replaced in place, the rest of the text untouched
+    details = result.stats["stages"]["pii"]["details"]
+    assert details["emails_replaced"] == 3 and details["phones_replaced"] == 6 and details["ips_replaced"] == 3
+
+
+def test_decontamination_drops_planted_gsm8k_questions(planted_run):
+    result, planted = planted_run
+    texts = [d["text"] for d in read_output(result)]
+    assert not set(planted["contaminated"]) & set(texts)
+    assert planted["train"] in texts  # a GSM8K *train* question is not in the eval set: kept
+    decont = result.stats["stages"]["decontamination"]
+    assert decont["dropped"] == 3 and decont["details"]["contaminated_gsm8k_test"] == 3
+    assert result.stats["decontamination_index_ngrams"]["gsm8k_test"] > 1000
+
+
+def test_outputs_stats_file_and_atomic_folder(planted_run):
+    result, _ = planted_run
+    assert result.stats_path == result.output_dir / "stats.json"
+    on_disk = json.loads(result.stats_path.read_text())
+    assert on_disk["stages"] == result.stats["stages"]
+    assert list(on_disk["stages"]) == ["read", "exact_dedup", "minhash_dedup", "pii", "decontamination"]
+    assert not result.output_dir.with_name("out.partial").exists()
+    assert not (result.output_dir / "work").exists()
+    with pytest.raises(DataError, match="already exists"):
+        clean_corpus([{"text": "x"}], result.output_dir, CleanConfig(progress=False))
+
+
+def test_report_mode_keeps_contaminated_documents(paragraphs, gsm8k_slice, tmp_path):
+    eval_file, test_problems, _ = gsm8k_slice
+    docs = paragraphs[:4] + [f"{paragraphs[4]} {test_problems[7]['question']}"]
+    config = CleanConfig(**NO_QUALITY, exact_dedup=False, minhash_dedup=False, pii=False, progress=False,
+                         decontaminate_with=[str(eval_file)], decontamination_mode="report")
+    result = clean_corpus([{"text": d} for d in docs], tmp_path / "out", config)
+    assert [d["text"] for d in read_output(result)] == docs
+    decont = result.stats["stages"]["decontamination"]
+    assert decont["dropped"] == 0 and decont["details"]["reported_gsm8k_test"] == 1
+
+
+def test_quality_filters_drop_junk_and_keep_prose(paragraphs, tmp_path):
+    # prose documents of 4 real paragraphs each, and junk that each filter family is meant to catch
+    good = ["\n".join(paragraphs[i:i + 4]) for i in range(0, 40, 4)]
+    junk = [
+        "Click here to buy cheap watches now!\n" * 40,  # repeated lines (Gopher repetition)
+        " ".join(["$$$ ### @@@ %%% &&&"] * 60),  # symbols, no words (Gopher quality)
+        "\n".join(["menu item"] * 3 + [f"link {i}" for i in range(80)]),  # short lines (quality filters)
+    ]
+    config = CleanConfig(exact_dedup=False, minhash_dedup=False, pii=False, progress=False)
+    result = clean_corpus([{"text": d} for d in good + junk], tmp_path / "out", config)
+    texts = [d["text"] for d in read_output(result)]
+    assert not any("cheap watches" in t or "$$$" in t or "link 7" in t for t in texts)
+    # C4's line filter may drop whole lines (e.g. a paragraph ending in a curly quote), never rewrite them
+    assert all(line.strip() in paragraphs[:40] for t in texts for line in t.split("\n"))
+    assert len(texts) >= 9, f"real prose should pass the default filters, kept {len(texts)}/10"
+    stages = result.stats["stages"]
+    assert sum(stages[s]["dropped"] for s in ["gopher_repetition", "gopher_quality", "c4_quality",
+                                              "fineweb_quality"]) == len(good) + len(junk) - len(texts)
+    assert stages["gopher_repetition"]["details"]
+
+
+def test_filters_emptying_the_corpus_raise_a_data_error(paragraphs, tmp_path):
+    config = CleanConfig(exact_dedup=False, minhash_dedup=False, pii=False, progress=False,
+                         gopher_repetition=False, gopher_quality_options={"min_doc_words": 10**6})
+    with pytest.raises(DataError, match=r"stage 'gopher_quality'.*min_doc_words"):
+        clean_corpus([{"text": p} for p in paragraphs[:5]], tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()  # nothing half-written at the requested path
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="min_words.*valid thresholds"):
+        CleanConfig(gopher_quality_options={"min_words": 3}).validate()
+    with pytest.raises(ConfigError, match="executor"):
+        CleanConfig(executor="spark").validate()
+    with pytest.raises(ConfigError, match="slurm_partition"):
+        CleanConfig(executor="slurm").validate()
+    with pytest.raises(ConfigError, match="drop or report"):
+        CleanConfig(decontamination_mode="warn").validate()
+
+
+def test_slurm_and_ray_executors_are_built_from_the_config(tmp_path):
+    from datatrove.executor import RayPipelineExecutor, SlurmPipelineExecutor
+
+    from hfscratch.data.clean import _build_stages, _make_executor
+
+    config = CleanConfig(executor="slurm", slurm_partition="cpu", slurm_time="01:00:00", tasks=4,
+                         slurm_options={"qos": "low"})
+    stages = _build_stages(["x.txt"], config, tmp_path, "text", shard_tasks=4)
+    assert [s.name for s in stages] == ["read", "exact_find", "minhash_signatures", "minhash_buckets",
+                                        "minhash_cluster", "filter_and_write"]
+    first = _make_executor(config, stages[0], tmp_path / "logs" / "read")
+    chained = _make_executor(config, stages[1], tmp_path / "logs" / "exact_find", depends=first)
+    assert isinstance(chained, SlurmPipelineExecutor) and chained.depends is first
+    assert (first.partition, first.time, first.tasks, first.qos) == ("cpu", "01:00:00", 4, "low")
+    assert stages[3].tasks == config.minhash_buckets  # datatrove needs tasks divisible by the bucket count
+    ray_config = CleanConfig(executor="ray", ray_cpus_per_task=2, tasks=4, workers=2)
+    ray_executor = _make_executor(ray_config, stages[0], tmp_path / "logs" / "ray")
+    assert isinstance(ray_executor, RayPipelineExecutor) and ray_executor.cpus_per_task == 2
+
+
+def test_pii_scrubber_formats_and_non_phone_numbers():
+    scrubber = PIIScrubber()
+    text = ("Mail a.b-c@uni.example.edu, ring 212-555-0147 or (020) 7946 0958 or +33 1 42 68 53 00. "
+            "Local box 192.168.0.1 stays. The war of 1914-1918 ended; order 1200 300 400 crates on 2023-05-01.")
+    out = scrubber.format(text)
+    for secret in ["a.b-c@uni.example.edu", "212-555-0147", "(020) 7946 0958", "+33 1 42 68 53 00"]:
+        assert secret not in out
+    for kept in ["192.168.0.1", "1914-1918", "1200 300 400", "2023-05-01"]:
+        assert kept in out  # private IPs, year ranges, number lists and dates are not PII
+
+
+def test_decontamination_index_from_plain_text_eval_set(paragraphs, tmp_path):
+    (tmp_path / "evalset.txt").write_text(paragraphs[0] + "\n\n" + paragraphs[1])
+    counts = build_decontamination_index([str(tmp_path / "evalset.txt")], tmp_path / "index", ngram=13)
+    n_words = len(paragraphs[0].split()) + len(paragraphs[1].split())
+    assert 0.8 * (n_words - 24) <= counts[f"{tmp_path.name}_evalset"] <= n_words
+    with pytest.raises(DataError, match="lower decontamination_ngram"):
+        build_decontamination_index([str(tmp_path / "evalset.txt")], tmp_path / "index2", ngram=10**4)
+
+
+@pytest.mark.skipif(
+    os.environ.get("HFSCRATCH_TEST_RAY") != "1",
+    reason="Ray executor run takes ~1-2 min on 2 shared cores; set HFSCRATCH_TEST_RAY=1 (needs `pip install ray`)",
+)
+def test_ray_executor_matches_local(paragraphs, tmp_path):
+    pytest.importorskip("ray")
+    docs = [{"text": p} for p in paragraphs[:10] + paragraphs[:2]]
+    common = dict(**NO_QUALITY, minhash_dedup=False, tasks=2, workers=2, progress=False)
+    ray_result = clean_corpus(docs, tmp_path / "ray", CleanConfig(executor="ray", **common))
+    local_result = clean_corpus(docs, tmp_path / "local", CleanConfig(**common))
+    assert sorted(d["text"] for d in read_output(ray_result)) == sorted(d["text"] for d in read_output(local_result))
+    assert ray_result.stats["stages"]["exact_dedup"]["dropped"] == 2
