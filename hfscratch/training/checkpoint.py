@@ -1,0 +1,151 @@
+"""Atomic, resumable checkpoints: `accelerate save_state` + a `save_pretrained` folder + the trainer state.
+
+Layout of `<output_dir>/checkpoints/checkpoint-0000100/`:
+  model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl   (accelerate save_state;
+      FSDP writes sharded `pytorch_model_fsdp_0/` + `optimizer_0/` instead)
+  hf/                      save_pretrained folder (loads with AutoModelForCausalLM) + tokenizer
+  trainer_state.json       step, tokens seen, data position, loss history, stability statistics
+
+A checkpoint is written to `.tmp-checkpoint-…` and renamed when complete; `trainer_state.json` is the last
+file written, so a folder without it is never treated as a checkpoint. A kill or a full disk during the
+write leaves the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+HF_SUBDIR = "hf"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:07d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints under `output_dir/checkpoints`, oldest first."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
+    """`latest` -> newest complete checkpoint of this run; otherwise an explicit folder, validated."""
+    if spec == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: no complete checkpoint in {Path(output_dir) / CHECKPOINT_DIR}; "
+                "drop the flag to start a new run or pass a checkpoint PATH"
+            )
+        return checkpoints[-1]
+    path = Path(spec)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a checkpoint folder or 'latest'")
+    if not (path / TRAINER_STATE).is_file():
+        raise CheckpointError(f"{path} is not a complete hfscratch checkpoint (no {TRAINER_STATE}); pick another one or 'latest'")
+    return path
+
+
+def read_trainer_state(path: str | Path) -> dict:
+    try:
+        return json.loads((Path(path) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path} has an unreadable {TRAINER_STATE} ({err}); resume from an earlier checkpoint") from None
+
+
+def assert_finite(model: torch.nn.Module) -> None:
+    """Never write NaN/Inf weights: a checkpoint must always be a safe point to resume from."""
+    for name, param in model.named_parameters():
+        if param.numel() and not torch.isfinite(param.detach()).all():
+            from .stability import TrainingDivergedError
+
+            raise TrainingDivergedError(f"parameter {name} holds NaN/Inf; refusing to write a checkpoint. Resume from the last good checkpoint with a lower learning_rate")
+
+
+def _write_trainer_state(folder: Path, state: dict) -> None:
+    tmp = folder / (TRAINER_STATE + ".part")
+    tmp.write_text(json.dumps(state, indent=1, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, folder / TRAINER_STATE)
+
+
+def _disk_error(err: OSError, what: Path, previous: Path | None) -> CheckpointError:
+    keep = f"; the previous checkpoint {previous} is intact" if previous else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CheckpointError(f"disk full while writing {what}{keep}; free space, lower keep_last_k or use another output_dir")
+    return CheckpointError(f"could not write {what} ({err.strerror or err}){keep}; check the output_dir permissions and space")
+
+
+def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step: int, trainer_state: dict, keep_last_k: int) -> Path:
+    """Write checkpoint `step` atomically on every rank's behalf; returns its final path (all ranks)."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    previous = list_checkpoints(output_dir)
+    previous_path = previous[-1] if previous else None
+    assert_finite(accelerator.unwrap_model(model))
+    failure: CheckpointError | None = None
+    try:
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # a leftover from a run killed mid-save
+                shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        # Every rank takes part in gathering the full state dict (FSDP/ZeRO-3); the main one writes it.
+        state_dict = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(tmp / HF_SUBDIR, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(tmp / HF_SUBDIR)
+            _write_trainer_state(tmp, trainer_state)
+    except OSError as err:
+        failure = _disk_error(err, tmp, previous_path)
+    # Every rank learns whether any rank failed, so none waits forever at the next barrier.
+    failed = torch.tensor([1.0 if failure else 0.0], device=accelerator.device)
+    failed = accelerator.reduce(failed, reduction="sum")
+    if failed.item() > 0:
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise failure or CheckpointError(f"another process failed while writing {tmp}; see its message above")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # re-saving the same step (e.g. the end of a run that just saved): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep_last_k] if keep_last_k > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
+    state = read_trainer_state(path)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as err:  # safetensors/pickle/shape errors all mean the same thing to the user
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or from a different model ({message}); resume from an earlier checkpoint") from None
+    for key in ("step", "sequences_consumed", "tokens_seen"):
+        if not isinstance(state.get(key), int):
+            raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} lacks {key!r}; it was not written by hfscratch pretrain")
+    return state

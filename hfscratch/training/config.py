@@ -1,0 +1,271 @@
+"""The pretraining recipe's arguments: model, data and training dataclasses, alignment-handbook style.
+
+`hfscratch.recipe_args.parse_recipe_args([ModelArguments, DataArguments, TrainingArguments])` fills them
+from `--config recipes/configs/<name>.yaml` plus CLI overrides, so every field name here is unique across
+the three classes (they share one command line). Field defaults are the tiny CPU run; the YAML files in
+`recipes/configs/` repeat the values they rely on so a config reads on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+# Model size presets: (hidden, layers, heads, kv_heads, intermediate or None, max_positions, style).
+# "gpt2_*" presets use GPT-2's architecture (learned positions, LayerNorm, GELU); the rest are Llama-style.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512),
+    "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024),
+    "gpt2_124m": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
+        style="gpt2",
+    ),
+    "llama_124m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048),
+    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=2048),
+    # Llama-3.2-1B shape (hidden 2048, 16 layers, GQA 32/8, SwiGLU 8192): ~1.0B with a 50k vocab.
+    "1b": dict(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192,
+        max_position_embeddings=2048, rope_theta=500000.0,
+    ),
+}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to build: a size preset, explicit `HfscratchConfig` fields, or an existing checkpoint."""
+
+    model_size: str = field(default="tiny", metadata={"help": f"size preset: {', '.join(MODEL_PRESETS)} (explicit fields below override it)"})
+    architecture: str | None = field(default=None, metadata={"help": "llama (RoPE, RMSNorm, SwiGLU) or gpt2 (learned positions, LayerNorm, GELU); default: the preset's"})
+    init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this save_pretrained folder instead of a fresh model"})
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int | None = None
+    position_embedding_type: str | None = field(default=None, metadata={"help": "rope | learned"})
+    norm_type: str | None = field(default=None, metadata={"help": "rmsnorm | layernorm"})
+    mlp_type: str | None = field(default=None, metadata={"help": "swiglu | gelu"})
+    qk_norm: bool | None = field(default=None, metadata={"help": "per-head RMSNorm on queries/keys (Qwen3)"})
+    tie_word_embeddings: bool | None = None
+    rope_theta: float | None = None
+    initializer_range: float | None = None
+    model_vocab_size: int | None = field(default=None, metadata={"help": "embedding rows; default: the tokenizer's size rounded up to pad_vocab_to_multiple_of"})
+    pad_vocab_to_multiple_of: int = field(default=64, metadata={"help": "round the embedding table up (tensor-core friendly); 1 = exact"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flex_attention | flash_attention_2"})
+
+    def __post_init__(self):
+        if self.init_from is None and self.model_size not in MODEL_PRESETS:
+            raise ConfigError(f"unknown model_size {self.model_size!r}; choose one of {', '.join(MODEL_PRESETS)}")
+        if self.architecture not in (None, "llama", "gpt2"):
+            raise ConfigError(f"architecture must be llama or gpt2, got {self.architecture!r}")
+        if self.pad_vocab_to_multiple_of < 1:
+            raise ConfigError("pad_vocab_to_multiple_of must be >= 1")
+
+
+@dataclass
+class DataArguments:
+    """Where the tokens come from; mapped onto `hfscratch.data.prepare.DataConfig` (or a packed dataset on disk)."""
+
+    data_name: str = field(default="synthetic_math", metadata={"help": "name of the prepared data set (folder under data_dir)"})
+    data_dir: str = field(default="data", metadata={"help": "root folder for prepared data (tokenizer + packed blocks)"})
+    sources: list[str] = field(default_factory=list, metadata={"help": "data sources for prepare_data (Hub ids, files, ...); empty = the embedded synthetic math corpus"})
+    vocab_size: int = field(default=2048, metadata={"help": "tokenizer vocabulary size when a tokenizer is trained"})
+    tokenizer_path: str | None = field(default=None, metadata={"help": "use this tokenizer instead of training one"})
+    block_size: int = field(default=256, metadata={"help": "tokens per packed training sequence"})
+    validation_fraction: float = 0.05
+    num_proc: int | None = field(default=None, metadata={"help": "processes for data preparation (None = by corpus size)"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    text_field: str = field(default="text", metadata={"help": "field holding the text in json/jsonl/parquet/Hub rows"})
+    max_documents: int | None = field(default=None, metadata={"help": "read at most this many source documents"})
+    synthetic_problems: int = field(default=4000, metadata={"help": "synthetic math problems mixed in (0 = none)"})
+    clean: bool = field(default=True, metadata={"help": "run the datatrove cleaning pipeline on the sources"})
+    streaming: bool = field(default=False, metadata={"help": "stream Hub sources instead of downloading them whole"})
+    tokenizer_max_chars: int | None = field(default=None, metadata={"help": "train the tokenizer on at most this many characters"})
+    dataset_path: str | None = field(default=None, metadata={"help": "skip preparation: a DatasetDict.save_to_disk folder with train/validation splits of packed `input_ids` (+ `position_ids`); needs tokenizer_path"})
+
+    def __post_init__(self):
+        if self.block_size < 2:
+            raise ConfigError(f"block_size must be at least 2, got {self.block_size}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.dataset_path is not None and self.tokenizer_path is None:
+            raise ConfigError("dataset_path needs tokenizer_path (the tokenizer the blocks were encoded with)")
+
+    def to_data_config(self):
+        """The data engineer's `DataConfig`, passing only the fields it declares (its signature may grow)."""
+        from ..data.prepare import DataConfig
+
+        values = dict(
+            name=self.data_name, output_root=self.data_dir, sources=list(self.sources), vocab_size=self.vocab_size,
+            tokenizer_path=self.tokenizer_path, block_size=self.block_size, validation_fraction=self.validation_fraction,
+            num_proc=self.num_proc, seed=self.data_seed, text_field=self.text_field, max_documents=self.max_documents,
+            synthetic_problems=self.synthetic_problems, clean=self.clean, streaming=self.streaming, tokenizer_max_chars=self.tokenizer_max_chars,
+        )
+        known = {f.name for f in dataclasses.fields(DataConfig)}
+        return DataConfig(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainingArguments:
+    """How to train: budget, batch, optimiser, schedule, precision, logging, checkpoints, stability."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "default: outputs/<run_name>"})
+    run_name: str = "pretrain-tiny"
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a previous run in output_dir"})
+    seed: int = 42
+    # budget
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (or give max_tokens)"})
+    max_tokens: int | None = field(default=None, metadata={"help": "token budget; steps = ceil(max_tokens / tokens per step)"})
+    # batch
+    micro_batch_size: int = field(default=16, metadata={"help": "sequences per device per forward/backward"})
+    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "default: from global_batch_size, else 1"})
+    global_batch_size: int | None = field(default=None, metadata={"help": "sequences per optimizer step over all devices (= micro x accum x world)"})
+    # optimiser and schedule
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final LR as a fraction of the peak"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "cosine | wsd | constant (all after linear warmup)"})
+    warmup_steps: int | None = field(default=None, metadata={"help": "default: warmup_ratio x max_steps"})
+    warmup_ratio: float = 0.1
+    wsd_decay_ratio: float = field(default=0.2, metadata={"help": "WSD: fraction of steps spent decaying at the end"})
+    weight_decay: float = field(default=0.1, metadata={"help": "applied to weight matrices only (not norms, biases)"})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0 = off"})
+    z_loss: float = field(default=0.0, metadata={"help": "weight of the z-loss (logsumexp^2) that keeps logits from drifting; 1e-4 is typical"})
+    # precision and speed
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs that have it, else fp32) | bf16 | fp16 | no"})
+    torch_compile: bool = False
+    gradient_checkpointing: bool = False
+    allow_tf32: bool = True
+    dataloader_num_workers: int = 0
+    # evaluation
+    eval_steps: int = field(default=100, metadata={"help": "validate every N steps (and at the end); 0 = only at the end"})
+    eval_max_batches: int | None = field(default=20, metadata={"help": "validate on the first eval_max_batches x micro_batch_size blocks, split over processes (None = the whole split)"})
+    sample_prompt: str = field(default="", metadata={"help": "prompt for the sample generation logged at each validation"})
+    sample_max_new_tokens: int = 64
+    eval_harness_tasks: list[str] = field(default_factory=list, metadata={"help": "lm-eval tasks run every eval_harness_steps"})
+    eval_harness_steps: int = 0
+    eval_harness_limit: int = 100
+    eval_harness_data_dir: str | None = None
+    # logging
+    logging_steps: int = 10
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard | wandb | trackio | none (comma-separated for several)"})
+    peak_flops: float | None = field(default=None, metadata={"help": "peak FLOP/s per device for MFU (default: known GPU table, or measured on CPU)"})
+    # checkpoints
+    save_steps: int = field(default=100, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    keep_last_k: int = field(default=2, metadata={"help": "checkpoints to keep (older ones are deleted)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest | PATH to a checkpoint folder"})
+    # stability
+    spike_zscore: float = field(default=6.0, metadata={"help": "skip a step whose loss or grad norm is this many std above the running mean; 0 = off"})
+    spike_warmup_steps: int = field(default=20, metadata={"help": "steps of statistics gathered before spikes are judged"})
+    max_consecutive_skips: int = field(default=5, metadata={"help": "stop training after this many skipped steps in a row"})
+    # publishing
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+
+    def __post_init__(self):
+        if self.max_steps is not None and self.max_tokens is not None:
+            raise ConfigError("give max_steps or max_tokens, not both")
+        for name in ("micro_batch_size", "keep_last_k", "logging_steps", "max_consecutive_skips", "sample_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "max_tokens", "gradient_accumulation_steps", "global_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.lr_schedule not in ("cosine", "wsd", "constant"):
+            raise ConfigError(f"lr_schedule must be cosine, wsd or constant, got {self.lr_schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "no", "fp32"):
+            raise ConfigError(f"mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
+        for name in ("eval_steps", "save_steps", "eval_harness_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("--push_to_hub needs --hub_model_id user/name")
+        for tracker in self.trackers():
+            if tracker not in ("tensorboard", "wandb", "trackio"):
+                raise ConfigError(f"report_to: unknown tracker {tracker!r}; use tensorboard, wandb, trackio or none")
+
+    def trackers(self) -> list[str]:
+        names = [t.strip() for t in self.report_to.split(",") if t.strip()]
+        return [] if names in ([], ["none"]) else names
+
+    def resolve_output_dir(self) -> str:
+        return self.output_dir or f"outputs/{self.run_name}"
+
+
+@dataclass
+class BatchPlan:
+    """Batch arithmetic resolved against the world size; every number a log line or resume needs."""
+
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    world_size: int
+    block_size: int
+    max_steps: int
+    warmup_steps: int
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences_per_step * self.block_size
+
+
+def plan_batches(args: TrainingArguments, world_size: int, block_size: int, train_sequences: int | None = None) -> BatchPlan:
+    """Resolve accumulation and the step budget; raise ConfigError when sizes do not divide."""
+    micro, accum = args.micro_batch_size, args.gradient_accumulation_steps
+    if args.global_batch_size is not None:
+        per_step = micro * world_size
+        if args.global_batch_size % per_step != 0:
+            raise ConfigError(
+                f"global_batch_size {args.global_batch_size} is not divisible by micro_batch_size {micro} x "
+                f"{world_size} processes = {per_step}; pick a global batch that is a multiple of {per_step}"
+            )
+        derived = args.global_batch_size // per_step
+        if accum is not None and accum != derived:
+            raise ConfigError(
+                f"global_batch_size {args.global_batch_size} != micro_batch_size {micro} x gradient_accumulation_steps "
+                f"{accum} x {world_size} processes; drop one of the three settings"
+            )
+        accum = derived
+    accum = accum or 1
+    tokens_per_step = micro * accum * world_size * block_size
+    if args.max_steps is not None:
+        max_steps = args.max_steps
+    elif args.max_tokens is not None:
+        max_steps = max(1, math.ceil(args.max_tokens / tokens_per_step))
+    elif train_sequences is not None:
+        max_steps = max(1, train_sequences // (micro * accum * world_size))  # one epoch
+    else:
+        raise ConfigError("set max_steps or max_tokens")
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(round(args.warmup_ratio * max_steps))
+    if warmup >= max_steps and args.lr_schedule != "constant":
+        raise ConfigError(f"warmup_steps ({warmup}) must be smaller than the run's {max_steps} steps; lower warmup_steps")
+    return BatchPlan(micro, accum, world_size, block_size, max_steps, warmup)
+
+
+def flat_config(*dataclass_instances) -> dict[str, Any]:
+    """All fields of the given dataclasses as one flat dict of JSON/tracker-friendly values."""
+    out: dict[str, Any] = {}
+    for instance in dataclass_instances:
+        for f in dataclasses.fields(instance):
+            value = getattr(instance, f.name)
+            out[f.name] = value if isinstance(value, (int, float, str, bool)) or value is None else (
+                list(value) if isinstance(value, (list, tuple)) else str(value)
+            )
+    return out

@@ -1,0 +1,130 @@
+"""Pieces of the pretraining loop that need no training run: schedules, parameter groups, spike detection,
+batch arithmetic, FLOP counting, labels for packed blocks, the CLI wiring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hfscratch.errors import ConfigError
+from hfscratch.training import SpikeDetector, TrainingArguments, TrainingDivergedError, plan_batches
+from hfscratch.training.loop import IGNORE_INDEX, make_labels, predicted_token_count
+from hfscratch.training.metrics import bits_per_byte, flops_per_token, matmul_parameter_count
+from hfscratch.training.optim import build_optimizer, build_scheduler, lr_multiplier, parameter_groups
+
+
+def _lrs(schedule: str, steps=100, warmup=10, **kw):
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, 1.0, 0.1)
+    sched = build_scheduler(opt, max_steps=steps, warmup_steps=warmup, schedule=schedule, min_lr_ratio=0.1, **kw)
+    values = []
+    for _ in range(steps + 1):
+        values.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return values
+
+
+def test_cosine_schedule_values():
+    lrs = _lrs("cosine")
+    assert lrs[0] == pytest.approx(0.1)  # first update: 1/warmup of the peak, never 0
+    assert lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(1.0)  # warmup end = peak
+    assert lrs[55] == pytest.approx(0.1 + 0.9 * 0.5)  # middle of the decay: halfway between peak and floor
+    assert lrs[100] == pytest.approx(0.1)  # end: min_lr_ratio x peak
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_wsd_schedule_values():
+    lrs = _lrs("wsd", wsd_decay_ratio=0.2)
+    assert lrs[10] == pytest.approx(1.0) and lrs[79] == pytest.approx(1.0)  # stable phase
+    assert lrs[90] == pytest.approx(1.0 - 0.9 * 0.5)  # linear decay over the last 20 steps
+    assert lrs[100] == pytest.approx(0.1)
+    assert lr_multiplier(5, max_steps=100, warmup_steps=10, schedule="constant", min_lr_ratio=0.1) == pytest.approx(0.6)
+
+
+def test_weight_decay_on_matrices_only(tiny_tokenizer):
+    from tests.helpers import tiny_config
+
+    from hfscratch import HfscratchConfig, HfscratchForCausalLM
+
+    for config in (tiny_config(tiny_tokenizer), HfscratchConfig.gpt2_style(**tiny_config(tiny_tokenizer).to_diff_dict())):
+        model = HfscratchForCausalLM(config)
+        decay, no_decay = parameter_groups(model, 0.1)
+        names = {id(p): n for n, p in model.named_parameters()}
+        assert all(p.ndim == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+        assert no_decay["weight_decay"] == 0.0
+        assert {names[id(p)].rsplit(".", 1)[-1] for p in no_decay["params"]} <= {"weight", "bias"}
+        assert all("norm" in names[id(p)] or names[id(p)].endswith("bias") for p in no_decay["params"])
+        assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_spike_detector_nan_spike_and_stop():
+    det = SpikeDetector(zscore=4.0, warmup_steps=10, max_consecutive_skips=3)
+    for i in range(30):
+        assert not det.check(3.0 + 0.01 * (i % 5), 1.0 + 0.01 * (i % 3), i).skip
+    assert det.check(float("nan"), 1.0, 31).skip
+    assert not det.check(3.01, 1.0, 32).skip  # a good step resets the run of skips
+    verdict = det.check(9.0, 1.0, 33)
+    assert verdict.skip and "loss spike" in verdict.reason
+    assert det.check(3.0, 50.0, 34).reason.startswith("gradient-norm spike")
+    with pytest.raises(TrainingDivergedError, match="3 consecutive steps skipped.*non-finite gradient norm"):
+        det.check(3.0, float("inf"), 35)
+    restored = SpikeDetector(zscore=4.0, warmup_steps=10, max_consecutive_skips=3)
+    restored.load_state_dict(det.state_dict())
+    assert restored.state_dict() == det.state_dict()
+
+
+def test_batch_plan_arithmetic_and_errors():
+    args = TrainingArguments(max_tokens=10_000, micro_batch_size=4, global_batch_size=16, warmup_steps=1)
+    plan = plan_batches(args, world_size=2, block_size=64)
+    assert (plan.gradient_accumulation_steps, plan.tokens_per_step, plan.max_steps) == (2, 1024, 10)
+    with pytest.raises(ConfigError, match="not divisible by micro_batch_size 4 x 3 processes"):
+        plan_batches(args, world_size=3, block_size=64)
+    with pytest.raises(ConfigError, match="drop one"):
+        plan_batches(TrainingArguments(max_steps=5, micro_batch_size=4, global_batch_size=16, gradient_accumulation_steps=3, warmup_steps=1), 1, 64)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        plan_batches(TrainingArguments(max_steps=5, warmup_steps=5), 1, 64)
+    with pytest.raises(ConfigError, match="not both"):
+        TrainingArguments(max_steps=5, max_tokens=100)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainingArguments(lr_schedule="linear")
+
+
+def test_flops_per_token_counts_every_matmul(tiny_tokenizer):
+    from tests.helpers import tiny_config
+
+    from hfscratch import HfscratchForCausalLM
+
+    config = tiny_config(tiny_tokenizer, tie_word_embeddings=False)
+    model = HfscratchForCausalLM(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))  # includes lm_head
+    assert matmul_parameter_count(config) == linear
+    assert flops_per_token(config, 128) == 6 * linear + 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * 128
+    assert bits_per_byte(math.log(2) * 100, 100) == pytest.approx(1.0)
+
+
+def test_labels_skip_document_starts_and_padding():
+    ids = torch.tensor([[1, 5, 6, 2, 1, 7, 2, 0]])
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
+    labels = make_labels(ids, pos, pad_token_id=0)
+    assert labels.tolist() == [[IGNORE_INDEX, 5, 6, 2, IGNORE_INDEX, 7, 2, IGNORE_INDEX]]
+    assert predicted_token_count(labels) == 5
+
+
+def test_cli_options_round_trip():
+    import argparse
+
+    from hfscratch.training.cli import add_arguments, namespace_to_argv
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--max_steps", "7", "--torch_compile", "--sources", "a.txt", "b.txt", "--hidden_size", "64"])
+    argv = namespace_to_argv(args)
+    assert argv == ["--hidden_size", "64", "--sources", "a.txt", "b.txt", "--max_steps", "7", "--torch_compile", "true"]
+    from hfscratch.recipe_args import parse_recipe_args
+    from hfscratch.training.cli import ARGUMENT_TYPES
+
+    model_args, data_args, training_args = parse_recipe_args(ARGUMENT_TYPES, argv)
+    assert (model_args.hidden_size, data_args.sources, training_args.max_steps, training_args.torch_compile) == (64, ["a.txt", "b.txt"], 7, True)
