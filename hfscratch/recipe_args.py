@@ -86,8 +86,12 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None, prog: str 
             close = difflib.get_close_matches(arg[2:], known, n=3)
             hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
             raise ConfigError(f"unknown option {arg}{hint}; see --help for the options")
+    # A bare `--debug` is the recipes' traceback switch (read by `run_recipe`), not a field: take it out here.
+    # transformers' TrainingArguments has a `debug` field of its own, so only register the flag when absent.
+    argv = [arg for arg in argv if arg != "--debug"]
     parser = HfArgumentParser(dataclass_types, prog=prog)
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    if "--debug" not in parser._option_string_actions:
+        parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
     def error(message: str):  # argparse would print usage and exit; we want one line and ConfigError
         raise ConfigError(f"{message} (source: {'YAML ' + config_path + ' or ' if config_path else ''}command line)")

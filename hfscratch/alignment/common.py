@@ -1,0 +1,280 @@
+"""What SFT, DPO and GRPO share: loading the checkpoint and tokenizer, checks, atomic saves, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, ConfigError, DataError
+from .config import DEFAULT_CHECKPOINT, ModelArguments, ScriptArguments
+from .datasets import SYNTHETIC, load_stage_dataset
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _hub_like(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and not name.startswith(("outputs", ".", "/", "~"))
+
+
+def check_checkpoint_path(name: str, what: str = "model") -> None:
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
+            raise CheckpointError(f"{name} has no config.json: point the {what} at a save_pretrained folder (e.g. outputs/<run>/final)")
+        return
+    if name == DEFAULT_CHECKPOINT:
+        raise CheckpointError(f"no pretrained checkpoint at {name}; run `accelerate launch recipes/pretrain.py` first "
+                              "(or pass --model_name_or_path)")
+    if _hub_like(name):
+        return  # a Hub id: from_pretrained reports what is wrong with it
+    raise CheckpointError(f"{what} {name} not found; pass an existing checkpoint folder or a Hub id")
+
+
+def check_chat_template(tokenizer, fix: bool) -> bool:
+    """Make sure the tokenizer has a chat template with {% generation %} markers; returns True if one was added."""
+    from ..tokenizer import CHAT_TEMPLATE, ensure_chat_template
+
+    template = getattr(tokenizer, "chat_template", None)
+    has_markers = bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
+    if has_markers:
+        return False
+    if not fix:
+        problem = "has no chat template" if not template else "has a chat template without {% generation %} markers"
+        raise ConfigError(f"the tokenizer {problem}, so the assistant-only loss cannot find the answers; "
+                          "pass --use_hfscratch_chat_template true to use the hfscratch template")
+    before = len(tokenizer)
+    tokenizer.chat_template = None
+    ensure_chat_template(tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return len(tokenizer) != before
+
+
+def _dtype(name: str):
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ConfigError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise CheckpointError(f"no tokenizer in {source} ({str(err).splitlines()[0]}); pass --tokenizer_name_or_path") from None
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        if not model_args.use_hfscratch_chat_template:
+            raise ConfigError(f"the tokenizer in {source} has no pad token distinct from eos (the eos label would be masked); "
+                              "pass --use_hfscratch_chat_template true to add one")
+    return tokenizer
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, training: bool = True, trust_remote_code: bool = False):
+    """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
+
+    `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
+    import hfscratch  # noqa: F401  (registers the Auto classes for hfscratch checkpoints)
+    from transformers import AutoModelForCausalLM
+
+    check_checkpoint_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args, trust_remote_code)
+    added = check_chat_template(tokenizer, model_args.use_hfscratch_chat_template)
+    kwargs = {"dtype": _dtype(model_args.dtype), "trust_remote_code": trust_remote_code}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if model_args.load_in_4bit:
+        from .lora import quantization_config
+
+        kwargs["quantization_config"] = quantization_config()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"could not load {model_args.model_name_or_path}: {str(err).splitlines()[0]}") from None
+    if added or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if model_args.adapter_name_or_path:
+        from peft import PeftModel
+
+        from .lora import check_base_fingerprint
+
+        check_checkpoint_path(model_args.adapter_name_or_path, "adapter")
+        check_base_fingerprint(model_args.adapter_name_or_path, model, model_args.model_name_or_path)
+        try:
+            model = PeftModel.from_pretrained(model, model_args.adapter_name_or_path, is_trainable=training)
+        except RuntimeError as err:  # size mismatch: the adapter belongs to another architecture
+            raise CheckpointError(f"adapter {model_args.adapter_name_or_path} does not fit {model_args.model_name_or_path} "
+                                  f"({str(err).splitlines()[0][:200]}); pass the base model it was trained on") from None
+    return model, tokenizer
+
+
+def peft_config_for(model, model_args: ModelArguments):
+    if not model_args.use_peft:
+        if model_args.load_in_4bit:
+            raise ConfigError("load_in_4bit (QLoRA) trains adapters only; also set use_peft true")
+        return None
+    if model_args.adapter_name_or_path:
+        return None  # training continues on the loaded adapter
+    from .lora import build_lora_config
+
+    return build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
+                             model_args.lora_dropout, model_args.lora_modules_to_save)
+
+
+def parse_column_map(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f'dataset_column_map must be JSON like {{"query": "question"}}, got {text!r}') from None
+    if not isinstance(mapping, dict):
+        raise ConfigError(f'dataset_column_map must be a JSON object like {{"query": "question"}}, got {text!r}')
+    return mapping
+
+
+def load_train_and_eval(stage: str, script_args: ScriptArguments, seed: int):
+    """Training rows in `stage` format and held-out rows (``eval`` rows: prompt + answer; ``dpo`` rows: pairs)."""
+    column_map = parse_column_map(script_args.dataset_column_map)
+    difficulty = script_args.difficulty()
+    train = load_stage_dataset(stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
+                               column_map, script_args.max_train_samples, script_args.synthetic_seed,
+                               script_args.synthetic_train_size, difficulty)
+    if script_args.eval_samples <= 0:
+        return train, None
+    eval_name = script_args.eval_dataset_name or script_args.dataset_name
+    eval_stage = "dpo" if stage == "dpo" else "eval"
+    if eval_name == SYNTHETIC:
+        held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
+                                  script_args.synthetic_seed, script_args.eval_samples, difficulty)
+    elif script_args.dataset_test_split or script_args.eval_dataset_name:
+        held = load_stage_dataset(eval_stage, eval_name, script_args.dataset_test_split or "test", script_args.dataset_config,
+                                  column_map, script_args.eval_samples)
+    else:
+        return train, None  # no held-out data named: never measure on training rows
+    if eval_stage == "eval" and stage == "sft" and "answer" not in held.column_names:
+        raise DataError("held-out metrics need rows with a verifiable answer; set eval_dataset_name to a GSM8K-style file")
+    return train, held
+
+
+def save_atomically(write, output_dir: str | Path) -> Path:
+    """Run ``write(tmp_dir)`` then move tmp_dir to ``output_dir``; a previous output is replaced only once the new one is complete."""
+    output_dir = Path(output_dir)
+    tmp = output_dir.with_name(output_dir.name + f".tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if output_dir.exists():
+        old = output_dir.with_name(output_dir.name + f".old-{int(time.time())}")
+        output_dir.rename(old)
+        tmp.rename(output_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(output_dir)
+    return output_dir
+
+
+def write_results(output_dir: str | Path, stage: str, before: dict | None, after: dict | None, extra: dict | None = None) -> dict:
+    """`<output_dir>/alignment_results.json` and a before/after bar chart PNG."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = {"stage": stage, "before": before, "after": after, **(extra or {})}
+    (output_dir / "alignment_results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if before and after:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+        fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.5))
+        xs = range(len(keys))
+        ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
+        ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after")
+        ax.set_xticks(list(xs), keys, rotation=20)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(f"{stage}: held-out metrics before and after")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(output_dir / f"{stage}_before_after.png", dpi=100)
+        plt.close(fig)
+    return result
+
+
+def print_comparison(stage: str, before: dict | None, after: dict | None) -> None:
+    if not before or not after:
+        return
+    print(f"\n{stage} held-out metrics (n={after.get('n')}):")
+    print(f"  {'metric':<14}{'before':>10}{'after':>10}{'change':>10}")
+    for key, value in before.items():
+        if isinstance(value, (int, float)) and key != "n" and key in after:
+            print(f"  {key:<14}{value:>10.4f}{after[key]:>10.4f}{after[key] - value:>+10.4f}")
+
+
+def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2):
+    """The held-out measurement for `stage`, as a function of the model (same code before and after training)."""
+    from .metrics import answer_loglik, generation_metrics, preference_metrics
+
+    if held is None:
+        return None
+
+    def measure(model) -> dict:
+        if stage == "dpo":
+            return preference_metrics(model, tokenizer, held)
+        result = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
+        if "messages" in held.column_names:
+            result["answer_loglik"] = answer_loglik(model, tokenizer, held)
+        return result
+
+    return measure
+
+
+def finish_training(trainer, tokenizer, model_args: ModelArguments, training_args, stage: str, before, measure, extra=None) -> dict | None:
+    """Save `<output_dir>/final` atomically (adapter or full model + tokenizer), merge if asked, measure, write results."""
+    from peft import PeftModel
+
+    final = Path(training_args.output_dir) / "final"
+    tmp = final.with_name("final.tmp")
+    accelerator = trainer.accelerator
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank takes part (sharded states); only the main one writes
+    result = None
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(trainer.model)
+        tokenizer.save_pretrained(tmp)
+        is_adapter = isinstance(model, PeftModel)
+        if is_adapter:
+            from .lora import write_base_fingerprint
+
+            write_base_fingerprint(tmp, model, model_args.model_name_or_path)
+        save_atomically(lambda out: tmp.rename(out), final)
+        merged = None
+        if is_adapter and model_args.merge_lora:
+            from .merge import merge_adapter
+
+            merged = merge_adapter(final, final.parent / "merged", base_model=model_args.model_name_or_path)
+        after = measure(model) if measure else None
+        result = write_results(training_args.output_dir, stage, before, after,
+                               {"final": str(final), "merged": str(merged) if merged else None, "adapter": is_adapter,
+                                "train_loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h], **(extra or {})})
+        print_comparison(stage, before, after)
+        print(f"saved {'adapter' if is_adapter else 'model'} to {final}" + (f"; merged model in {merged}" if merged else ""))
+    accelerator.wait_for_everyone()
+    return result

@@ -1,0 +1,53 @@
+"""Recipe arguments shared by SFT, DPO and GRPO (the trainer settings come from TRL's SFT/DPO/GRPOConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_CHECKPOINT = "outputs/pretrain-tiny/final"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default=DEFAULT_CHECKPOINT, metadata={"help": "checkpoint folder or Hub id to start from"})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
+    adapter_name_or_path: str | None = field(
+        default=None, metadata={"help": "a LoRA adapter folder to continue from (DPO/GRPO on top of a LoRA-SFT run)"})
+    use_hfscratch_chat_template: bool = field(
+        default=False, metadata={"help": "give a tokenizer without a (generation-marked) chat template the hfscratch one"})
+    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2 (default: sdpa)"})
+    use_peft: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "module names (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj) or all-linear"})
+    lora_modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained in full next to LoRA"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4-bit (needs a CUDA GPU + bitsandbytes)"})
+    merge_lora: bool = field(default=False, metadata={"help": "after training, also write <output_dir>/merged (a standalone model)"})
+
+
+@dataclass
+class ScriptArguments:
+    dataset_name: str = field(default="synthetic-math", metadata={"help": "synthetic-math, a local file/folder or a Hub id"})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
+    dataset_train_split: str = field(default="train", metadata={"help": "training split"})
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "held-out split/file for before/after metrics (synthetic-math: its heldout split)"})
+    eval_dataset_name: str | None = field(default=None, metadata={"help": "a different dataset for held-out metrics"})
+    dataset_column_map: str | None = field(default=None, metadata={"help": 'JSON rename map, e.g. {"query": "question"}'})
+    max_train_samples: int | None = field(default=None, metadata={"help": "cap on training rows"})
+    synthetic_train_size: int = field(default=2000, metadata={"help": "rows drawn from the synthetic generator"})
+    synthetic_min_steps: int = field(default=1, metadata={"help": "synthetic difficulty: fewest reasoning steps"})
+    synthetic_max_steps: int = field(default=2, metadata={"help": "synthetic difficulty: most reasoning steps"})
+    synthetic_max_value: int = field(default=20, metadata={"help": "synthetic difficulty: largest operand"})
+    synthetic_operations: list[str] = field(default_factory=lambda: ["+", "-", "*", "/"], metadata={"help": "allowed operators"})
+    synthetic_seed: int = field(default=0, metadata={"help": "generator seed"})
+    eval_samples: int = field(default=100, metadata={"help": "held-out rows for before/after metrics (0 to skip)"})
+    eval_max_new_tokens: int = field(default=96, metadata={"help": "greedy generation length for exact-match"})
+
+    def difficulty(self) -> dict:
+        return {"min_steps": self.synthetic_min_steps, "max_steps": self.synthetic_max_steps,
+                "max_value": self.synthetic_max_value, "operations": tuple(self.synthetic_operations)}

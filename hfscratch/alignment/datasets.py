@@ -1,0 +1,299 @@
+"""Load datasets of common shapes and turn them into the formats TRL's trainers take.
+
+Stage formats (TRL conversational, so the tokenizer's chat template is applied by the trainer):
+  * SFT : ``messages`` (list of {role, content}); plain ``prompt``/``completion`` strings are kept as they are.
+  * DPO : ``prompt`` (messages) + ``chosen`` / ``rejected`` (one assistant message each).
+  * GRPO: ``prompt`` (messages) + ``answer`` (the verifiable final answer).
+
+Shapes recognised by their columns (rename others with ``column_map={"old": "new"}``):
+  messages | prompt+completion | prompt+response (Dolly, Alpaca-templated prompt) |
+  instruction+[input|context]+[response|output] (GPTeacher, Alpaca, databricks-dolly) | question+answer (GSM8K) |
+  prompt+chosen+rejected | chosen+rejected transcripts (hh-rlhf) | instruction+input+response1+response2+annotator*
+  (PandaLM, mapped by the human majority label) | prompt+answer.
+``synthetic-math`` names the embedded generator (hfscratch.data.synthetic_math).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from ..errors import DataError
+
+SYNTHETIC = "synthetic-math"
+
+SFT_SHAPES = ("messages", "prompt+completion", "prompt+response (Dolly)", "instruction+input+response/output (GPTeacher/Alpaca)",
+              "question+answer (GSM8K)")
+DPO_SHAPES = ("prompt+chosen+rejected", "chosen+rejected transcripts (hh-rlhf)",
+              "instruction+input+response1+response2+annotator1..3 (PandaLM)")
+GRPO_SHAPES = ("prompt+answer", "question+answer (GSM8K)", "messages ending with an assistant answer")
+
+
+def _shape_error(name: str, found, stage: str, shapes) -> DataError:
+    return DataError(
+        f"dataset {name} has columns {sorted(found)}, but {stage} expects one of: {'; '.join(shapes)}; "
+        "rename columns with dataset_column_map (e.g. --dataset_column_map '{\"query\": \"question\"}')"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load_raw_dataset(name: str, split: str = "train", config: str | None = None, column_map: dict | None = None):
+    """A `datasets.Dataset` from a local file/folder (jsonl, json, json.gz, parquet, csv, save_to_disk) or a Hub id."""
+    import datasets
+
+    path = Path(name)
+    if path.exists():
+        ds = _load_local(path, split)
+    elif name.startswith((".", "/", "~")) or name.endswith((".json", ".jsonl", ".parquet", ".csv", ".gz")):
+        raise DataError(f"dataset path {name} does not exist; give an existing file/folder or a Hub dataset id")
+    else:
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+        except Exception as err:  # offline, missing repo, bad split: say which and how to fix
+            raise DataError(f"could not load Hub dataset {name!r} (split {split!r}): {str(err).splitlines()[0]}; "
+                            "check the id/split, or pass a local path when offline") from None
+    if column_map:
+        missing = [c for c in column_map if c not in ds.column_names]
+        if missing:
+            raise DataError(f"dataset_column_map renames {missing}, which {name} lacks (it has {ds.column_names})")
+        ds = ds.rename_columns(dict(column_map))
+    if len(ds) == 0:
+        raise DataError(f"dataset {name} (split {split}) is empty; point at a file with rows")
+    return ds
+
+
+def _load_local(path: Path, split: str):
+    import datasets
+
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{path} has splits {list(loaded)}, not {split!r}; set dataset_train_split")
+                return loaded[split]
+            return loaded
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet", ".csv", ".gz"))
+        if not files:
+            raise DataError(f"folder {path} holds no .jsonl/.json/.parquet/.csv files or save_to_disk dataset")
+        return datasets.concatenate_datasets([_load_local(f, split) for f in files])
+    suffixes = "".join(path.suffixes[-2:])
+    if path.suffix == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    if path.suffix == ".csv":
+        return datasets.Dataset.from_csv(str(path))
+    if path.suffix in (".json", ".jsonl") or suffixes in (".json.gz", ".jsonl.gz"):
+        try:
+            return datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception:  # a single JSON array/object that pyarrow's reader rejects: read it ourselves
+            import gzip
+
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8") as f:
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} is not valid JSON/JSON Lines ({err}); fix or re-export the file") from None
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            return datasets.Dataset.from_list(data)
+    raise DataError(f"unsupported dataset file {path}; use .jsonl, .json(.gz), .parquet, .csv or a save_to_disk folder")
+
+
+# ------------------------------------------------------------------------------------------------ SFT
+
+_ALPACA = re.compile(r"### Instruction:\s*(?P<instruction>.*?)\s*(?:### Input:\s*(?P<input>.*?)\s*)?### Response:\s*$", re.S)
+
+
+def _user_text(instruction: str, extra: str | None) -> str:
+    instruction, extra = (instruction or "").strip(), (extra or "").strip()
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def _chat(user: str, assistant: str) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _sharegpt_to_messages(turns) -> list[dict]:
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+    return [{"role": roles.get(t.get("from", t.get("role")), "user"), "content": t.get("value", t.get("content", ""))} for t in turns]
+
+
+def to_sft_format(ds, name: str = "dataset"):
+    """Dataset with ``messages`` (or prompt/completion strings kept as-is) from any supported SFT shape."""
+    cols = set(ds.column_names)
+    if "messages" in cols:
+        return ds.select_columns(["messages"])
+    if "conversations" in cols:
+        return ds.map(lambda r: {"messages": _sharegpt_to_messages(r["conversations"])}, remove_columns=ds.column_names)
+    if {"prompt", "completion"} <= cols:
+        return ds.select_columns(["prompt", "completion"])
+    if {"prompt", "response"} <= cols:
+
+        def dolly(row):
+            match = _ALPACA.search(row["prompt"])
+            user = _user_text(match["instruction"], match["input"]) if match else row["prompt"].strip()
+            return {"messages": _chat(user, row["response"].strip())}
+
+        return ds.map(dolly, remove_columns=ds.column_names)
+    if "instruction" in cols and cols & {"response", "output"}:
+        out = "response" if "response" in cols else "output"
+        extra = next((c for c in ("input", "context") if c in cols), None)
+        return ds.map(lambda r: {"messages": _chat(_user_text(r["instruction"], r[extra] if extra else None), r[out].strip())},
+                      remove_columns=ds.column_names)
+    if {"question", "answer"} <= cols:
+        return ds.map(lambda r: {"messages": _chat(r["question"].strip(), r["answer"].strip())}, remove_columns=ds.column_names)
+    raise _shape_error(name, cols, "SFT", SFT_SHAPES)
+
+
+# ------------------------------------------------------------------------------------------------ DPO
+
+_TURN = re.compile(r"\n\n(Human|Assistant):\s?")
+
+
+def split_transcript(text: str) -> list[dict]:
+    """hh-rlhf transcript ``\\n\\nHuman: ..\\n\\nAssistant: ..`` -> chat messages."""
+    parts = _TURN.split(text)
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def _hh_pair(row):
+    chosen, rejected = split_transcript(row["chosen"]), split_transcript(row["rejected"])
+    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        return {"prompt": None, "chosen": None, "rejected": None}
+    prompt = chosen[:-1]
+    if rejected[:-1] != prompt:  # the two transcripts must share the conversation before the last answer
+        return {"prompt": None, "chosen": None, "rejected": None}
+    return {"prompt": prompt, "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def pandalm_label(row) -> int | None:
+    """Majority human label: 1 = response1 better, 2 = response2 better; None for ties and no majority."""
+    labels = [row[k] for k in sorted(row) if k.startswith("annotator") and row[k] is not None]
+    if not labels:
+        return None
+    label, count = Counter(labels).most_common(1)[0]
+    return label if label in (1, 2) and count * 2 > len(labels) else None
+
+
+def _pandalm_pair(row):
+    label = pandalm_label(row)
+    if label is None:
+        return {"prompt": None, "chosen": None, "rejected": None}
+    # A few PandaLM responses are JSON literals (true/false/numbers), not strings: keep them as their text.
+    first, second = (str(row["response1"]) if row["response1"] is not None else ""), (str(row["response2"]) if row["response2"] is not None else "")
+    good, bad = (first, second) if label == 1 else (second, first)
+    return {"prompt": [{"role": "user", "content": _user_text(row["instruction"], row.get("input"))}],
+            "chosen": [{"role": "assistant", "content": good.strip()}],
+            "rejected": [{"role": "assistant", "content": bad.strip()}]}
+
+
+def to_dpo_format(ds, name: str = "dataset"):
+    cols = set(ds.column_names)
+    if {"prompt", "chosen", "rejected"} <= cols:
+        out = ds.select_columns(["prompt", "chosen", "rejected"])
+    elif {"chosen", "rejected"} <= cols:
+        out = ds.map(_hh_pair, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
+    elif {"instruction", "response1", "response2"} <= cols and any(c.startswith("annotator") for c in cols):
+        out = ds.map(_pandalm_pair, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
+    else:
+        raise _shape_error(name, cols, "DPO", DPO_SHAPES)
+    if len(out) == 0:
+        raise DataError(f"no preference pairs left in {name} after filtering (ties, unmatched transcripts); "
+                        "check the file or use another dataset")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ GRPO
+
+
+def _gsm8k_answer(answer: str) -> str:
+    from .rewards import extract_final_answer
+
+    return extract_final_answer(answer) or answer.strip()
+
+
+def to_eval_format(ds, name: str = "dataset"):
+    """GRPO rows (prompt + answer) that also keep the reference solution as ``messages`` when the source has one."""
+    cols = set(ds.column_names)
+    if {"question", "answer"} <= cols:
+        return ds.map(lambda r: {"prompt": [{"role": "user", "content": r["question"].strip()}], "answer": _gsm8k_answer(r["answer"]),
+                                 "messages": _chat(r["question"].strip(), r["answer"].strip())}, remove_columns=ds.column_names)
+    if "messages" in cols and "prompt" not in cols:
+        ended = ds.filter(lambda r: bool(r["messages"]) and r["messages"][-1]["role"] == "assistant")
+        if len(ended) == 0:
+            raise DataError(f"no rows of {name} end with an assistant answer to measure against")
+        return ended.map(lambda r: {"prompt": r["messages"][:-1], "answer": _gsm8k_answer(r["messages"][-1]["content"]),
+                                    "messages": r["messages"]}, remove_columns=ds.column_names)
+    return to_grpo_format(ds, name)
+
+
+def to_grpo_format(ds, name: str = "dataset"):
+    cols = set(ds.column_names)
+    if {"prompt", "answer"} <= cols:
+        return ds.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"],
+                                 "answer": _gsm8k_answer(str(r["answer"]))}, remove_columns=ds.column_names)
+    if {"question", "answer"} <= cols:
+        return ds.map(lambda r: {"prompt": [{"role": "user", "content": r["question"].strip()}], "answer": _gsm8k_answer(r["answer"])},
+                      remove_columns=ds.column_names)
+    if "messages" in cols:
+        def from_messages(r):
+            if not r["messages"] or r["messages"][-1]["role"] != "assistant":
+                return {"prompt": None, "answer": None}
+            return {"prompt": r["messages"][:-1], "answer": _gsm8k_answer(r["messages"][-1]["content"])}
+
+        out = ds.map(from_messages, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
+        if len(out) == 0:
+            raise DataError(f"no rows of {name} end with an assistant answer to take as the GRPO target")
+        return out
+    raise _shape_error(name, cols, "GRPO", GRPO_SHAPES)
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+
+
+def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, **difficulty):
+    """The embedded synthetic math set in the format of `stage` (sft | dpo | grpo | eval)."""
+    import datasets
+
+    from ..data.synthetic_math import generate_problems, to_chat, to_grpo, to_preference
+
+    problems = generate_problems(n, split=split, seed=seed, **difficulty)
+    if stage == "sft":
+        rows = [to_chat(p) for p in problems]
+    elif stage == "dpo":
+        rng = random.Random(f"dpo:{split}:{seed}")
+        rows = [to_preference(p, rng) for p in problems]
+    elif stage == "grpo":
+        rows = [to_grpo(p) for p in problems]
+    elif stage == "eval":  # prompt + answer for generation metrics, messages for the reference answer's likelihood
+        rows = [{**to_grpo(p), **to_chat(p)} for p in problems]
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return datasets.Dataset.from_list(rows)
+
+
+def load_stage_dataset(stage: str, name: str, split: str = "train", config: str | None = None, column_map: dict | None = None,
+                       max_samples: int | None = None, seed: int = 0, synthetic_size: int = 2000, difficulty: dict | None = None):
+    """Load `name` (a path, Hub id or ``synthetic-math``) and convert it to `stage`'s TRL format."""
+    if name == SYNTHETIC:
+        ds = synthetic_dataset(stage, synthetic_size if max_samples is None else max_samples,
+                               split="heldout" if split in ("test", "heldout", "validation") else "train",
+                               seed=seed, **(difficulty or {}))
+    else:
+        raw = load_raw_dataset(name, split, config, column_map)
+        convert = {"sft": to_sft_format, "dpo": to_dpo_format, "grpo": to_grpo_format, "eval": to_eval_format}[stage]
+        ds = convert(raw, name)
+        if max_samples is not None:
+            ds = ds.select(range(min(max_samples, len(ds))))
+    if len(ds) == 0:
+        raise DataError(f"dataset {name} is empty after conversion/filtering; use another split or file")
+    return ds

@@ -1,0 +1,43 @@
+"""Direct preference optimisation with TRL's DPOTrainer.
+
+Full DPO keeps an explicit frozen copy of the starting model as reference; LoRA-DPO (use_peft, or continuing
+from an adapter) uses the implicit reference: the same network with the adapters disabled, so no second copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .common import (
+    finish_training,
+    is_main_process,
+    load_model_and_tokenizer,
+    load_train_and_eval,
+    make_measure,
+    peft_config_for,
+)
+from .config import ModelArguments, ScriptArguments
+
+
+def run_dpo(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
+    from peft import PeftModel
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    set_seed(training_args.seed)
+    if model is None:
+        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
+    train, held = load_train_and_eval("dpo", script_args, training_args.seed)
+    peft_config = peft_config_for(model, model_args)
+    implicit_reference = peft_config is not None or isinstance(model, PeftModel)
+    ref_model = None
+    if not implicit_reference:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    measure = make_measure("dpo", tokenizer, held, script_args.eval_max_new_tokens)
+    before = measure(model) if measure and is_main_process() else None
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=train, processing_class=tokenizer,
+                         peft_config=peft_config)
+    trainer.train()
+    return finish_training(trainer, tokenizer, model_args, training_args, "dpo", before, measure,
+                           {"train_pairs": len(train), "dataset": script_args.dataset_name,
+                            "reference": "implicit (adapters disabled)" if implicit_reference else "explicit frozen copy"})

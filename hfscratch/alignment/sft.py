@@ -1,0 +1,35 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: chat data with assistant-only loss, packing, full or LoRA."""
+
+from __future__ import annotations
+
+from .common import (
+    finish_training,
+    is_main_process,
+    load_model_and_tokenizer,
+    load_train_and_eval,
+    make_measure,
+    peft_config_for,
+)
+from .config import ModelArguments, ScriptArguments
+
+
+def run_sft(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
+    """Fine-tune, save `<output_dir>/final`, and return held-out metrics before/after (on the main process)."""
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    set_seed(training_args.seed)
+    if model is None:
+        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
+    train, held = load_train_and_eval("sft", script_args, training_args.seed)
+    conversational = "messages" in train.column_names
+    if training_args.assistant_only_loss and not conversational:
+        # prompt/completion text: TRL's completion-only loss plays the same role.
+        training_args.assistant_only_loss = False
+    measure = make_measure("sft", tokenizer, held, script_args.eval_max_new_tokens)
+    before = measure(model) if measure and is_main_process() else None
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
+                         peft_config=peft_config_for(model, model_args))
+    trainer.train()
+    return finish_training(trainer, tokenizer, model_args, training_args, "sft", before, measure,
+                           {"train_rows": len(train), "dataset": script_args.dataset_name})
