@@ -42,8 +42,16 @@ def _available_commands() -> dict[str, tuple[str, str]]:
     return found
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block before an error; a single line is easier to act on."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
-    parser = argparse.ArgumentParser(prog="hfscratch", description="Build, train, align, evaluate and publish your own LLM.")
+    parser = OneLineErrorParser(prog="hfscratch", description="Build, train, align, evaluate and publish your own LLM.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     modules = {}

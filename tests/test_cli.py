@@ -1,0 +1,29 @@
+"""`hfscratch` lists every pipeline stage and turns bad input into one line with exit code 2."""
+
+import subprocess
+import sys
+
+from hfscratch.cli import COMMANDS, main
+
+
+def test_help_lists_every_stage(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out, f"`hfscratch {command}` missing from --help"
+
+
+def test_unknown_command_and_option_are_one_line_errors():
+    for argv in (["nope"], ["--bogus"]):
+        proc = subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+
+
+def test_user_error_has_no_traceback_unless_debug(tmp_path):
+    argv = ["export", str(tmp_path / "missing"), str(tmp_path / "out"), "--to", "llama"]
+    proc = subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "missing" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv, "--debug"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
