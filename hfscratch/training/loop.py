@@ -528,14 +528,18 @@ class Pretrainer:
     # ------------------------------------------------------------------ training
 
     def _save(self, pbar) -> Path:
+        if self.args.push_to_hub and self.accelerator.is_main_process:
+            from ..hub import wait_for_pushes
+
+            # Saving rotates old checkpoints away (keep_last_k): the previous upload must finish reading first.
+            wait_for_pushes()
         path = ckpt.save_checkpoint(self.accelerator, self.model, self.tokenizer, self.output_dir, self.step, self.trainer_state(), self.args.keep_last_k)
         if self.accelerator.is_main_process:
             (pbar.write if pbar else print)(f"step {self.step}: checkpoint saved to {path}")
             if self.args.push_to_hub:
-                from ..hub import push_folder
+                from ..hub import push_checkpoint
 
-                push_folder(str(path / ckpt.HF_SUBDIR), self.args.hub_model_id, revision=f"step-{self.step}-tokens-{self.tokens_seen}", private=self.args.hub_private,
-                            commit_message=f"checkpoint at step {self.step} ({self.tokens_seen:,} tokens)", run_as_future=True)
+                push_checkpoint(str(path / ckpt.HF_SUBDIR), self.args.hub_model_id, self.step, self.tokens_seen, private=self.args.hub_private)
         return path
 
     def _write_run_marker(self) -> None:
