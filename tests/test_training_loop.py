@@ -85,7 +85,8 @@ def test_loss_falls_on_shakespeare_and_final_folder_loads(tmp_path, shakespeare_
     final = result.final_dir
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md", "loss_curve.png", "training_metrics.json"):
         assert (final / name).is_file(), name
-    assert "val_loss" in (final / "README.md").read_text()
+    card = (final / "README.md").read_text()
+    assert "val_loss" in card and f"# {args.run_name}" in card and ".tmp" not in card
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*")), "tensorboard events missing"
     model = AutoModelForCausalLM.from_pretrained(final)
     tok = AutoTokenizer.from_pretrained(final)

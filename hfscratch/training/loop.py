@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..model_card import write_model_card
 from . import checkpoint as ckpt
 from .config import MODEL_PRESETS, DataArguments, ModelArguments, TrainingArguments, flat_config, plan_batches
 from .metrics import bits_per_byte, flops_per_token, memory_stats, mfu, peak_flops_per_device
@@ -706,7 +707,8 @@ class Pretrainer:
             )
             (tmp / "training_metrics.json").write_text(json.dumps({"metrics": metrics, "loss_history": self.loss_history, "validation_history": self.validation_history, "skipped_steps": self.skipped_steps}, indent=1), encoding="utf-8")
             training_config = {**flat_config(self.model_args, self.data_args, self.args), **{f"plan_{k}": v for k, v in dataclasses.asdict(self.plan).items()}, "world_size": acc.num_processes}
-            write_card(tmp, training_config=training_config, metrics=metrics, data=self.data.manifest or None, loss_curve_png=str(png), sample=self.last_sample)
+            write_model_card(tmp, training_config=training_config, metrics=metrics, data=card_data_summary(self.data.manifest),
+                             loss_curve_png=str(png), extra={"model_name": self.args.run_name, "sample generation": repr(self.last_sample[:300])})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
@@ -722,49 +724,23 @@ class Pretrainer:
         return final
 
 
-def write_card(folder: Path, *, training_config: dict, metrics: dict, data: dict | None, loss_curve_png: str | None, sample: str = "") -> None:
-    """The publishing engineer's model card when available; otherwise a minimal one written here."""
-    try:
-        from ..model_card import write_model_card
-    except ImportError:
-        write_model_card = None
-    if write_model_card is not None:
-        write_model_card(folder, training_config=training_config, metrics=metrics, data=data, loss_curve_png=loss_curve_png)
-        return
-    from huggingface_hub import ModelCard
-
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    config_rows = "\n".join(f"| {k} | {v} |" for k, v in training_config.items() if v not in (None, "", []))
-    content = f"""---
-library_name: transformers
-tags: [hfscratch, pretraining, causal-lm]
----
-# {Path(folder).parent.name}
-
-A causal language model pretrained from scratch with [hfscratch](https://github.com/) (`hfscratch pretrain`).
-It is a native transformers model: `AutoModelForCausalLM.from_pretrained(path)` with hfscratch installed,
-or `trust_remote_code=True` without it.
-
-![loss curve](loss_curve.png)
-
-## Final metrics
-| metric | value |
-| --- | --- |
-{rows}
-
-Sample (temperature 0.8): `{sample[:300]!r}`
-
-## Training configuration
-| key | value |
-| --- | --- |
-{config_rows}
-
-## Data
-```json
-{json.dumps(data or {}, indent=1, default=str)[:4000]}
-```
-"""
-    ModelCard(content).save(Path(folder) / "README.md")
+def card_data_summary(manifest: dict | None) -> dict | None:
+    """The facts of a prepared-data manifest a model card reader wants (not the whole manifest)."""
+    if not manifest:
+        return None
+    splits, tokenizer = manifest.get("splits") or {}, manifest.get("tokenizer") or {}
+    sources = manifest.get("sources") or []
+    summary = {
+        "dataset": manifest.get("name"),
+        "sources": ", ".join(str(s.get("path", s) if isinstance(s, dict) else s) for s in sources)
+        or "embedded synthetic math (hfscratch.data.synthetic_math)",
+        "train tokens": f"{splits['train']['tokens']:,}" if "tokens" in splits.get("train", {}) else None,
+        "validation tokens": f"{splits['validation']['tokens']:,}" if "tokens" in splits.get("validation", {}) else None,
+        "block size": (manifest.get("pack") or {}).get("block_size"),
+        "tokenizer": f"byte-level BPE, vocab {tokenizer['vocab_size']}" if "vocab_size" in tokenizer else None,
+        "bytes per token (held out)": round(tokenizer["bytes_per_token"], 3) if "bytes_per_token" in tokenizer else None,
+    }
+    return {k: v for k, v in summary.items() if v is not None}
 
 
 def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, data: TrainingData | None = None) -> PretrainResult:

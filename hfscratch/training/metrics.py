@@ -62,11 +62,15 @@ def flops_per_token(config, seq_len: int) -> float:
 _CPU_PEAK_CACHE: dict[torch.dtype, float] = {}
 
 
-def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
-    """Best observed FLOP/s of a 512x512 matmul on this CPU (the ceiling the model's matmuls can reach)."""
+def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:
+    """Best observed FLOP/s of a 1024x1024 matmul on this CPU (the ceiling the model's matmuls can reach).
+
+    CPUs have no datasheet number torch can look up; a large matmul is what BLAS runs closest to peak. On a
+    machine shared with other jobs the probe reads low (and MFU high): pass --peak_flops there.
+    """
     if dtype in _CPU_PEAK_CACHE:
         return _CPU_PEAK_CACHE[dtype]
-    n = 512
+    n = 1024
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm up the BLAS threads
     best = 0.0
