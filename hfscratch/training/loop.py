@@ -708,7 +708,8 @@ class Pretrainer:
             (tmp / "training_metrics.json").write_text(json.dumps({"metrics": metrics, "loss_history": self.loss_history, "validation_history": self.validation_history, "skipped_steps": self.skipped_steps}, indent=1), encoding="utf-8")
             training_config = {**flat_config(self.model_args, self.data_args, self.args), **{f"plan_{k}": v for k, v in dataclasses.asdict(self.plan).items()}, "world_size": acc.num_processes}
             write_model_card(tmp, training_config=training_config, metrics=metrics, data=card_data_summary(self.data.manifest),
-                             loss_curve_png=str(png), extra={"model_name": self.args.run_name, "sample generation": repr(self.last_sample[:300])})
+                             loss_curve_png=str(png), extra={"model_name": self.args.run_name, "repo_id": self.args.hub_model_id or f"path/to/{final.name}",
+                                                    "sample generation": repr(self.last_sample[:300])})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
