@@ -346,6 +346,13 @@ class Pretrainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.mixed_precision = _resolve_mixed_precision(args.mixed_precision)
+        from accelerate.state import AcceleratorState
+
+        state = AcceleratorState._shared_state
+        if state and str(state.get("_mixed_precision", self.mixed_precision)) != self.mixed_precision:
+            # Accelerate keeps one process-wide state and refuses a second run (a notebook, a sweep) with another
+            # precision; clearing it keeps the process group (PartialState) and is what Accelerate's tests do.
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision,
             log_with=args.trackers() or None,
