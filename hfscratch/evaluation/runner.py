@@ -274,8 +274,8 @@ def evaluate_model(
             gen_len = task_max_gen_toks(task, gen_kwargs)
             if gen_len is not None and context <= gen_len:
                 raise ConfigError(
-                    f"task {name} generates up to {gen_len} tokens but the model's context is {context} tokens "
-                    f"(max_position_embeddings); the prompt needs room too: use a model with a longer context or pass "
+                    f"task {name} generates up to {gen_len} tokens but the context is {context} tokens "
+                    f"({'--max_length' if max_length else 'max_position_embeddings'}); the prompt needs room too: use a longer context or pass "
                     f"--max_gen_toks below {context} (default {DEFAULT_MAX_GEN_TOKS})"
                 )
 
