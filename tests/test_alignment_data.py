@@ -2,6 +2,8 @@
 
 import json
 
+import os
+
 import pytest
 
 from hfscratch.alignment.datasets import (
@@ -97,8 +99,11 @@ def test_answer_extraction_and_rewards():
 
 
 def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, capsys):
+    import copy
+
     from hfscratch.alignment.common import check_chat_template, check_checkpoint_path
 
+    tiny_tokenizer = copy.deepcopy(tiny_tokenizer)  # the session fixture is shared: change a copy only
     with pytest.raises(ConfigError, match="no chat template.*--use_hfscratch_chat_template"):
         check_chat_template(tiny_tokenizer, fix=False)
     tiny_tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -109,10 +114,13 @@ def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, caps
                                              return_assistant_tokens_mask=True, return_dict=True)
     assert sum(ids["assistant_masks"]) > 0
     with pytest.raises(CheckpointError, match="run `accelerate launch recipes/pretrain.py` first"):
-        check_checkpoint_path("outputs/pretrain-tiny/final")
+        cwd = os.getcwd()
+        os.chdir(tmp_path)  # an empty folder: whatever outputs/ the repo holds must not matter
+        try:
+            check_checkpoint_path("outputs/pretrain-tiny/final")
+        finally:
+            os.chdir(cwd)
     # The CLI turns it into one line and exit code 2 (run from an empty folder: no checkpoint there).
-    import os
-
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:

@@ -150,7 +150,7 @@ def test_generation_longer_than_context_is_refused(tmp_path, shared_data, tiny_t
     from tests.helpers import tiny_config
 
     model = HfscratchForCausalLM(tiny_config(tiny_tokenizer, max_position_embeddings=128, num_hidden_layers=1))
-    with pytest.raises(ConfigError, match=r"gsm8k_local generates up to 256 tokens but the model's context is 128"):
+    with pytest.raises(ConfigError, match=r"gsm8k_local generates up to 256 tokens but the context is 128 tokens \(max_position_embeddings\)"):
         evaluate_model(model, tiny_tokenizer, tasks=["gsm8k_local"], data_dir=shared_data, limit=1)
 
 
