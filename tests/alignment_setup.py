@@ -16,6 +16,8 @@ EASY = {"min_steps": 1, "max_steps": 1, "max_value": 10, "operations": ("+", "-"
 _ROOT = Path(tempfile.mkdtemp(prefix="hfscratch-align-"))
 atexit.register(shutil.rmtree, _ROOT, True)
 _CACHE: dict[str, object] = {}
+# The seed of the shared base and SFT run; the asserted margins were checked with seeds 0, 1 and 2.
+SEED = int(os.environ.get("HFSCRATCH_TEST_SEED", 0))
 
 
 def root() -> Path:
@@ -26,25 +28,25 @@ def script_args(**overrides):
     from hfscratch.alignment.config import ScriptArguments
 
     kwargs = dict(synthetic_train_size=800, synthetic_min_steps=1, synthetic_max_steps=1, synthetic_max_value=10,
-                  synthetic_operations=["+", "-"], synthetic_seed=5, eval_samples=32, eval_max_new_tokens=40)
+                  synthetic_operations=["+", "-"], synthetic_seed=5, eval_samples=64, eval_max_new_tokens=40)
     kwargs.update(overrides)
     return ScriptArguments(**kwargs)
 
 
 def pretrained_base() -> Path:
-    """Tokenizer (512 BPE with the chat template) + ~100k-param model pretrained on synthetic math text."""
+    """Tokenizer (512 BPE with the chat template) + ~330k-param model pretrained on synthetic math text."""
     if "base" in _CACHE:
         return _CACHE["base"]
     from hfscratch import HfscratchConfig, HfscratchForCausalLM
     from hfscratch.data.synthetic_math import generate_problems, problem_to_text
     from hfscratch.tokenizer import train_tokenizer
 
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     texts = [problem_to_text(p) for p in generate_problems(2500, seed=11, **EASY)]
     mixed = [problem_to_text(p) for p in generate_problems(300, seed=12)]
     out = _ROOT / "base"
     tokenizer = train_tokenizer(texts + mixed, vocab_size=512, output_dir=out, show_progress=False)
-    config = HfscratchConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = HfscratchConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
                              pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = HfscratchForCausalLM(config)
@@ -54,8 +56,8 @@ def pretrained_base() -> Path:
     block = 96
     blocks = torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(0)
-    steps = int(os.environ.get("HFSCRATCH_TEST_PRETRAIN_STEPS", 600))
+    generator = torch.Generator().manual_seed(SEED)
+    steps = int(os.environ.get("HFSCRATCH_TEST_PRETRAIN_STEPS", 400))
     model.train()
     for step in range(steps):
         batch = blocks[torch.randint(0, len(blocks), (16,), generator=generator)]
@@ -72,7 +74,7 @@ def pretrained_base() -> Path:
 
 
 def sft_run() -> dict:
-    """Full SFT from the pretrained base (checkpoints every 5 steps)."""
+    """Full SFT from the pretrained base on the easy held-out-checked set."""
     if "sft" in _CACHE:
         return _CACHE["sft"]
     from trl import SFTConfig
@@ -81,9 +83,9 @@ def sft_run() -> dict:
     from hfscratch.alignment.sft import run_sft
 
     base = pretrained_base()
-    args = SFTConfig(output_dir=str(_ROOT / "sft"), max_steps=int(os.environ.get("HFSCRATCH_TEST_SFT_STEPS", 100)), per_device_train_batch_size=16, learning_rate=2e-3,
-                     lr_scheduler_type="constant", logging_steps=10, report_to="none", save_strategy="steps", save_steps=5,
-                     save_only_model=True, save_total_limit=None, assistant_only_loss=True, max_length=256, seed=0, use_cpu=True,
+    args = SFTConfig(output_dir=str(_ROOT / "sft"), max_steps=int(os.environ.get("HFSCRATCH_TEST_SFT_STEPS", 150)), per_device_train_batch_size=16, learning_rate=2e-3,
+                     lr_scheduler_type="constant", logging_steps=10, report_to="none", save_strategy="no",
+                     assistant_only_loss=True, max_length=256, seed=SEED, use_cpu=True,
                      disable_tqdm=True)
     result = run_sft(ModelArguments(model_name_or_path=str(base)), script_args(), args)
     _CACHE["sft"] = result

@@ -8,15 +8,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.alignment_setup import sft_run
 
 
-def test_sft_teaches_the_chat_format_and_the_answers():
+def test_sft_raises_heldout_exact_match_and_teaches_the_chat_format():
     result = sft_run()
     before, after = result["before"], result["after"]
-    # Before SFT the pretrained model rambles on past the answer; after it, it answers and stops.
-    assert after["eos_rate"] >= before["eos_rate"] + 0.4, (before, after)
-    assert after["format_rate"] >= before["format_rate"] + 0.4, (before, after)
+    # Held-out problems (a split the training generator can never produce): the pretrained model, prompted in
+    # chat format, gets few right; after SFT it answers in the '#### N' format, stops, and gets many more right.
+    # Measured on 64 problems with seeds 0/1/2: exact-match +0.33/+0.28/+0.31 (see benchmarks/RESULTS_alignment.md).
+    assert after["exact_match"] >= before["exact_match"] + 0.15, (before, after)
+    assert after["eos_rate"] >= 0.95 and after["format_rate"] >= 0.95, (before, after)
     # The reference solutions of held-out problems become much more likely (per token, eos included).
     assert after["answer_loglik"] > before["answer_loglik"] + 0.5, (before, after)
-    assert after["mean_reward"] > before["mean_reward"], (before, after)
+    assert after["mean_reward"] > before["mean_reward"] + 0.15, (before, after)
     losses = result["train_loss"]
     assert losses[-1] < losses[0]
 
