@@ -113,3 +113,48 @@ def run_recipe(main, argv: list[str] | None = None) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------- `hfscratch <stage>`
+# The stage commands list a recipe's dataclass fields as options (so `--help` shows them) and hand the values
+# back to `parse_recipe_args` as strings: YAML and command line are then checked by one parser.
+
+
+def _field_kind(annotation) -> str:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "list" if text.startswith("list") else "bool" if text.startswith("bool") else "value"
+
+
+def add_dataclass_options(parser, dataclass_types, config_help: str, shown=None) -> None:
+    """Add `--config` and one option per field; `shown(dtype, field)` may hide fields from --help."""
+    import argparse
+
+    parser.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    for dtype in dataclass_types:
+        group = parser.add_argument_group(dtype.__name__)
+        for f in dataclasses.fields(dtype):
+            if f.name == "debug" or (shown is not None and not shown(dtype, f)):
+                continue  # --debug is the traceback switch, never a field value
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            else:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            help_text = f"{str(f.metadata.get('help', '')).splitlines()[0] if f.metadata.get('help') else ''} (default: {default})".strip()
+            kind = _field_kind(f.type)
+            if kind == "list":
+                group.add_argument(f"--{f.name}", nargs="*", default=argparse.SUPPRESS, help=help_text)
+            elif kind == "bool":
+                group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS, help=help_text)
+            else:
+                group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=help_text)
+
+
+def options_to_argv(args, dataclass_types) -> list[str]:
+    """The options given on the command line, back as argv for `parse_recipe_args`."""
+    argv: list[str] = ["--config", args.config] if getattr(args, "config", None) else []
+    for dtype in dataclass_types:
+        for f in dataclasses.fields(dtype):
+            if f.name != "debug" and hasattr(args, f.name):
+                value = getattr(args, f.name)
+                argv += [f"--{f.name}", *value] if isinstance(value, list) else [f"--{f.name}", str(value)]
+    return argv

@@ -10,43 +10,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-
-
-def _kind(annotation) -> str:
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    return "list" if text.startswith("list") else "bool" if text.startswith("bool") else "value"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..recipe_args import add_dataclass_options
     from .prepare import DataConfig
 
-    parser.add_argument("--config", default=argparse.SUPPRESS,
-                        help="YAML config (e.g. recipes/configs/data_gutenberg.yaml); options below override it")
-    group = parser.add_argument_group("DataConfig")
-    for f in dataclasses.fields(DataConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
-        kind = _kind(f.type)
-        if kind == "list":
-            group.add_argument(f"--{f.name}", nargs="*", default=argparse.SUPPRESS, help=help_text)
-        elif kind == "bool":
-            group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS, help=help_text)
-        else:
-            group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=help_text)
+    add_dataclass_options(parser, [DataConfig], "YAML config (e.g. recipes/configs/data_gutenberg.yaml); options below override it")
 
 
 def namespace_to_argv(args: argparse.Namespace) -> list[str]:
+    from ..recipe_args import options_to_argv
     from .prepare import DataConfig
 
-    argv: list[str] = []
-    if getattr(args, "config", None):
-        argv += ["--config", args.config]
-    for f in dataclasses.fields(DataConfig):
-        if hasattr(args, f.name):
-            value = getattr(args, f.name)
-            argv += [f"--{f.name}", *value] if isinstance(value, list) else [f"--{f.name}", str(value)]
-    return argv
+    return options_to_argv(args, [DataConfig])
 
 
 def print_next_steps(data) -> None:

@@ -8,7 +8,6 @@ Multi-process runs go through `accelerate launch` (or torchrun); this command ru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from .config import DataArguments, ModelArguments, TrainingArguments
@@ -19,42 +18,16 @@ ARGUMENT_TYPES = [ModelArguments, DataArguments, TrainingArguments]
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "pretrain_tiny.yaml"
 
 
-def _is_list(annotation) -> bool:
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    return text.startswith("list")
-
-
-def _is_bool(annotation) -> bool:
-    text = annotation if isinstance(annotation, str) else repr(annotation)
-    return text.startswith("bool")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML config (e.g. recipes/configs/pretrain_tiny.yaml); options below override it")
-    for dtype in ARGUMENT_TYPES:
-        group = parser.add_argument_group(dtype.__name__)
-        for f in dataclasses.fields(dtype):
-            help_text = f.metadata.get("help", "")
-            default = f.default if f.default is not dataclasses.MISSING else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            help_text = f"{help_text} (default: {default})".strip()
-            if _is_list(f.type):
-                group.add_argument(f"--{f.name}", nargs="*", default=argparse.SUPPRESS, help=help_text)
-            elif _is_bool(f.type):
-                group.add_argument(f"--{f.name}", nargs="?", const="true", default=argparse.SUPPRESS, help=help_text)
-            else:
-                group.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=help_text)
+    from ..recipe_args import add_dataclass_options
+
+    add_dataclass_options(parser, ARGUMENT_TYPES, "YAML config (e.g. recipes/configs/pretrain_tiny.yaml); options below override it")
 
 
 def namespace_to_argv(args: argparse.Namespace) -> list[str]:
-    argv: list[str] = []
-    if getattr(args, "config", None):
-        argv += ["--config", args.config]
-    for dtype in ARGUMENT_TYPES:
-        for f in dataclasses.fields(dtype):
-            if hasattr(args, f.name):
-                value = getattr(args, f.name)
-                argv += [f"--{f.name}", *value] if isinstance(value, list) else [f"--{f.name}", str(value)]
-    return argv
+    from ..recipe_args import options_to_argv
+
+    return options_to_argv(args, ARGUMENT_TYPES)
 
 
 def run(args: argparse.Namespace) -> int:
