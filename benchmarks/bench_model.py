@@ -1,14 +1,18 @@
-"""hfscratch vs transformers' LlamaForCausalLM of the identical shape, alternated in one process.
+"""hfscratch vs transformers' LlamaForCausalLM of the identical shape, interleaved step by step in one process.
 
 Measures training tokens/s (fp32 and bf16 autocast; forward + backward + AdamW step), peak memory of a
 training step, and generation tokens/s with the KV cache (batch 1 and 8). Prints a table with the
-hfscratch/Llama ratios. Two hfscratch columns are reported honestly:
-  * `eager`: the same training step as Llama (same optimizer); the models are numerically identical, so
-    this ratio shows framework overhead only and should sit at ~1.0;
-  * `recipe`: what `recipes/pretrain.py` runs (fused AdamW, torch.compile of the model when --compile).
+hfscratch/Llama ratios. Three hfscratch variants are timed against the same Llama steps:
+  * `eager`: the same training step as Llama (same optimizer, logits + cross-entropy); the models are
+    numerically identical, so this ratio shows framework overhead only and should sit at ~1.0;
+  * `recipe`: what `recipes/pretrain.py` runs: fused AdamW and the chunked linear+cross-entropy loss
+    (`skip_logits=True`: no (tokens x vocab) logits tensor);
+  * `recipe+compile` (with --compile): the same plus `torch.compile` of the model (`torch_compile: true`).
+Every variant runs one step in turn (the order rotates each round) and the medians are compared, so a
+change of machine load hits all of them alike instead of skewing one column.
 
-    python benchmarks/bench_model.py                  # default 6-layer, 256-wide model
-    python benchmarks/bench_model.py --quick          # fewer steps
+    python benchmarks/bench_model.py                  # default 6-layer, 256-wide model, 10 rounds
+    python benchmarks/bench_model.py --quick          # 4 rounds, shorter generation
     python benchmarks/bench_model.py --compile        # also time torch.compile (slow to warm up on CPU)
 """
 
@@ -51,40 +55,30 @@ def make_optimizer(model, fused):
     return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
 
 
-def train_tokens_per_s(model, args, dtype, fused, steps):
+def make_train_step(model, args, dtype, recipe):
+    """A closure running one full training step (forward, backward, AdamW) on a fixed random batch."""
     model.train()
-    optimizer = make_optimizer(model, fused)
+    optimizer = make_optimizer(model, fused=recipe)
     x = torch.randint(0, args.vocab, (args.batch, args.seq))
+    extra = {"skip_logits": True} if recipe else {}
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss = model(input_ids=x, labels=x).loss
+            loss = model(input_ids=x, labels=x, **extra).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(2):  # warm-up (and compilation)
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return args.batch * args.seq / statistics.median(times)
+    return step
 
 
-def peak_train_memory_mb(model, args):
+def peak_train_memory_mb(model, args, recipe=False):
     """Peak bytes allocated by one fp32 training step, from torch's CPU allocator profiler."""
-    model.train()
-    x = torch.randint(0, args.vocab, (args.batch, args.seq))
-    optimizer = make_optimizer(model, fused=False)
+    step = make_train_step(model, args, "fp32", recipe)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step()
     # walk allocation events in order to get the high-water mark of live bytes
     events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start)
     live = peak = 0
@@ -96,13 +90,27 @@ def peak_train_memory_mb(model, args):
 
 def generate_tokens_per_s(model, args, batch, new_tokens):
     model.eval()
-    prompt = torch.randint(3, args.vocab, (batch, 16))
+    prompt = torch.randint(3, args.vocab, (batch, 16), generator=torch.Generator().manual_seed(batch))
     with torch.no_grad():
-        model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
         t0 = time.perf_counter()
         out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
         elapsed = time.perf_counter() - t0
     return batch * (out.shape[1] - prompt.shape[1]) / elapsed
+
+
+def interleaved(fns: dict, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each fn, calling them one after another, rotating the order each round."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main():
@@ -114,63 +122,60 @@ def main():
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two models")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per variant (interleaved)")
     parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile for the recipe column")
+    parser.add_argument("--compile", action="store_true", help="also time the recipe with torch.compile")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds, args.new_tokens = 3, 1, 24
+        args.rounds, args.new_tokens = 4, 24
 
-    results: dict[str, dict[str, list[float]]] = {"llama": {}, "hfscratch": {}, "hfscratch-recipe": {}}
+    variants = {"llama": ("llama", False, False), "hfscratch": ("hfscratch", False, False), "recipe": ("hfscratch", True, False)}
+    if args.compile:
+        variants["recipe+compile"] = ("hfscratch", True, True)
+    models = {}
+    for name, (kind, _, compiled) in variants.items():
+        models[name] = build(kind, args)
+        if compiled:
+            models[name].forward = torch.compile(models[name].forward)
 
-    def record(kind, metric, value):
-        results[kind].setdefault(metric, []).append(value)
-
-    for _ in range(args.rounds):
-        for kind in ("llama", "hfscratch"):
-            model = build(kind, args)
-            for dtype in ("fp32", "bf16"):
-                record(kind, f"train tok/s {dtype}", train_tokens_per_s(model, args, dtype, fused=False, steps=args.steps))
-            for batch in (1, 8):
-                record(kind, f"generate tok/s b{batch}", generate_tokens_per_s(model, args, batch, args.new_tokens))
-            del model
-            gc.collect()
-        model = build("hfscratch", args)
-        for dtype in ("fp32", "bf16"):
-            record("hfscratch-recipe", f"train tok/s {dtype}", train_tokens_per_s(model, args, dtype, fused=True, steps=args.steps))
-        if args.compile:
-            compiled = build("hfscratch", args)
-            compiled.forward = torch.compile(compiled.forward)
-            for dtype in ("fp32", "bf16"):
-                record("hfscratch-recipe", f"train tok/s {dtype} compiled", train_tokens_per_s(compiled, args, dtype, fused=True, steps=args.steps))
-        del model
+    table: dict[str, dict[str, float]] = {}
+    for dtype in ("fp32", "bf16"):
+        steps = {name: make_train_step(models[name], args, dtype, recipe) for name, (_, recipe, _) in variants.items()}
+        seconds = interleaved(steps, args.rounds, warmup=2)
+        table[f"train tok/s {dtype}"] = {name: args.batch * args.seq / s for name, s in seconds.items()}
+        del steps
         gc.collect()
-    for kind in ("llama", "hfscratch"):
-        record(kind, "peak train MB", peak_train_memory_mb(build(kind, args), args))
+    for batch in (1, 8):
+        gens = {name: (lambda m=models[name], b=batch: generate_tokens_per_s(m, args, b, args.new_tokens)) for name in ("llama", "hfscratch")}
+        seconds = interleaved(gens, max(2, args.rounds // 2), warmup=1)
+        # tokens/s from the median wall time of one generate call
+        table[f"generate tok/s b{batch}"] = {name: batch * args.new_tokens / s for name, s in seconds.items()}
+    del models
+    gc.collect()
+    table["peak train MB (fp32 step)"] = {
+        "llama": peak_train_memory_mb(build("llama", args), args),
+        "hfscratch": peak_train_memory_mb(build("hfscratch", args), args),
+        "recipe": peak_train_memory_mb(build("hfscratch", args), args, recipe=True),
+    }
 
     n_params = sum(p.numel() for p in build("hfscratch", args).parameters())
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     print(f"model: {n_params/1e6:.1f}M params, hidden {args.hidden}, layers {args.layers}, heads {args.heads}/{args.kv_heads} kv, "
-          f"vocab {args.vocab}; train batch {args.batch}x{args.seq}; medians over {args.rounds} alternations\n")
-    header = f"| {'metric':<28} | {'llama':>10} | {'hfscratch':>10} | {'ratio':>6} | {'hfscratch recipe':>16} | {'ratio':>6} |"
+          f"vocab {args.vocab}; train batch {args.batch}x{args.seq}; medians of {args.rounds} interleaved steps\n")
+    columns = [name for name in variants if name != "llama"]
+    header = f"| {'metric':<26} | {'llama':>9} | " + " | ".join(f"{c:>14} | {'ratio':>5}" for c in columns) + " |"
     print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    metrics = list(results["llama"])
-    metrics += [m for m in results["hfscratch-recipe"] if m not in metrics]
-    for metric in metrics:
-        base = statistics.median(results["llama"][metric]) if metric in results["llama"] else None
-        ours = statistics.median(results["hfscratch"][metric]) if metric in results["hfscratch"] else None
-        recipe = statistics.median(results["hfscratch-recipe"][metric]) if metric in results["hfscratch-recipe"] else None
-        base_for_recipe = base if base is not None else statistics.median(results["llama"][metric.replace(" compiled", "")])
-        fmt = lambda v: f"{v:10.1f}" if v is not None else f"{'':>10}"  # noqa: E731
-        ratio = f"{ours / base:6.2f}" if (ours and base) else f"{'':>6}"
-        if metric == "peak train MB":
-            ratio = f"{ours / base:6.2f}"
-        rratio = f"{recipe / base_for_recipe:6.2f}" if recipe else f"{'':>6}"
-        print(f"| {metric:<28} | {fmt(base)} | {fmt(ours)} | {ratio} | {(f'{recipe:16.1f}' if recipe else ' ' * 16)} | {rratio} |")
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    for metric, row in table.items():
+        cells = []
+        for c in columns:
+            if c in row:
+                cells.append(f"{row[c]:14.1f} | {row[c] / row['llama']:5.2f}")
+            else:
+                cells.append(f"{'':>14} | {'':>5}")
+        print(f"| {metric:<26} | {row['llama']:9.1f} | " + " | ".join(cells) + " |")
     print(f"\n(max RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 

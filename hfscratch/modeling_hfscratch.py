@@ -352,6 +352,73 @@ class HfscratchModel(HfscratchPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
 
 
+# ---------------------------------------------------------------------------------------------- loss
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against `labels`, a few hundred rows at a time.
+
+    Written by hand because the plain path is the slowest part of a small model's step: it builds the
+    (tokens x vocab) logits, an fp32 copy, log-softmax, a zero-filled gradient and its backward, five passes
+    over the largest tensor of the step. Here each chunk's logits stay in cache and turn into their gradient
+    (softmax - one-hot) at once, so backward is a multiply. Same GEMMs and math as `F.cross_entropy`.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, compute_dtype, ignore_index, grad_enabled):
+        h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+        want_h, want_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if want_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
+        total = torch.zeros((), device=h.device, dtype=torch.float32)
+        rows = max(16, 2**21 // weight.shape[0])  # ~8 MB of fp32 logits per chunk
+        for start in range(0, h.shape[0], rows):
+            h_chunk, label_chunk = h[start : start + rows], labels[start : start + rows]
+            logits = (h_chunk @ w.T).float()
+            valid = label_chunk != ignore_index
+            target = label_chunk.masked_fill(~valid, 0)[:, None]
+            target_logit = logits.gather(1, target)[:, 0]
+            row_max = logits.amax(dim=-1, keepdim=True)
+            exp = logits.sub_(row_max).exp_()  # in place: one exp pass serves the loss and the gradient
+            exp_sum = exp.sum(dim=-1, keepdim=True)
+            total += ((exp_sum.log() + row_max)[:, 0] - target_logit).mul(valid).sum()
+            if want_h or want_w:
+                grad_logits = exp.div_(exp_sum)  # softmax, then minus one-hot on rows that count
+                grad_logits.scatter_add_(1, target, -valid[:, None].float()).mul_(valid[:, None])
+                grad_logits = grad_logits.to(compute_dtype)
+                if want_h:
+                    torch.mm(grad_logits, w, out=grad_h[start : start + rows])
+                if want_w:
+                    grad_w.add_(grad_logits.T @ h_chunk)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h, grad_w = ctx.saved_tensors
+        grad_h = (grad_h * grad_total).to(ctx.dtypes[0]) if grad_h is not None else None
+        grad_w = (grad_w * grad_total).to(ctx.dtypes[1]) if grad_w is not None else None
+        return grad_h, grad_w, None, None, None, None
+
+
+def chunked_causal_lm_loss(hidden_states, weight, labels, num_items_in_batch=None, ignore_index=-100, shift_labels=None):
+    """What `ForCausalLMLoss(lm_head(hidden_states), labels)` returns, without materializing the logits."""
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    shift_labels = shift_labels.reshape(-1).to(hidden_states.device)
+    device_type = hidden_states.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_states.dtype
+    flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    with torch.autocast(device_type, enabled=False):  # (no gradients are formed under no_grad, e.g. in eval)
+        total = ChunkedLinearCrossEntropy.apply(flat_hidden, weight, shift_labels, dtype, ignore_index, torch.is_grad_enabled())
+    if num_items_in_batch is None:
+        num_items_in_batch = (shift_labels != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
 # ---------------------------------------------------------------------------------------------- causal LM
 
 
@@ -367,6 +434,12 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def _lm_head_is_plain(self) -> bool:
+        # The chunked loss reads lm_head.weight directly: only when no wrapper owns it (a tensor-parallel
+        # DTensor, a ZeRO-3 partition gathered by module hooks, a PEFT layer); otherwise the plain path runs.
+        head = self.lm_head
+        return type(head) is nn.Linear and type(head.weight) in (nn.Parameter, torch.Tensor) and not hasattr(head.weight, "ds_id") and not head._forward_pre_hooks
+
     @can_return_tuple
     def forward(
         self,
@@ -378,8 +451,11 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        skip_logits: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
+        r"""skip_logits: with `labels`, compute the loss chunk by chunk without building the logits (returned as
+        None): faster and far lighter for training loops that only need the loss."""
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -390,6 +466,9 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
+        if skip_logits and labels is not None and self._lm_head_is_plain():
+            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, kwargs.get("num_items_in_batch"), shift_labels=kwargs.get("shift_labels"))
+            return CausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         # Generation only needs the last position: skip the (vocab x seq) projection for the rest.
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])

@@ -142,6 +142,63 @@ def test_num_items_in_batch_gives_token_weighted_loss():
     assert torch.allclose(summed / n_tokens, mean_loss, atol=1e-6)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("num_items", [None, 37])
+def test_skip_logits_loss_and_gradients_match_the_plain_loss(tied, num_items):
+    """The chunked loss (no logits built) against transformers' ForCausalLMLoss on the same model."""
+    x = torch.randint(3, 101, (3, 20))
+    labels = x.clone()
+    labels[:, :4] = -100
+    labels[2, 11:] = -100
+    kwargs = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
+    results = []
+    for skip in (False, True):
+        model = make_model(tie_word_embeddings=tied).train()
+        out = model(x, labels=labels, skip_logits=skip, **kwargs)
+        out.loss.backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    assert chunked.logits is None and plain.logits is not None
+    torch.testing.assert_close(chunked.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    for name, grad in plain_grads.items():
+        # fp32 summation order differs between the two paths: compare at 1e-5 of each gradient's scale
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item())
+
+
+def test_chunked_cross_entropy_across_many_chunks_and_without_grad():
+    """A vocabulary large enough for 16-row chunks (last one partial); ignored rows; no_grad gives the loss only."""
+    from hfscratch.modeling_hfscratch import ChunkedLinearCrossEntropy
+
+    torch.manual_seed(0)
+    vocab, n = 2**17, 100
+    weight = (torch.randn(vocab, 8) * 0.5).requires_grad_()
+    hidden = torch.randn(n, 8, requires_grad=True)
+    labels = torch.randint(0, vocab, (n,))
+    labels[::9] = -100
+    reference = torch.nn.functional.cross_entropy(hidden @ weight.T, labels, ignore_index=-100, reduction="sum")
+    ref_grads = torch.autograd.grad(reference, (hidden, weight))
+    total = ChunkedLinearCrossEntropy.apply(hidden, weight, labels, torch.float32, -100, True)
+    grads = torch.autograd.grad(total, (hidden, weight))
+    torch.testing.assert_close(total, reference, rtol=1e-6, atol=1e-4)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(ChunkedLinearCrossEntropy.apply(hidden, weight, labels, torch.float32, -100, False), reference.detach())
+
+
+def test_skip_logits_under_bf16_autocast_is_close_to_the_plain_loss():
+    x = torch.randint(3, 101, (2, 16))
+    losses = []
+    for skip in (False, True):
+        model = make_model().train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, labels=x, skip_logits=skip).loss
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+        losses.append(loss.item())
+    assert abs(losses[0] - losses[1]) < 1e-3 * abs(losses[0])
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_gradient_checkpointing_gives_same_gradients(arch):
     x = torch.randint(3, 101, (2, 16))
