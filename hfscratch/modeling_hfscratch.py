@@ -170,6 +170,7 @@ class HfscratchAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias)
         self.o_proj.is_residual_projection = True
+        self.qk_norm = config.qk_norm  # read once: config attribute access is slow in the decode loop
         if config.qk_norm:  # per-head RMSNorm on queries and keys before RoPE, named as in Qwen3
             self.q_norm = HfscratchRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = HfscratchRMSNorm(self.head_dim, eps=config.rms_norm_eps)
@@ -187,7 +188,7 @@ class HfscratchAttention(nn.Module):
         query_states = self.q_proj(hidden_states).view(hidden_shape)
         key_states = self.k_proj(hidden_states).view(hidden_shape)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        if self.config.qk_norm:
+        if self.qk_norm:
             query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
         query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
         if position_embeddings is not None:  # None with learned absolute positions
