@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from hfscratch.training import DataArguments, ModelArguments, TrainingArguments, pretrain
+from hfscratch.training import checkpoint as ckpt
 from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, shakespeare_on_disk  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,56 @@ def test_two_process_ddp_matches_one_process(tmp_path, shakespeare_data, shakesp
         assert s1 == s2 and abs(a - b) <= 1e-5 * abs(b), (s1, a, b)
     ddp_val = json.loads((out / "metrics.json").read_text())["val_loss"]
     assert abs(ddp_val - single.metrics["val_loss"]) < 1e-4
+
+
+def _torchrun(port: int, script: Path, argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script), *argv]
+
+
+# Runs the recipe, but rank 0 SIGKILLs itself when it starts optimizer step KILL_AT_STEP (a deterministic point
+# between two checkpoints, whatever the machine's speed); torchrun then stops the other rank, as after a lost node.
+_KILLING_RECIPE = """
+import os, runpy, signal, sys
+from hfscratch.training import loop
+KILL_AT_STEP = int(os.environ["HFSCRATCH_TEST_KILL_AT_STEP"])
+train_step = loop.Pretrainer._train_step
+def killing_train_step(self, batches):
+    if self.step + 1 == KILL_AT_STEP and self.accelerator.is_main_process:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return train_step(self, batches)
+loop.Pretrainer._train_step = killing_train_step
+sys.argv = [RECIPE, *sys.argv[1:]]
+runpy.run_path(RECIPE, run_name="__main__")
+"""
+
+
+def test_two_process_sigkill_then_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, shakespeare_on_disk):  # noqa: F811
+    """2 ranks (gloo) x micro 4 x accum 2, checkpoints every 5 steps: rank 0 is killed at step 8 (torchrun ends rank 1),
+    the run resumes from `latest` (step 5), and its 12 losses and validation loss match an uninterrupted run."""
+    common = dict(max_steps=12, save_steps=5, micro_batch_size=4, gradient_accumulation_steps=2, block_size=64, eval_max_batches=2)
+    env = _env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    reference = tmp_path / "reference"
+    run = subprocess.run(_torchrun(29541, RECIPE, _recipe_argv(shakespeare_on_disk, reference, **common)), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    killing_recipe = tmp_path / "killing_recipe.py"
+    killing_recipe.write_text(f"RECIPE = {str(RECIPE)!r}\n" + _KILLING_RECIPE)
+    killed = subprocess.run(_torchrun(29543, killing_recipe, _recipe_argv(shakespeare_on_disk, out, **common)), capture_output=True, text=True,
+                            env=_env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HFSCRATCH_TEST_KILL_AT_STEP="8"), cwd=tmp_path, timeout=300)
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL) received" in killed.stderr, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-0000005"] and not (out / "final").exists()
+    resumed = subprocess.run(_torchrun(29545, RECIPE, _recipe_argv(shakespeare_on_disk, out, **common, resume_from_checkpoint="latest")),
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "checkpoint-0000005" in resumed.stdout, resumed.stdout[-3000:]
+    ref_losses, got = _losses(reference), _losses(out)
+    assert [s for s, _ in got] == [s for s, _ in ref_losses] == list(range(1, 13))
+    worst = max(abs(a - b) for (_, a), (_, b) in zip(got, ref_losses))
+    print(f"2-process resume: max |loss diff| over 12 steps = {worst:.3g}")
+    assert worst <= 1e-6, (worst, got, ref_losses)
+    ref_val = json.loads((reference / "metrics.json").read_text())["val_loss"]
+    assert abs(json.loads((out / "metrics.json").read_text())["val_loss"] - ref_val) <= 1e-6
 
 
 def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):

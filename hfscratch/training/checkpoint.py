@@ -72,13 +72,41 @@ def read_trainer_state(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} has an unreadable {TRAINER_STATE} ({err}); resume from an earlier checkpoint") from None
 
 
-def assert_finite(model: torch.nn.Module) -> None:
-    """Never write NaN/Inf weights: a checkpoint must always be a safe point to resume from."""
-    for name, param in model.named_parameters():
-        if param.numel() and not torch.isfinite(param.detach()).all():
-            from .stability import TrainingDivergedError
+def first_nonfinite(state_dict: dict) -> str | None:
+    """Name of the first weight holding NaN/Inf, if any."""
+    for name, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor).all():
+            return name
+    return None
 
-            raise TrainingDivergedError(f"parameter {name} holds NaN/Inf; refusing to write a checkpoint. Resume from the last good checkpoint with a lower learning_rate")
+
+def drop_tied_copies(model, state_dict: dict) -> dict:
+    """Leave tied weights (lm_head = embed_tokens) out of a gathered state dict.
+
+    `save_pretrained` recognises a tie by shared storage; DeepSpeed's and FSDP's gathers return separate
+    copies, which would store the embedding twice. Loading re-ties them from the config.
+    """
+    tied = getattr(model, "_tied_weights_keys", None)
+    if not isinstance(tied, dict) or not getattr(model.config, "tie_word_embeddings", False):
+        return state_dict
+    return {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}
+
+
+def assert_finite(accelerator, state_dict: dict) -> None:
+    """Never write NaN/Inf weights: a checkpoint must always be a safe point to resume from.
+
+    Checked on the gathered full state dict (ZeRO-3/FSDP ranks hold only shards or empty placeholders), and
+    every rank learns the answer so all of them stop together.
+    """
+    bad = first_nonfinite(state_dict) if accelerator.is_main_process else None
+    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item() > 0:
+        from .stability import TrainingDivergedError
+
+        where = f"parameter {bad}" if bad else "a parameter"
+        raise TrainingDivergedError(f"{where} holds NaN/Inf; refusing to write a checkpoint. Resume from the last good checkpoint with a lower learning_rate")
 
 
 def _write_trainer_state(folder: Path, state: dict) -> None:
@@ -101,7 +129,9 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
     tmp = root / f".tmp-{checkpoint_name(step)}"
     previous = list_checkpoints(output_dir)
     previous_path = previous[-1] if previous else None
-    assert_finite(accelerator.unwrap_model(model))
+    # Every rank takes part in gathering the full state dict (FSDP/ZeRO-3); the main one checks and writes it.
+    state_dict = accelerator.get_state_dict(model)
+    assert_finite(accelerator, state_dict)
     failure: CheckpointError | None = None
     try:
         if accelerator.is_main_process:
@@ -110,11 +140,9 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
                 shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
-        # Every rank takes part in gathering the full state dict (FSDP/ZeRO-3); the main one writes it.
-        state_dict = accelerator.get_state_dict(model)
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(tmp / HF_SUBDIR, state_dict=state_dict, safe_serialization=True)
+            unwrapped.save_pretrained(tmp / HF_SUBDIR, state_dict=drop_tied_copies(unwrapped, state_dict), safe_serialization=True)
             tokenizer.save_pretrained(tmp / HF_SUBDIR)
             _write_trainer_state(tmp, trainer_state)
     except OSError as err:

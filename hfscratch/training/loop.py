@@ -37,12 +37,13 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..model_card import write_model_card
+from ..modeling_hfscratch import HfscratchForCausalLM
 from . import checkpoint as ckpt
 from .config import MODEL_PRESETS, DataArguments, ModelArguments, TrainingArguments, flat_config, plan_batches
 from .metrics import bits_per_byte, flops_per_token, memory_stats, mfu, peak_flops_per_device
 from .optim import build_optimizer, build_scheduler
 from .plots import plot_loss_curve
-from .stability import SpikeDetector
+from .stability import SpikeDetector, StepVerdict
 
 RUN_MARKER = "run_config.json"
 IGNORE_INDEX = -100
@@ -157,7 +158,7 @@ def build_model(model_args: ModelArguments, tokenizer, block_size: int):
     """A fresh `HfscratchForCausalLM` from a preset + overrides, or `init_from` a saved folder."""
     from transformers import AutoModelForCausalLM
 
-    from .. import HfscratchConfig, HfscratchForCausalLM
+    from .. import HfscratchConfig
 
     tokenizer_size = len(tokenizer)
     if model_args.init_from:
@@ -220,6 +221,13 @@ def build_model(model_args: ModelArguments, tokenizer, block_size: int):
 
 def compute_token_losses(model, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0):
     """(sum of token NLLs, sum of z-loss terms) over the predicted tokens of one micro-batch, in fp32."""
+    inner = getattr(model, "module", model)  # DDP / DeepSpeed wrappers, then torch.compile's
+    if z_loss == 0 and isinstance(getattr(inner, "_orig_mod", inner), HfscratchForCausalLM):
+        # The model's chunked loss never builds the (tokens x vocab) logits: the step's biggest tensor and,
+        # for small models, much of its time. Dividing by one item makes the returned loss the plain sum.
+        one = torch.ones((), device=input_ids.device)
+        out = model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False, skip_logits=True, num_items_in_batch=one)
+        return out.loss, out.loss.new_zeros(())
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
@@ -251,7 +259,38 @@ def _warn_on_silent_fallback(accelerator) -> None:
     if wants_fsdp and accelerator.distributed_type != DistributedType.FSDP:
         _print(accelerator, f"WARNING: FSDP was requested but Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type} (FSDP needs GPUs): every process holds the full model.")
     if wants_ds and accelerator.distributed_type != DistributedType.DEEPSPEED:
-        _print(accelerator, f"WARNING: DeepSpeed was requested but Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type}: no ZeRO sharding is applied.")
+        _print(
+            accelerator,
+            f"WARNING: DeepSpeed was requested but Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type}: "
+            "no ZeRO sharding is applied (DeepSpeed needs a distributed launch, and on CPU no --cpu / ACCELERATE_USE_CPU).",
+        )
+
+
+def _deepspeed_on_cpu_requested() -> bool:
+    """A distributed DeepSpeed launch (accelerate launch / torchrun) on a machine without a GPU.
+
+    Accelerate then asks DeepSpeed for the process group with backend None, finds no device backend and
+    quietly runs one process. DeepSpeed itself runs on CPU (its CPU accelerator, torch optimizers, no
+    compiled ops), so the loop hands it the gloo backend explicitly.
+    """
+    wants_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    forced_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true")
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return wants_ds and launched and not forced_cpu and not has_accelerator
+
+
+def _skip_deepspeed_shm_comm_op() -> None:
+    """Keep DeepSpeed on CPU free of compiled ops.
+
+    Its CPU communication backend JIT-compiles a shared-memory all-reduce kernel (minutes on a small CPU,
+    and a crash without a C++ toolchain) that only its inference all-reduce uses; training collectives go
+    through torch.distributed (gloo) either way. `deepspeed.ops.__compatible_ops__` is the switch DeepSpeed
+    reads before building it (a module-level dict that stays edited).
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def _quiet_library_progress_bars() -> None:
@@ -338,7 +377,7 @@ class PretrainResult:
 class Pretrainer:
     def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, data: TrainingData | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 
         self.model_args, self.data_args, self.args = model_args, data_args, args
         self.output_dir = Path(args.resolve_output_dir())
@@ -353,14 +392,19 @@ class Pretrainer:
             # Accelerate keeps one process-wide state and refuses a second run (a notebook, a sweep) with another
             # precision; clearing it keeps the process group (PartialState) and is what Accelerate's tests do.
             AcceleratorState._reset_state(reset_partial_state=False)
+        deepspeed_on_cpu = _deepspeed_on_cpu_requested()
+        if deepspeed_on_cpu:
+            _skip_deepspeed_shm_comm_op()
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision,
             log_with=args.trackers() or None,
             project_dir=str(self.output_dir / "logs"),  # tensorboard: <output_dir>/logs/<run_name>
             step_scheduler_with_optimizer=False,  # we step the schedule once per update ourselves
             dataloader_config=DataLoaderConfiguration(split_batches=False),
+            kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
         )
         acc = self.accelerator
+        self.deepspeed = acc.distributed_type.value == "DEEPSPEED"
         _quiet_library_progress_bars()
         _warn_on_silent_fallback(acc)
         prepare_output_dir(self.output_dir, args, acc.is_main_process)
@@ -378,7 +422,8 @@ class Pretrainer:
             _print(acc, f"note: prepared blocks hold {self.block_size} tokens (block_size {data_args.block_size} requested)")
 
         set_seed(args.seed)  # the same initial weights whatever data preparation consumed
-        self.model = build_model(model_args, self.tokenizer, self.block_size)
+        with self._zero3_init_unless_asked():
+            self.model = build_model(model_args, self.tokenizer, self.block_size)
         max_id = max(self.train_blocks.max_token_id(), self.val_blocks.max_token_id())
         if max_id >= self.model.config.vocab_size or max_id >= len(self.tokenizer):
             raise ConfigError(
@@ -389,13 +434,16 @@ class Pretrainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.plan = plan_batches(args, acc.num_processes, self.block_size, len(self.train_blocks))
 
-        self.model = acc.prepare(self.model)  # before the optimizer: FSDP2 shards the parameters it will own
-        optimizer = build_optimizer(self.model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
-        scheduler = build_scheduler(
-            optimizer, max_steps=self.plan.max_steps, warmup_steps=self.plan.warmup_steps, schedule=args.lr_schedule,
-            min_lr_ratio=args.min_lr_ratio, wsd_decay_ratio=args.wsd_decay_ratio,
-        )
-        self.optimizer, self.scheduler = acc.prepare(optimizer, scheduler)
+        if self.deepspeed:
+            # deepspeed.initialize takes model, optimizer and schedule together; ZeRO then owns the optimizer.
+            self._configure_deepspeed()
+            optimizer = build_optimizer(self.model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
+            scheduler = self._build_scheduler(optimizer)
+            self.model, self.optimizer, self.scheduler = acc.prepare(self.model, optimizer, scheduler)
+        else:
+            self.model = acc.prepare(self.model)  # before the optimizer: FSDP2 shards the parameters it will own
+            optimizer = build_optimizer(self.model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
+            self.optimizer, self.scheduler = acc.prepare(optimizer, self._build_scheduler(optimizer))
         if args.torch_compile:
             acc.unwrap_model(self.model).compile()  # in place: state_dict keys and saving are unchanged
 
@@ -417,6 +465,56 @@ class Pretrainer:
     @property
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
+
+    def _build_scheduler(self, optimizer):
+        args = self.args
+        return build_scheduler(
+            optimizer, max_steps=self.plan.max_steps, warmup_steps=self.plan.warmup_steps, schedule=args.lr_schedule,
+            min_lr_ratio=args.min_lr_ratio, wsd_decay_ratio=args.wsd_decay_ratio,
+        )
+
+    @contextlib.contextmanager
+    def _zero3_init_unless_asked(self):
+        """Build the model whole unless the DeepSpeed config asks for `zero3_init_flag`.
+
+        Accelerate registers the ZeRO-3 config with transformers whatever that flag says, and transformers then
+        builds every model partitioned (deepspeed.zero.Init, initialised on rank 0 with another RNG order).
+        Built whole, ZeRO-3 starts from the same weights as 1 process or DDP; the flag is for models too big
+        to build whole on one rank.
+        """
+        plugin = self.accelerator.state.deepspeed_plugin if self.deepspeed else None
+        if plugin is None or plugin.zero3_init_flag or plugin.deepspeed_config.get("zero_optimization", {}).get("stage") != 3:
+            yield
+            return
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            plugin.set_deepspeed_weakref()  # generate() and saving under ZeRO-3 need it back
+
+    def _configure_deepspeed(self) -> None:
+        """Batch sizes, accumulation and clipping come from the recipe (one source of truth), not the DeepSpeed config.
+
+        The loop feeds DeepSpeed `micro_batch_size` sequences per backward and marks the accumulation boundary
+        itself; DeepSpeed clips and steps inside `engine.step()`. ZeRO-3 must gather full weights at save time
+        because every checkpoint holds a `save_pretrained` folder.
+        """
+        acc, plan = self.accelerator, self.plan
+        config = acc.state.deepspeed_plugin.deepspeed_config
+        wanted = {
+            "train_micro_batch_size_per_gpu": plan.micro_batch_size, "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+            "train_batch_size": plan.sequences_per_step, "gradient_clipping": float(self.args.max_grad_norm),
+        }
+        for key, value in wanted.items():
+            if config.get(key, "auto") not in ("auto", value):
+                _print(acc, f"note: DeepSpeed {key} {config[key]} replaced by the recipe's {value}")
+            config[key] = value
+        zero = config.setdefault("zero_optimization", {})
+        if zero.get("stage") == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        acc.gradient_accumulation_steps = plan.gradient_accumulation_steps  # what Accelerate checks against the config
 
     # ------------------------------------------------------------------ state
 
@@ -568,7 +666,7 @@ class Pretrainer:
         self._write_run_marker()
         if args.trackers():
             acc.init_trackers(args.run_name, config={k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat_config(self.model_args, self.data_args, args).items() if v is not None})
-        n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.unwrapped.parameters())  # ZeRO-3 leaves empty placeholders
         _print(
             acc,
             f"model: {n_params / 1e6:.2f}M parameters | {plan.max_steps} steps x {plan.tokens_per_step:,} tokens "
@@ -652,20 +750,30 @@ class Pretrainer:
         global_tokens = acc.reduce(local_tokens.clone(), reduction="sum") if acc.num_processes > 1 else local_tokens
         # DDP/FSDP average gradients over ranks; multiplying by the world size turns that into the global sum.
         scale = acc.num_processes / global_tokens.clamp(min=1.0)
-        if acc.distributed_type.value == "DEEPSPEED":
+        if self.deepspeed:
             scale = scale * plan.gradient_accumulation_steps  # DeepSpeed divides by its accumulation steps itself
         nll_total = torch.zeros((), device=acc.device, dtype=torch.float32)
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(self.model)
+            if self.deepspeed:
+                # The engine reduces the gradients at the boundary (ZeRO-2/3 have no no_sync); the step comes below.
+                self.model.set_gradient_accumulation_boundary(last)
+                sync = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(self.model)
             with sync:
                 with acc.autocast():
                     nll, z = compute_token_losses(self.model, batch["input_ids"], batch["position_ids"], batch["labels"], args.z_loss)
-                acc.backward((nll + z) * scale)
+                if self.deepspeed:
+                    self.model.backward((nll + z) * scale)
+                else:
+                    acc.backward((nll + z) * scale)
             nll_total += nll.detach().float()
         if acc.num_processes > 1:
             nll_total = acc.reduce(nll_total, reduction="sum")
         loss = (nll_total / global_tokens.clamp(min=1.0)).item()
+        if self.deepspeed:
+            return self._deepspeed_update(loss)
         max_norm = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else None
@@ -677,6 +785,31 @@ class Pretrainer:
         with warnings.catch_warnings():  # after a skipped update torch warns that the scheduler stepped alone: intended
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()  # the schedule follows the step count, skipped or not
+        return loss, (grad_norm if grad_norm is not None else float("nan")), verdict, lr
+
+    def _deepspeed_update(self, loss: float):
+        """DeepSpeed's `engine.step()` clips, checks the gradients and updates in one call.
+
+        The gradient norm is only known inside that call, so the stability verdict comes after it: non-finite
+        gradients are skipped by DeepSpeed itself (its overflow check leaves weights and Adam moments as they
+        were); a finite loss or grad-norm spike is logged and counted towards `max_consecutive_skips`, but the
+        update it judged has already been applied.
+        """
+        engine = self.model
+        lr = self.scheduler.get_last_lr()[0]
+        engine.step()
+        applied = engine.was_step_applied()
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        verdict = self.detector.check(loss, grad_norm, self.step + 1)
+        if verdict.skip and applied:
+            _print(self.accelerator, f"step {self.step + 1}: {verdict.reason}; DeepSpeed had already applied this update")
+            verdict = StepVerdict(False, "")
+        elif not applied and not verdict.skip:
+            verdict = StepVerdict(True, f"DeepSpeed skipped the update (non-finite gradients, norm {grad_norm})")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
         return loss, (grad_norm if grad_norm is not None else float("nan")), verdict, lr
 
     # ------------------------------------------------------------------ final artifacts
@@ -706,7 +839,7 @@ class Pretrainer:
         metrics = self.final_metrics()
         try:
             shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+            model.save_pretrained(tmp, state_dict=ckpt.drop_tied_copies(model, state_dict), safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             png = plot_loss_curve(
                 [(s, v) for s, v in self.loss_history if v is not None], self.validation_history, tmp / "loss_curve.png",

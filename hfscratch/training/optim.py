@@ -18,7 +18,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 else no_decay).append(param)
+        # DeepSpeed ZeRO-3 builds the model partitioned (flat, empty placeholders): its true shape is ds_shape.
+        ndim = len(param.ds_shape) if hasattr(param, "ds_shape") else param.ndim
+        (decay if ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
