@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # deepspeed (imported by accelerate when installed) would probe for GPUs and log it
 
 from pathlib import Path  # noqa: E402
 

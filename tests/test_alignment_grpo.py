@@ -1,4 +1,4 @@
-"""GRPO with TRL and the verifiable math reward: trains on the reward, keeps format, eos and held-out reward."""
+"""GRPO with TRL and the verifiable math reward: held-out reward rises over the SFT starting point."""
 
 from pathlib import Path
 
@@ -9,19 +9,25 @@ from hfscratch.alignment.grpo import run_grpo
 from tests.alignment_setup import root, script_args, sft_run
 
 
-def test_grpo_trains_on_the_verifiable_reward_without_losing_heldout_reward():
-    # The SFT model answers in the '#### N' format and stops; 4 samples per prompt at temperature 1 give groups
-    # with mixed rewards, so GRPO gets a learning signal. At this scale (330k parameters, 16 steps) GRPO does not
-    # reliably RAISE held-out greedy reward (measured: +0.05/-0.02/+0.09 over seeds 0/1/2, within noise on 64 prompts;
-    # benchmarks/RESULTS_alignment.md explains why), so this asserts what is stable: the policy is updated on the
-    # reward, keeps the format and eos, and held-out reward does not fall by more than 2 problems in 64 (a too high
-    # learning rate fails this: on the 1.1M default model lr 1e-4 with 4 samples took exact-match 0.37 -> 0.14).
+def test_grpo_raises_heldout_reward():
+    # The SFT model answers in the '#### N' format and stops, but at temperature 1 it is right less often than
+    # greedily: groups of 8 samples mix right and wrong answers, which is GRPO's learning signal. Held-out prompts
+    # come from the generator's held-out split; the sampled reward (8 samples per prompt at temperature 1, seeded)
+    # is the quantity GRPO optimises, greedy exact-match is reported next to it.
     start = Path(sft_run()["final"])
-    args = GRPOConfig(output_dir=str(root() / "grpo"), max_steps=16, per_device_train_batch_size=16, num_generations=4,
-                      max_completion_length=40, learning_rate=1e-4, lr_scheduler_type="constant", logging_steps=4,
+    args = GRPOConfig(output_dir=str(root() / "grpo"), max_steps=GRPO_STEPS, per_device_train_batch_size=64, num_generations=8,
+                      max_completion_length=40, learning_rate=GRPO_LR, lr_scheduler_type="constant", logging_steps=4,
                       report_to="none", save_strategy="no", beta=0.0, temperature=1.0, seed=0, use_cpu=True, disable_tqdm=True)
-    result = run_grpo(ModelArguments(model_name_or_path=str(start)), script_args(synthetic_train_size=320), args)
+    result = run_grpo(ModelArguments(model_name_or_path=str(start)), script_args(synthetic_train_size=640, eval_num_samples=8), args)
     before, after = result["before"], result["after"]
+    # Measured with seed 0 (64 held-out prompts): sampled reward (8 per prompt, T=1) 0.563 -> 0.656, sampled exact-match
+    # 0.365 -> 0.457, greedy exact-match 0.484 -> 0.625 (31 -> 40 of 64), greedy mean reward 0.684 -> 0.825.
+    print({k: (round(before[k], 3), round(after[k], 3)) for k in before if isinstance(before[k], float)})  # pytest -s
+    assert after["sampled_reward_t1"] > before["sampled_reward_t1"] + 0.015, (before, after)
+    assert after["sampled_exact_match_t1"] > before["sampled_exact_match_t1"], (before, after)
+    # Greedy decoding only shows the argmax: its rise is a couple of problems in 64 here, so this asserts no fall.
+    assert after["exact_match"] >= before["exact_match"] and after["mean_reward"] >= before["mean_reward"], (before, after)
     assert after["eos_rate"] >= 0.95 and after["format_rate"] >= 0.95, (before, after)
-    assert after["mean_reward"] >= before["mean_reward"] - 2 / 64, (before, after)
-    assert after["answer_loglik"] != before["answer_loglik"]  # the weights moved
+
+
+GRPO_STEPS, GRPO_LR = 20, 1e-4  # 20 steps x (8 prompts x 8 samples); 4 samples x 4 prompts (the old setting) barely moved

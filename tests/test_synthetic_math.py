@@ -12,6 +12,7 @@ from hfscratch.data.synthetic_math import (
     HELDOUT_PERCENT,
     generate_problems,
     iter_problems,
+    restated_solution,
     problem_to_text,
     to_chat,
     to_grpo,
@@ -145,9 +146,25 @@ def test_rejected_solutions_are_plausible_and_wrong(train):
     assert to_preference(train[0], 5) == to_preference(train[0], 5)
 
 
+def test_style_pairs_reject_the_same_correct_solution_with_a_redundant_line(train):
+    for p in train[:2000]:
+        pair = to_preference(p, random.Random(0), kind="style")
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert chosen == p["answer"] and rejected != chosen
+        # Same working and final answer; only the closing sentence before "#### N" differs.
+        final = p["final_answer"]
+        assert rejected == chosen.replace(f"\n#### {final}", f"\nThe answer is {final}.\n#### {final}")
+        assert rejected.endswith(f"\n#### {final}") and rejected.count("<<") == chosen.count("<<")
+    with pytest.raises(ConfigError, match="unknown preference kind"):
+        to_preference(train[0], 0, kind="length")
+
+
 def test_output_formats(train):
     p = train[0]
     assert problem_to_text(p) == f"Question: {p['question']}\nAnswer: {p['answer']}"
     assert to_chat(p) == {"messages": [{"role": "user", "content": p["question"]},
                                        {"role": "assistant", "content": p["answer"]}]}
+    restated = to_chat(p, restated=True)["messages"][1]["content"]
+    body = p["answer"].rsplit("\n#### ", 1)[0]
+    assert restated == restated_solution(p["answer"]) == f"{body}\nThe answer is {p['final_answer']}.\n#### {p['final_answer']}"
     assert to_grpo(p) == {"prompt": [{"role": "user", "content": p["question"]}], "answer": p["final_answer"]}

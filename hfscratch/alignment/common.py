@@ -151,17 +151,19 @@ def parse_column_map(text: str | None) -> dict | None:
 def load_train_and_eval(stage: str, script_args: ScriptArguments, seed: int):
     """Training rows in `stage` format and held-out rows (``eval`` rows: prompt + answer; ``dpo`` rows: pairs)."""
     column_map = parse_column_map(script_args.dataset_column_map)
-    difficulty = script_args.difficulty()
+    difficulty, styles = script_args.difficulty(), script_args.synthetic_styles()
     train = load_stage_dataset(stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
                                column_map, script_args.max_train_samples, script_args.synthetic_seed,
-                               script_args.synthetic_train_size, difficulty)
+                               script_args.synthetic_train_size, difficulty, styles)
+    if stage == "dpo":  # the trainer takes prompt/chosen/rejected only; kind and answer are for held-out metrics
+        train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
     if script_args.eval_samples <= 0:
         return train, None
     eval_name = script_args.eval_dataset_name or script_args.dataset_name
     eval_stage = "dpo" if stage == "dpo" else "eval"
     if eval_name == SYNTHETIC:
         held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
-                                  script_args.synthetic_seed, script_args.eval_samples, difficulty)
+                                  script_args.synthetic_seed, script_args.eval_samples, difficulty, styles)
     elif script_args.dataset_test_split or script_args.eval_dataset_name:
         held = load_stage_dataset(eval_stage, eval_name, script_args.dataset_test_split or "test", script_args.dataset_config,
                                   column_map, script_args.eval_samples)
@@ -226,19 +228,32 @@ def print_comparison(stage: str, before: dict | None, after: dict | None) -> Non
             print(f"  {key:<14}{value:>10.4f}{after[key]:>10.4f}{after[key] - value:>+10.4f}")
 
 
-def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2):
-    """The held-out measurement for `stage`, as a function of the model (same code before and after training)."""
-    from .metrics import answer_loglik, generation_metrics, preference_metrics
+def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
+                 gsm8k_format: bool = False):
+    """The held-out measurement for `stage`, as a function of the model (same code before and after training).
+
+    ``num_samples`` > 0 adds the mean reward / exact-match of that many temperature-1 samples per prompt;
+    ``gsm8k_format`` adds exact-match on the same questions as plain-text ``Question: ...\nAnswer:`` prompts."""
+    from .metrics import answer_loglik, generation_metrics, gsm8k_format_metrics, preference_metrics, sampled_generation_metrics
 
     if held is None:
         return None
 
     def measure(model) -> dict:
         if stage == "dpo":
-            return preference_metrics(model, tokenizer, held)
+            result = preference_metrics(model, tokenizer, held)
+            if "answer" in held.column_names:  # verifiable pairs (synthetic math): greedy exact-match must not fall
+                greedy = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
+                result.update({k: v for k, v in greedy.items() if k not in ("n", "samples")})
+            return result
         result = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
         if "messages" in held.column_names:
             result["answer_loglik"] = answer_loglik(model, tokenizer, held)
+        if gsm8k_format:
+            result.update(gsm8k_format_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens))
+        if num_samples > 0:
+            result.update(sampled_generation_metrics(model, tokenizer, held, num_samples=num_samples, temperature=1.0,
+                                                     max_new_tokens=max_new_tokens, format_weight=format_weight))
         return result
 
     return measure

@@ -45,8 +45,18 @@ class ScriptArguments:
     synthetic_max_value: int = field(default=20, metadata={"help": "synthetic difficulty: largest operand"})
     synthetic_operations: list[str] = field(default_factory=lambda: ["+", "-", "*", "/"], metadata={"help": "allowed operators"})
     synthetic_seed: int = field(default=0, metadata={"help": "generator seed"})
+    synthetic_restated_fraction: float = field(
+        default=0.5, metadata={"help": "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line"})
+    synthetic_style_fraction: float = field(
+        default=0.5, metadata={"help": "DPO: share of synthetic pairs that reject the correct solution with that redundant line "
+                                       "(the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0"})
     eval_samples: int = field(default=100, metadata={"help": "held-out rows for before/after metrics (0 to skip)"})
     eval_max_new_tokens: int = field(default=96, metadata={"help": "greedy generation length for exact-match"})
+    eval_num_samples: int = field(
+        default=8, metadata={"help": "GRPO: sampled completions (temperature 1) per held-out prompt for the sampled reward (0 to skip)"})
+
+    def synthetic_styles(self) -> dict:
+        return {"restated_fraction": self.synthetic_restated_fraction, "style_fraction": self.synthetic_style_fraction}
 
     def difficulty(self) -> dict:
         return {"min_steps": self.synthetic_min_steps, "max_steps": self.synthetic_max_steps,

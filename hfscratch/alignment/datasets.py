@@ -260,18 +260,41 @@ def to_grpo_format(ds, name: str = "dataset"):
 # ------------------------------------------------------------------------------------------------ synthetic
 
 
-def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, **difficulty):
-    """The embedded synthetic math set in the format of `stage` (sft | dpo | grpo | eval)."""
+def _mixed_flags(n: int, fraction: float, rng: random.Random) -> list[bool]:
+    """Exactly round(n * fraction) True values in a seeded random order (a mix that does not drift with n)."""
+    if not 0.0 <= fraction <= 1.0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"a synthetic style fraction must be between 0 and 1, got {fraction}")
+    k = round(n * fraction)
+    flags = [True] * k + [False] * (n - k)
+    rng.shuffle(flags)
+    return flags
+
+
+def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, restated_fraction: float = 0.0,
+                      style_fraction: float = 0.0, **difficulty):
+    """The embedded synthetic math set in the format of `stage` (sft | dpo | grpo | eval).
+
+    ``restated_fraction`` (SFT): share of solutions that end with a redundant ``The answer is N.`` line, so the SFT
+    model learns both styles. ``style_fraction`` (DPO): share of pairs whose rejected answer is the correct solution
+    with that line (``pair_kind`` "style"); the rest reject a solution with an arithmetic slip ("slip").
+    DPO rows also carry the verifiable ``answer`` so the held-out set can measure exact-match after DPO."""
     import datasets
 
     from ..data.synthetic_math import generate_problems, to_chat, to_grpo, to_preference
 
     problems = generate_problems(n, split=split, seed=seed, **difficulty)
     if stage == "sft":
-        rows = [to_chat(p) for p in problems]
+        restated = _mixed_flags(len(problems), restated_fraction, random.Random(f"sft-style:{split}:{seed}"))
+        rows = [to_chat(p, restated=r) for p, r in zip(problems, restated)]
     elif stage == "dpo":
         rng = random.Random(f"dpo:{split}:{seed}")
-        rows = [to_preference(p, rng) for p in problems]
+        style = _mixed_flags(len(problems), style_fraction, random.Random(f"dpo-kind:{split}:{seed}"))
+        rows = []
+        for p, is_style in zip(problems, style):
+            kind = "style" if is_style else "slip"
+            rows.append({**to_preference(p, rng, kind=kind), "pair_kind": kind, "answer": p["final_answer"]})
     elif stage == "grpo":
         rows = [to_grpo(p) for p in problems]
     elif stage == "eval":  # prompt + answer for generation metrics, messages for the reference answer's likelihood
@@ -282,12 +305,15 @@ def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, *
 
 
 def load_stage_dataset(stage: str, name: str, split: str = "train", config: str | None = None, column_map: dict | None = None,
-                       max_samples: int | None = None, seed: int = 0, synthetic_size: int = 2000, difficulty: dict | None = None):
-    """Load `name` (a path, Hub id or ``synthetic-math``) and convert it to `stage`'s TRL format."""
+                       max_samples: int | None = None, seed: int = 0, synthetic_size: int = 2000, difficulty: dict | None = None,
+                       synthetic_styles: dict | None = None):
+    """Load `name` (a path, Hub id or ``synthetic-math``) and convert it to `stage`'s TRL format.
+
+    ``synthetic_styles``: ``restated_fraction`` / ``style_fraction`` for the synthetic set (see `synthetic_dataset`)."""
     if name == SYNTHETIC:
         ds = synthetic_dataset(stage, synthetic_size if max_samples is None else max_samples,
                                split="heldout" if split in ("test", "heldout", "validation") else "train",
-                               seed=seed, **(difficulty or {}))
+                               seed=seed, **(synthetic_styles or {}), **(difficulty or {}))
     else:
         raw = load_raw_dataset(name, split, config, column_map)
         convert = {"sft": to_sft_format, "dpo": to_dpo_format, "grpo": to_grpo_format, "eval": to_eval_format}[stage]

@@ -27,7 +27,8 @@ def run_grpo(model_args: ModelArguments, script_args: ScriptArguments, training_
     if training_args.reward_weights is None:
         training_args.reward_weights = list(DEFAULT_REWARD_WEIGHTS)
     format_weight = training_args.reward_weights[1] / training_args.reward_weights[0]
-    measure = make_measure("grpo", tokenizer, held, script_args.eval_max_new_tokens, format_weight=format_weight)
+    measure = make_measure("grpo", tokenizer, held, script_args.eval_max_new_tokens, format_weight=format_weight,
+                           num_samples=script_args.eval_num_samples)
     before = measure(model) if measure and is_main_process() else None
     trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=training_args, train_dataset=train,
                           processing_class=tokenizer, peft_config=peft_config_for(model, model_args))

@@ -26,7 +26,7 @@ def run_sft(model_args: ModelArguments, script_args: ScriptArguments, training_a
     if training_args.assistant_only_loss and not conversational:
         # prompt/completion text: TRL's completion-only loss plays the same role.
         training_args.assistant_only_loss = False
-    measure = make_measure("sft", tokenizer, held, script_args.eval_max_new_tokens)
+    measure = make_measure("sft", tokenizer, held, script_args.eval_max_new_tokens, gsm8k_format=True)
     before = measure(model) if measure and is_main_process() else None
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
                          peft_config=peft_config_for(model, model_args))

@@ -25,9 +25,12 @@ requested split. Because the bucket depends on nothing but the question text, on
 exactly one split, whatever the seed, difficulty or process: a held-out question can never be produced
 by the training generator (``tests/test_synthetic_math.py`` checks it on 10k samples of each).
 
-Output formats: ``problem_to_text`` (pretraining text), ``to_chat`` (SFT ``messages``), ``to_preference``
-(DPO ``prompt/chosen/rejected`` whose rejected answer has one arithmetic slip propagated to a wrong final
-answer) and ``to_grpo`` (``prompt`` + verifiable ``answer``), all in TRL's conversational format.
+Output formats: ``problem_to_text`` (pretraining text), ``to_chat`` (SFT ``messages``; ``restated=True``
+writes the same solution with a redundant closing sentence ``The answer is N.`` before ``#### N``),
+``to_preference`` (DPO ``prompt/chosen/rejected``; the chosen answer is the correct, concise GSM8K-format
+solution, the rejected one is either the solution with one arithmetic slip propagated to a wrong final answer
+(``kind="slip"``) or the same correct solution with the redundant closing sentence (``kind="style"``)) and
+``to_grpo`` (``prompt`` + verifiable ``answer``), all in TRL's conversational format.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ __all__ = [
     "problem_split",
     "problem_to_text",
     "to_chat",
+    "restated_solution",
     "to_preference",
+    "PREFERENCE_KINDS",
     "to_grpo",
     "rejected_answer",
     "evaluate_expression",
@@ -490,8 +495,17 @@ def problem_to_text(p: dict) -> str:
     return f"Question: {p['question']}\nAnswer: {p['answer']}"
 
 
-def to_chat(p: dict) -> dict:
-    return {"messages": [{"role": "user", "content": p["question"]}, {"role": "assistant", "content": p["answer"]}]}
+def restated_solution(answer: str) -> str:
+    """The solution with a redundant closing sentence: ``...\n#### 7`` -> ``...\nThe answer is 7.\n#### 7``.
+
+    The working (and so the arithmetic an SFT set teaches) is unchanged: only the style differs."""
+    body, final = answer.rsplit("\n#### ", 1)
+    return f"{body}\nThe answer is {final}.\n#### {final}"
+
+
+def to_chat(p: dict, restated: bool = False) -> dict:
+    answer = restated_solution(p["answer"]) if restated else p["answer"]
+    return {"messages": [{"role": "user", "content": p["question"]}, {"role": "assistant", "content": answer}]}
 
 
 def rejected_answer(p: dict, rng: random.Random | int | None = None) -> tuple[str, str]:
@@ -525,9 +539,22 @@ def rejected_answer(p: dict, rng: random.Random | int | None = None) -> tuple[st
     raise ValueError(f"could not build a wrong solution for {p['question']!r}")  # unreachable: a +-1 slip on the last step works
 
 
-def to_preference(p: dict, rng: random.Random | int | None = None) -> dict:
-    """TRL conversational preference row: the correct solution is chosen, one with a propagated slip rejected."""
-    wrong, _ = rejected_answer(p, rng)
+PREFERENCE_KINDS = ("slip", "style")
+
+
+def to_preference(p: dict, rng: random.Random | int | None = None, kind: str = "slip") -> dict:
+    """TRL conversational preference row; the chosen answer is always the correct, concise GSM8K-format solution.
+
+    ``kind="slip"``: the rejected answer has one arithmetic slip that flows to a wrong final answer (correctness).
+    ``kind="style"``: the rejected answer is the same correct solution with a redundant ``The answer is N.`` line
+    (a preference for concise answers that SFT on a mix of both styles does not encode).
+    """
+    if kind == "slip":
+        wrong, _ = rejected_answer(p, rng)
+    elif kind == "style":
+        wrong = restated_solution(p["answer"])
+    else:
+        raise ConfigError(f"unknown preference kind {kind!r}; use one of {', '.join(PREFERENCE_KINDS)}")
     return {"prompt": [{"role": "user", "content": p["question"]}],
             "chosen": [{"role": "assistant", "content": p["answer"]}],
             "rejected": [{"role": "assistant", "content": wrong}]}
