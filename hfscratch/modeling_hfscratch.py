@@ -1,14 +1,11 @@
 """The hfscratch decoder: a from-scratch causal LM that *is* a transformers model.
 
 Reads top to bottom in data-flow order: norm -> rotary -> MLP -> attention -> block -> model -> causal LM.
-With the default config it computes exactly what `LlamaForCausalLM` computes (tested to 1e-5); with
-`qk_norm=True` what `Qwen3ForCausalLM` computes; `HfscratchConfig.gpt2_style()` gives learned positions,
-LayerNorm and a GELU MLP. Attention goes through transformers' attention interface (eager, sdpa, flex,
-flash), the KV cache through its `Cache` API and masks through `create_causal_mask`, so generation,
-packed sequences, PEFT, TRL and lm-eval work with no conversion step.
-
-This file imports only torch and transformers (plus the config beside it): `save_pretrained` copies both
-files next to the weights, so a saved folder loads with `trust_remote_code=True` without hfscratch.
+The default config computes exactly what `LlamaForCausalLM` computes (tested to 1e-5), `qk_norm=True` what
+`Qwen3ForCausalLM` computes, and `HfscratchConfig.gpt2_style()` gives learned positions, LayerNorm and GELU.
+Attention, KV cache and masks go through transformers' interfaces, so generation, packing, PEFT, TRL and lm-eval
+work with no conversion. Imports only torch and transformers: `save_pretrained` copies this file and the config
+next to the weights, so a saved folder loads with `trust_remote_code=True` where hfscratch is not installed.
 """
 
 from collections.abc import Callable
@@ -70,12 +67,13 @@ class HfscratchRotaryEmbedding(nn.Module):
         self.max_seq_len_cached = config.max_position_embeddings
         self.original_max_seq_len = config.max_position_embeddings
         self.rope_type = config.rope_parameters.get("rope_type", "default")
-        rope_init_fn = self.compute_default_rope_parameters
-        if self.rope_type != "default":
-            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
-        inv_freq, self.attention_scaling = rope_init_fn(config)
+        inv_freq, self.attention_scaling = self.rope_init_fn(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @property
+    def rope_init_fn(self) -> Callable:
+        return self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
 
     @staticmethod
     def compute_default_rope_parameters(config: HfscratchConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
@@ -133,11 +131,7 @@ class HfscratchMLP(nn.Module):
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim) for GQA/MQA in eager attention."""
-    if n_rep == 1:
-        return hidden_states
-    batch, kv_heads, seq, dim = hidden_states.shape
-    hidden_states = hidden_states[:, :, None, :, :].expand(batch, kv_heads, n_rep, seq, dim)
-    return hidden_states.reshape(batch, kv_heads * n_rep, seq, dim)
+    return hidden_states if n_rep == 1 else hidden_states.repeat_interleave(n_rep, dim=1)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -175,14 +169,9 @@ class HfscratchAttention(nn.Module):
             self.q_norm = HfscratchRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = HfscratchRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attention_mask: torch.Tensor | None = None, past_key_values: Cache | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query_states = self.q_proj(hidden_states).view(hidden_shape)
@@ -200,15 +189,9 @@ class HfscratchAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
+        dropout = self.attention_dropout if self.training else 0.0
         attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
+            self, query_states, key_states, value_states, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
         )
         attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
         return attn_output, attn_weights
@@ -228,25 +211,14 @@ class HfscratchDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = make_norm(config, config.hidden_size)
         self.post_attention_layernorm = make_norm(config, config.hidden_size)
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        use_cache: bool | None = False,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, past_key_values: Cache | None = None,
+                use_cache: bool | None = False, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+                **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         residual = hidden_states
         hidden_states, _ = self.self_attn(
-            hidden_states=self.input_layernorm(hidden_states),
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            position_embeddings=position_embeddings,
-            **kwargs,
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values,
+            position_ids=position_ids, use_cache=use_cache, **kwargs,
         )
         hidden_states = residual + hidden_states
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -279,7 +251,7 @@ class HfscratchPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HfscratchRotaryEmbedding):
             # inv_freq is a non-persistent buffer: after `from_pretrained` on the meta device it holds
             # garbage, so recompute it here instead of reading it from the checkpoint.
-            inv_freq, _ = module.compute_default_rope_parameters(module.config) if module.rope_type == "default" else ROPE_INIT_FUNCTIONS[module.rope_type](module.config)
+            inv_freq, _ = module.rope_init_fn(module.config)
             init.copy_(module.inv_freq, inv_freq)
             init.copy_(module.original_inv_freq, inv_freq)
 
@@ -342,13 +314,8 @@ class HfscratchModel(HfscratchPreTrainedModel):
 
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=causal_mask,
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                **kwargs,
+                hidden_states, attention_mask=causal_mask, position_embeddings=position_embeddings,
+                position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs,
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
 
@@ -439,7 +406,8 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         # The chunked loss reads lm_head.weight directly: only when no wrapper owns it (a tensor-parallel
         # DTensor, a ZeRO-3 partition gathered by module hooks, a PEFT layer); otherwise the plain path runs.
         head = self.lm_head
-        return type(head) is nn.Linear and type(head.weight) in (nn.Parameter, torch.Tensor) and not hasattr(head.weight, "ds_id") and not head._forward_pre_hooks
+        plain_weight = type(head.weight) in (nn.Parameter, torch.Tensor) and not hasattr(head.weight, "ds_id")
+        return type(head) is nn.Linear and plain_weight and not head._forward_pre_hooks
 
     @can_return_tuple
     def forward(
@@ -458,18 +426,15 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         r"""skip_logits: with `labels`, compute the loss chunk by chunk without building the logits (returned as
         None): faster and far lighter for training loops that only need the loss."""
         outputs: BaseModelOutputWithPast = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         if skip_logits and labels is not None and self._lm_head_is_plain():
-            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, kwargs.get("num_items_in_batch"), shift_labels=kwargs.get("shift_labels"))
-            return CausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, kwargs.get("num_items_in_batch"),
+                                          shift_labels=kwargs.get("shift_labels"))
+            return CausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
+                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         # Generation only needs the last position: skip the (vocab x seq) projection for the rest.
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
@@ -477,13 +442,8 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         if labels is not None:
             # `num_items_in_batch` in kwargs makes the loss a token-weighted sum across accumulated micro-batches.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 __all__ = ["HfscratchForCausalLM", "HfscratchModel", "HfscratchPreTrainedModel"]
