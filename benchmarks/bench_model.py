@@ -125,6 +125,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=10, help="timed steps per variant (interleaved)")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--compile", action="store_true", help="also time the recipe with torch.compile")
+    parser.add_argument("--compile_mode", default=None,
+                        help="torch.compile mode for --compile, e.g. max-autotune-no-cudagraphs (inductor's CPU GEMM templates)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -137,7 +139,7 @@ def main():
     for name, (kind, _, compiled) in variants.items():
         models[name] = build(kind, args)
         if compiled:
-            models[name].forward = torch.compile(models[name].forward)
+            models[name].forward = torch.compile(models[name].forward, mode=args.compile_mode)
 
     table: dict[str, dict[str, float]] = {}
     for dtype in ("fp32", "bf16"):
@@ -148,7 +150,7 @@ def main():
         gc.collect()
     for batch in (1, 8):
         gens = {name: (lambda m=models[name], b=batch: generate_tokens_per_s(m, args, b, args.new_tokens)) for name in ("llama", "hfscratch")}
-        seconds = interleaved(gens, max(2, args.rounds // 2), warmup=1)
+        seconds = interleaved(gens, max(2, args.rounds), warmup=1)
         # tokens/s from the median wall time of one generate call
         table[f"generate tok/s b{batch}"] = {name: batch * args.new_tokens / s for name, s in seconds.items()}
     del models

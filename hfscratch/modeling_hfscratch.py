@@ -8,6 +8,7 @@ work with no conversion. Imports only torch and transformers: `save_pretrained` 
 next to the weights, so a saved folder loads with `trust_remote_code=True` where hfscratch is not installed.
 """
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -445,5 +446,9 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
+
+# `generate` calls inspect.signature(model.forward) at every decoding step for models whose code travels with the
+# checkpoint (auto_map / trust_remote_code, as here): ~0.4 ms a token, 10 % of small-model decoding. Precomputed once.
+HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausalLM.forward)
 
 __all__ = ["HfscratchForCausalLM", "HfscratchModel", "HfscratchPreTrainedModel"]

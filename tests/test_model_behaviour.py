@@ -206,7 +206,7 @@ def test_gradient_checkpointing_gives_same_gradients(arch):
     for checkpointing in (False, True):
         model = make_model(arch).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model(x, labels=x).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
@@ -244,3 +244,15 @@ def test_dynamic_cache_object_is_used_and_extended():
         full = model(torch.cat([x, x[:, -1:]], dim=1)).logits[:, -1]
     assert torch.allclose(nxt.logits[:, -1], full, atol=1e-5)
     assert isinstance(StaticCache, type)
+
+
+def test_forward_signature_is_precomputed_and_exact():
+    # generate() inspects the signature of remote-code models every step; the cached one must be the real one.
+    import inspect
+
+    model = HfscratchForCausalLM(HfscratchConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2))
+    assert model.is_remote_code()  # registered for auto_map, so generate() takes that path
+    unwrapped = list(inspect.signature(inspect.unwrap(HfscratchForCausalLM.forward)).parameters)
+    assert list(inspect.signature(model.forward).parameters) == unwrapped[1:]
+    assert {"input_ids", "labels", "logits_to_keep", "skip_logits", "kwargs"} <= set(unwrapped)

@@ -431,7 +431,7 @@ class Pretrainer:
                 f"{self.model.config.vocab_size}; the data was tokenized with another tokenizer: re-prepare it or pass the matching tokenizer_path"
             )
         if args.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.plan = plan_batches(args, acc.num_processes, self.block_size, len(self.train_blocks))
 
         if self.deepspeed:
