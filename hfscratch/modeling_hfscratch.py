@@ -298,13 +298,8 @@ class HfscratchModel(HfscratchPreTrainedModel):
         # With no attention_mask and restarting position_ids, this mask keeps packed documents apart. The
         # mask builder only looks for packing when it gets no cache, so a cache we just created (empty, so
         # it changes nothing else) is not passed: a packed forward stays correct with use_cache=True too.
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=caller_cache,
-            position_ids=position_ids,
-        )
+        causal_mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                         past_key_values=caller_cache, position_ids=position_ids)
         hidden_states = inputs_embeds
         position_embeddings = None
         if self.config.position_embedding_type == "learned":
