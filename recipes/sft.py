@@ -3,7 +3,7 @@
     accelerate launch recipes/sft.py                                   # recipes/configs/sft_synthetic_math.yaml
     accelerate launch recipes/sft.py --config recipes/configs/sft_synthetic_math_lora.yaml
     ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 recipes/sft.py # 2 CPU processes (DDP over gloo)
-    accelerate launch --config_file recipes/accelerate/<ddp|zero2|zero3|fsdp2>.yaml recipes/sft.py --config recipes/configs/sft_gpu.yaml
+    accelerate launch --config_file recipes/accelerate/<ddp|zero2|zero3|fsdp2>.yaml recipes/sft.py --config recipes/configs/sft_gsm8k_gpu.yaml
 
 Held-out metrics are measured before and after training and written to <output_dir>/alignment_results.json
 (+ a PNG); the model (or LoRA adapter) goes to <output_dir>/final. The logic lives in hfscratch.alignment.

@@ -134,6 +134,12 @@ def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, caps
             check_checkpoint_path("outputs/pretrain-tiny/final")
         finally:
             os.chdir(cwd)
+    os.chdir(tmp_path)
+    try:  # GRPO's default start is the DPO output: the message names the stage that makes it
+        with pytest.raises(CheckpointError, match="run `accelerate launch recipes/dpo.py` first"):
+            check_checkpoint_path("outputs/dpo-synthetic-math/final")
+    finally:
+        os.chdir(cwd)
     # The CLI turns it into one line and exit code 2 (run from an empty folder: no checkpoint there).
     cwd = os.getcwd()
     os.chdir(tmp_path)

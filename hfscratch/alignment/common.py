@@ -24,15 +24,20 @@ def _hub_like(name: str) -> bool:
     return len(parts) <= 2 and all(parts) and not name.startswith(("outputs", ".", "/", "~"))
 
 
+# The default chain (pretrain -> SFT -> DPO -> GRPO): each stage's default input is the previous stage's default output.
+DEFAULT_CHAIN = {DEFAULT_CHECKPOINT: "recipes/pretrain.py", "outputs/sft-synthetic-math/final": "recipes/sft.py",
+                 "outputs/dpo-synthetic-math/final": "recipes/dpo.py"}
+
+
 def check_checkpoint_path(name: str, what: str = "model") -> None:
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir() and not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
             raise CheckpointError(f"{name} has no config.json: point the {what} at a save_pretrained folder (e.g. outputs/<run>/final)")
         return
-    if name == DEFAULT_CHECKPOINT:
-        raise CheckpointError(f"no pretrained checkpoint at {name}; run `accelerate launch recipes/pretrain.py` first "
-                              "(or pass --model_name_or_path)")
+    producer = DEFAULT_CHAIN.get(Path(name).as_posix())
+    if producer:
+        raise CheckpointError(f"no checkpoint at {name}; run `accelerate launch {producer}` first (or pass --model_name_or_path)")
     if _hub_like(name):
         return  # a Hub id: from_pretrained reports what is wrong with it
     raise CheckpointError(f"{what} {name} not found; pass an existing checkpoint folder or a Hub id")
@@ -222,10 +227,11 @@ def print_comparison(stage: str, before: dict | None, after: dict | None) -> Non
     if not before or not after:
         return
     print(f"\n{stage} held-out metrics (n={after.get('n')}):")
-    print(f"  {'metric':<14}{'before':>10}{'after':>10}{'change':>10}")
-    for key, value in before.items():
-        if isinstance(value, (int, float)) and key != "n" and key in after:
-            print(f"  {key:<14}{value:>10.4f}{after[key]:>10.4f}{after[key] - value:>+10.4f}")
+    keys = [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+    width = max([len("metric"), *map(len, keys)]) + 2
+    print(f"  {'metric':<{width}}{'before':>10}{'after':>10}{'change':>10}")
+    for key in keys:
+        print(f"  {key:<{width}}{before[key]:>10.4f}{after[key]:>10.4f}{after[key] - before[key]:>+10.4f}")
 
 
 def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
