@@ -347,8 +347,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             exp_sum = exp.sum(dim=-1, keepdim=True)
             total += ((exp_sum.log() + row_max)[:, 0] - target_logit).mul(valid).sum()
             if want_h or want_w:
-                grad_logits = exp.div_(exp_sum)  # softmax, then minus one-hot on rows that count
-                grad_logits.scatter_add_(1, target, -valid[:, None].float()).mul_(valid[:, None])
+                grad_logits = exp.mul_(valid[:, None] / exp_sum)  # softmax (zero on ignored rows), one pass
+                grad_logits.scatter_add_(1, target, -valid[:, None].float())  # minus one-hot on rows that count
                 grad_logits = grad_logits.to(compute_dtype)
                 if want_h:
                     torch.mm(grad_logits, w, out=grad_h[start : start + rows])
