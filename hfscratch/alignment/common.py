@@ -294,7 +294,8 @@ def finish_training(trainer, tokenizer, model_args: ModelArguments, training_arg
         after = measure(model) if measure else None
         result = write_results(training_args.output_dir, stage, before, after,
                                {"final": str(final), "merged": str(merged) if merged else None, "adapter": is_adapter,
-                                "train_loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h], **(extra or {})})
+                                "train_loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
+                                "world_size": accelerator.num_processes, **(extra or {})})
         print_comparison(stage, before, after)
         print(f"saved {'adapter' if is_adapter else 'model'} to {final}" + (f"; merged model in {merged}" if merged else ""))
     accelerator.wait_for_everyone()
