@@ -40,7 +40,7 @@ class HfscratchRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # Normalise in fp32 (bf16 variance underflows), cast back before the gain, as Llama does. torch's
-        # rms_norm is one fused kernel instead of five elementwise ops, with bit-identical fp32 results.
+        # rms_norm is one fused kernel on GPUs (on CPU it runs Llama's five ops); bit-identical fp32 results.
         input_dtype = hidden_states.dtype
         normed = nn.functional.rms_norm(hidden_states.to(torch.float32), (hidden_states.shape[-1],), eps=self.variance_epsilon)
         return self.weight * normed.to(input_dtype)
@@ -443,7 +443,7 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
 
 
 # `generate` calls inspect.signature(model.forward) at every decoding step for models whose code travels with the
-# checkpoint (auto_map / trust_remote_code, as here): ~0.4 ms a token, 10 % of small-model decoding. Precomputed once.
+# checkpoint (auto_map / trust_remote_code, as here): 39 us a token (5 us cached), ~1 % of tiny-model decoding.
 HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausalLM.forward)
 
 __all__ = ["HfscratchForCausalLM", "HfscratchModel", "HfscratchPreTrainedModel"]
