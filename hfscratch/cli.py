@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .recipe_args import let_collective_threads_finish  # here: it imports transformers
+
+        let_collective_threads_finish()
 
 
 if __name__ == "__main__":
