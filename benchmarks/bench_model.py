@@ -8,10 +8,10 @@ hfscratch/Llama ratios. Three hfscratch variants are timed against the same Llam
   * `recipe`: what `recipes/pretrain.py` runs: fused AdamW and the chunked linear+cross-entropy loss
     (`skip_logits=True`: no (tokens x vocab) logits tensor);
   * `recipe+compile` (with --compile): the same plus `torch.compile` of the model (`torch_compile: true`).
-Every variant runs one step in turn (the order rotates each round) and the medians are compared, so a
-change of machine load hits all of them alike instead of skewing one column.
+Every variant runs one step in turn (the order rotates each round) and each ratio is the median of the per-round
+ratios, so a change of machine load hits all of them alike instead of skewing one column.
 
-    python benchmarks/bench_model.py                  # default 6-layer, 256-wide model, 10 rounds
+    python benchmarks/bench_model.py                  # default 6-layer, 256-wide model, 10 training rounds, 40 generate calls
     python benchmarks/bench_model.py --quick          # 4 rounds, shorter generation
     python benchmarks/bench_model.py --compile        # also time torch.compile (slow to warm up on CPU)
 """
@@ -98,8 +98,8 @@ def generate_tokens_per_s(model, args, batch, new_tokens):
     return batch * (out.shape[1] - prompt.shape[1]) / elapsed
 
 
-def interleaved(fns: dict, rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each fn, calling them one after another, rotating the order each round."""
+def interleaved(fns: dict, rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each fn for every round, calling them one after another, rotating the order each round."""
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -110,7 +110,13 @@ def interleaved(fns: dict, rounds: int, warmup: int) -> dict[str, float]:
             t0 = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def paired_ratios(times: dict[str, list[float]], name: str) -> list[float]:
+    """Llama's time / `name`'s time within each round: calls made seconds apart see the same machine load, so the
+    round-to-round swings of a shared VM (+-15 % per generate call here) cancel instead of landing in one column."""
+    return sorted(llama / other for llama, other in zip(times["llama"], times[name]))
 
 
 def main():
@@ -124,13 +130,14 @@ def main():
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=10, help="timed steps per variant (interleaved)")
     parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--generation_rounds", type=int, default=40, help="generate calls per model and batch size (interleaved)")
     parser.add_argument("--compile", action="store_true", help="also time the recipe with torch.compile")
     parser.add_argument("--compile_mode", default=None,
                         help="torch.compile mode for --compile, e.g. max-autotune-no-cudagraphs (inductor's CPU GEMM templates)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.new_tokens = 4, 24
+        args.rounds, args.new_tokens, args.generation_rounds = 4, 24, 8
 
     variants = {"llama": ("llama", False, False), "hfscratch": ("hfscratch", False, False), "recipe": ("hfscratch", True, False)}
     if args.compile:
@@ -142,19 +149,22 @@ def main():
             models[name].forward = torch.compile(models[name].forward, mode=args.compile_mode)
 
     table: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, list[float]]] = {}  # per metric and variant: the sorted per-round ratios
     for dtype in ("fp32", "bf16"):
         steps = {name: make_train_step(models[name], args, dtype, recipe) for name, (_, recipe, _) in variants.items()}
-        seconds = interleaved(steps, args.rounds, warmup=2)
-        table[f"train tok/s {dtype}"] = {name: args.batch * args.seq / s for name, s in seconds.items()}
+        times = interleaved(steps, args.rounds, warmup=2)
+        table[f"train tok/s {dtype}"] = {name: args.batch * args.seq / statistics.median(t) for name, t in times.items()}
+        ratios[f"train tok/s {dtype}"] = {name: paired_ratios(times, name) for name in times if name != "llama"}
         del steps
         gc.collect()
     for batch in (1, 8):
         gens = {name: (lambda m=models[name], b=batch: generate_tokens_per_s(m, args, b, args.new_tokens)) for name in ("llama", "hfscratch")}
         # Generation is a few ms of small GEMVs and Python per token: one call swings +-15 % on a shared VM, so it
-        # gets twice the rounds of training to pin the median down.
-        seconds = interleaved(gens, max(2, 2 * args.rounds), warmup=1)
+        # gets more rounds than training to pin the median ratio down.
+        times = interleaved(gens, max(2, args.generation_rounds), warmup=1)
         # tokens/s from the median wall time of one generate call
-        table[f"generate tok/s b{batch}"] = {name: batch * args.new_tokens / s for name, s in seconds.items()}
+        table[f"generate tok/s b{batch}"] = {name: batch * args.new_tokens / statistics.median(t) for name, t in times.items()}
+        ratios[f"generate tok/s b{batch}"] = {"hfscratch": paired_ratios(times, "hfscratch")}
     del models
     gc.collect()
     table["peak train MB (fp32 step)"] = {
@@ -176,10 +186,18 @@ def main():
         cells = []
         for c in columns:
             if c in row:
-                cells.append(f"{row[c]:14.1f} | {row[c] / row['llama']:5.2f}")
+                # timed metrics: the median of the per-round ratios; memory: the plain ratio of one measurement each
+                ratio = statistics.median(ratios[metric][c]) if metric in ratios else row[c] / row["llama"]
+                cells.append(f"{row[c]:14.1f} | {ratio:5.2f}")
             else:
                 cells.append(f"{'':>14} | {'':>5}")
         print(f"| {metric:<26} | {row['llama']:9.1f} | " + " | ".join(cells) + " |")
+    print("\nratio = median over rounds of Llama's time / the variant's time in the same round; spread of those ratios "
+          "(quartiles, with the share of rounds the variant was faster):")
+    for metric, by_variant in ratios.items():
+        for c, rs in by_variant.items():
+            q1, _, q3 = statistics.quantiles(rs, n=4)
+            print(f"  {metric:<26} {c:<15} {q1:.2f}-{q3:.2f}  faster in {sum(r > 1 for r in rs)}/{len(rs)} rounds")
     print(f"\n(max RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 
