@@ -14,6 +14,7 @@ import importlib.util
 import sys
 
 from .errors import HfscratchError
+from .recipe_args import let_collective_threads_finish
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from .recipe_args import let_collective_threads_finish  # here: it imports transformers
-
         let_collective_threads_finish()
 
 
