@@ -124,7 +124,7 @@ def let_collective_threads_finish(seconds: float = 0.25) -> None:
     the main thread, and dropping a tensor Python has seen takes the GIL (the final barrier holds the ZeRO-3
     all-gathers issued before it, and their tensors). If the main thread is already finalising the interpreter
     by then, Python ends that thread inside a C++ destructor: "terminate called without an active exception",
-    SIGABRT, a failed `accelerate launch` for a run that had finished and saved (seen in about 1 of 12 ZeRO-3
+    SIGABRT, a failed `accelerate launch` for a run that had finished and saved (seen in about 1 of 11 ZeRO-3
     CPU runs; core dump: `~AsyncBarrierWork` -> `~AsyncAllgatherWork` -> GIL acquire -> `PyThread_exit_thread`).
     `destroy_process_group()` does not join these threads while DeepSpeed or DDP still hold the group, so the
     fix is to give them the GIL and a moment of CPU before exit. Single-process runs skip this.
