@@ -443,7 +443,7 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
 
 
 # `generate` calls inspect.signature(model.forward) at every decoding step for models whose code travels with the
-# checkpoint (auto_map / trust_remote_code, as here): 39 us a token (5 us cached), ~1 % of tiny-model decoding.
+# checkpoint (auto_map / trust_remote_code, as here): 39 us a token, 5-9 us with this precomputed one.
 HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausalLM.forward)
 
 __all__ = ["HfscratchForCausalLM", "HfscratchModel", "HfscratchPreTrainedModel"]

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +131,6 @@ def let_collective_threads_finish(seconds: float = 0.25) -> None:
     `destroy_process_group()` does not join these threads while DeepSpeed or DDP still hold the group, so the
     fix is to give them the GIL and a moment of CPU before exit. Single-process runs skip this.
     """
-    import os
-    import time
-
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         time.sleep(seconds)
 
@@ -160,7 +159,8 @@ def add_dataclass_options(parser, dataclass_types, config_help: str, shown=None)
                 default = f.default
             else:
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-            help_text = f"{str(f.metadata.get('help', '')).splitlines()[0] if f.metadata.get('help') else ''} (default: {default})".strip()
+            first_line = (str(f.metadata.get("help") or "").splitlines() or [""])[0]
+            help_text = f"{first_line} (default: {default})".strip()
             kind = _field_kind(f.type)
             if kind == "list":
                 group.add_argument(f"--{f.name}", nargs="*", default=argparse.SUPPRESS, help=help_text)
