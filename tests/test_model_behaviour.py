@@ -104,6 +104,27 @@ def test_attention_implementations_agree():
     assert torch.allclose(logits["eager"], logits["flex_attention"], atol=1e-4)
 
 
+def test_compiled_forward_is_causal_and_keeps_packed_documents_apart():
+    # Under torch.compile a forward without mask or positions skips transformers' mask builder and lets SDPA run
+    # is_causal; one with restarting position_ids still needs the document mask. Both must match eager attention.
+    model = make_model()
+    x = torch.randint(3, 101, (2, 12))
+    docs = [torch.randint(3, 101, (n,)) for n in (5, 7)]
+    packed, position_ids = torch.cat(docs)[None], torch.cat([torch.arange(len(d)) for d in docs])[None]
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected_plain, expected_packed = model(x).logits, model(packed, position_ids=position_ids).logits
+        model.set_attn_implementation("sdpa")
+        compiled = torch.compile(model.forward, fullgraph=True)
+        torch.testing.assert_close(compiled(input_ids=x).logits, expected_plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled(input_ids=packed, position_ids=position_ids).logits, expected_packed, atol=1e-5, rtol=1e-5)
+    # and changing a later token must not move an earlier position's logits (causality, not just agreement)
+    changed = x.clone()
+    changed[:, -1] = (changed[:, -1] + 1 - 3) % 98 + 3
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=changed).logits[:, :-1], expected_plain[:, :-1], atol=1e-5, rtol=1e-5)
+
+
 def test_output_contract_and_retained_grads():
     model = make_model()
     model.set_attn_implementation("eager")
