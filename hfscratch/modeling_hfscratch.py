@@ -39,13 +39,11 @@ class HfscratchRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 (bf16 variance underflows), cast back before the gain, as Llama does. torch's rms_norm
-        # is one fused kernel on GPUs (on CPU it runs Llama's five ops): bit-identical in fp32, where the gain goes
-        # inside the call too (~2 us less per norm when decoding one token).
-        if hidden_states.dtype == self.weight.dtype == torch.float32:
-            return nn.functional.rms_norm(hidden_states, (hidden_states.shape[-1],), self.weight, self.variance_epsilon)
-        normed = nn.functional.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
-        return self.weight * normed.to(hidden_states.dtype)
+        # Normalise in fp32 (bf16 variance underflows), cast back before the gain, as Llama does. torch's
+        # rms_norm is one fused kernel on GPUs (on CPU it runs Llama's five ops); bit-identical fp32 results.
+        input_dtype = hidden_states.dtype
+        normed = nn.functional.rms_norm(hidden_states.to(torch.float32), (hidden_states.shape[-1],), eps=self.variance_epsilon)
+        return self.weight * normed.to(input_dtype)
 
 
 class HfscratchLayerNorm(nn.LayerNorm):
