@@ -11,7 +11,7 @@ hfscratch/Llama ratios. Three hfscratch variants are timed against the same Llam
 Every variant runs one step in turn (the order rotates each round) and each ratio is the median of the per-round
 ratios, so a change of machine load hits all of them alike instead of skewing one column.
 
-    python benchmarks/bench_model.py                  # default 6-layer, 256-wide model, 10 training rounds, 40 generate calls
+    python benchmarks/bench_model.py                  # default 6-layer, 256-wide model, 20 training rounds, 40 generate calls
     python benchmarks/bench_model.py --quick          # 4 rounds, shorter generation
     python benchmarks/bench_model.py --compile        # also time torch.compile (slow to warm up on CPU)
 """
@@ -128,7 +128,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=10, help="timed steps per variant (interleaved)")
+    parser.add_argument("--rounds", type=int, default=20, help="timed steps per variant (interleaved)")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--generation_rounds", type=int, default=40, help="generate calls per model and batch size (interleaved)")
     parser.add_argument("--compile", action="store_true", help="also time the recipe with torch.compile")

@@ -362,7 +362,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_total):
-        grad_h, grad_w = ctx.saved_tensors  # ours alone: scaled in place, no copies of the largest gradient
+        # Ours alone: scaled in place, no copy of the largest gradient (a second backward through the same graph
+        # is refused by autograd's version check, not computed wrong).
+        grad_h, grad_w = ctx.saved_tensors
         grad_h = grad_h.mul_(grad_total).to(ctx.dtypes[0]) if grad_h is not None else None
         grad_w = grad_w.mul_(grad_total).to(ctx.dtypes[1]) if grad_w is not None else None
         return grad_h, grad_w, None, None, None, None
