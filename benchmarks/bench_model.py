@@ -8,7 +8,8 @@ hfscratch/Llama ratios. Three hfscratch variants are timed against the same Llam
   * `recipe`: what `recipes/pretrain.py` runs: fused AdamW and the chunked linear+cross-entropy loss
     (`skip_logits=True`: no (tokens x vocab) logits tensor);
   * `recipe+compile` (with --compile): the same plus `torch.compile` of the model (`torch_compile: true`).
-Every variant runs one step in turn (the order rotates each round) and each ratio is the median of the per-round
+Steps get `input_ids` and `labels` only (one document per row; with packed documents both models need a document
+mask). Every variant runs one step in turn (the order rotates each round) and each ratio is the median of the per-round
 ratios, so a change of machine load hits all of them alike instead of skewing one column.
 
     python benchmarks/bench_model.py                  # default 6-layer, 256-wide model, 20 training rounds, 40 generate calls
