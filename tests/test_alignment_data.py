@@ -2,7 +2,6 @@
 
 import json
 
-import os
 
 import pytest
 
@@ -112,7 +111,7 @@ def test_answer_extraction_and_rewards():
     assert format_reward(completions) == [1.0, 0.0, 0.0]
 
 
-def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, capsys):
+def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, capsys, monkeypatch):
     import copy
 
     from hfscratch.alignment.common import check_chat_template, check_checkpoint_path
@@ -127,25 +126,13 @@ def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, caps
     ids = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                                              return_assistant_tokens_mask=True, return_dict=True)
     assert sum(ids["assistant_masks"]) > 0
+    monkeypatch.chdir(tmp_path)  # an empty folder: whatever outputs/ the repo holds must not matter
     with pytest.raises(CheckpointError, match="run `accelerate launch recipes/pretrain.py` first"):
-        cwd = os.getcwd()
-        os.chdir(tmp_path)  # an empty folder: whatever outputs/ the repo holds must not matter
-        try:
-            check_checkpoint_path("outputs/pretrain-tiny/final")
-        finally:
-            os.chdir(cwd)
-    os.chdir(tmp_path)
-    try:  # GRPO's default start is the DPO output: the message names the stage that makes it
-        with pytest.raises(CheckpointError, match="run `accelerate launch recipes/dpo.py` first"):
-            check_checkpoint_path("outputs/dpo-synthetic-math/final")
-    finally:
-        os.chdir(cwd)
-    # The CLI turns it into one line and exit code 2 (run from an empty folder: no checkpoint there).
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert cli_main(["sft", "--max_steps", "1"]) == 2
-    finally:
-        os.chdir(cwd)
+        check_checkpoint_path("outputs/pretrain-tiny/final")
+    # GRPO's default start is the DPO output: the message names the stage that makes it
+    with pytest.raises(CheckpointError, match="run `accelerate launch recipes/dpo.py` first"):
+        check_checkpoint_path("outputs/dpo-synthetic-math/final")
+    # The CLI turns it into one line and exit code 2 (no checkpoint in this folder).
+    assert cli_main(["sft", "--max_steps", "1"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "Warning" not in line and line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and "recipes/pretrain.py" in err[0]  # one line, no traceback
