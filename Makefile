@@ -1,15 +1,29 @@
-# The two commands a new user needs (both create .venv and install what is missing):
+# The two commands a new user needs (both create .venv and install the locked, tested set of packages):
 #   make pretrain   -> the main job: `accelerate launch recipes/pretrain.py` on the embedded default
 #   make test       -> the whole test suite, offline
-# GPU users: edit PIP_CONSTRAINTS (or drop -c) to get a CUDA build of torch.
+# Maintainers:
+#   make lock         -> re-resolve pyproject.toml's ranges in a fresh venv and pin the result in requirements.lock
+#   make test-latest  -> canary: the newest releases of the HF stack in .venv-latest, model/generation/alignment tests
+#   make test-generic -> transformers' own generic model tests (ModelTesterMixin) on hfscratch and on Llama
+# GPU users: `make pretrain PIP_CONSTRAINTS=` resolves within pyproject.toml's ranges instead of the CPU lock
+# (the lock pins the CPU build of torch).
 PYTHON ?= python3
 VENV := .venv
-PIP_CONSTRAINTS ?= -c constraints.txt
+LOCK := requirements.lock
+PIP_CONSTRAINTS ?= -c $(LOCK)
 STAMP := $(VENV)/.installed
+# The one pin `make lock` and the canary start from: unpinned, pip pulls several GB of CUDA wheels.
+TORCH_PIN ?= torch==2.13.0
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# The canary's packages (newest releases that install here) and the tests that show drift in them first.
+LATEST_PACKAGES := transformers accelerate trl peft datasets lm-eval
+LATEST_TESTS := tests/test_model_behaviour.py tests/test_model_parity.py tests/test_model_io.py tests/test_export.py \
+	tests/test_lora_merge.py tests/test_alignment_sft.py tests/test_alignment_dpo.py tests/test_alignment_grpo.py \
+	tests/test_eval_consistency.py tests/test_chat.py
 
-.PHONY: install pretrain test bench clean
+.PHONY: install pretrain test test-latest test-generic lock clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(PIP_CONSTRAINTS) -e ".[dev]"
 	touch $(STAMP)
@@ -17,10 +31,36 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 pretrain: $(STAMP)
-	$(VENV)/bin/accelerate launch --num_processes 1 recipes/pretrain.py $(ARGS)
+	$(VENV)/bin/accelerate launch --config_file recipes/accelerate/single.yaml recipes/pretrain.py $(ARGS)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-generic: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/python compat/run_transformers_generic_tests.py $(GENERIC_ARGS)
+
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	echo "$(TORCH_PIN)" > .venv-lock/torch-pin.txt
+	.venv-lock/bin/pip install --quiet --disable-pip-version-check -c .venv-lock/torch-pin.txt -e ".[dev]"
+	{ echo "# The tested environment: every package \`make install\` puts in .venv, pinned. Regenerate with \`make lock\`"; \
+	  echo "# (a fresh resolve of pyproject.toml's ranges from $(TORCH_PIN)), then run \`make test\` before committing it."; \
+	  .venv-lock/bin/pip freeze --exclude-editable --disable-pip-version-check | sed -e 's/+cpu$$//'; } > $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK): $$(grep -c '==' $(LOCK)) pinned packages"
+
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	echo "$(TORCH_PIN)" > .venv-latest/torch-pin.txt
+	.venv-latest/bin/pip install --quiet --disable-pip-version-check -c .venv-latest/torch-pin.txt -e ".[dev]"
+	# The newest releases, past pyproject.toml's tested upper bounds (pip notes that conflict; that is the point).
+	.venv-latest/bin/pip install --quiet --disable-pip-version-check -c .venv-latest/torch-pin.txt --upgrade $(LATEST_PACKAGES) 2>&1 \
+		| grep -v "dependency resolver\|^hfscratch .* requires" || true
+	.venv-latest/bin/python -c "import importlib.metadata as m; print('latest:', ', '.join(f'{p} {m.version(p)}' for p in ['torch', *'$(LATEST_PACKAGES)'.split()]))"
+	$(OFFLINE) .venv-latest/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+	$(OFFLINE) .venv-latest/bin/python compat/run_transformers_generic_tests.py
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) .venv-latest .venv-lock outputs

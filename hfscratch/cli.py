@@ -14,7 +14,7 @@ import importlib.util
 import sys
 
 from .errors import HfscratchError
-from .recipe_args import let_collective_threads_finish
+from .recipe_args import let_collective_threads_finish, name_deepspeed_accelerator
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -66,6 +66,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    name_deepspeed_accelerator()
     parser, modules = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in modules:

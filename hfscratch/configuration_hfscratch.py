@@ -19,7 +19,7 @@ _CHOICES = {
 
 class HfscratchConfig(PreTrainedConfig):
     model_type = "hfscratch"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the output field: `cache` from transformers 5.24
     # Same shape as Llama's plan, so `from_pretrained(..., tp_plan="auto")` shards across GPUs.
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",

@@ -8,6 +8,7 @@ work with no conversion. Imports only torch and transformers: `save_pretrained` 
 next to the weights, so a saved folder loads with `trust_remote_code=True` where hfscratch is not installed.
 """
 
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -24,10 +25,36 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hfscratch import HfscratchConfig
+
+# ---------------------------------------------------------------------------------------------- cache argument name
+
+# transformers 5.24 renamed the KV-cache argument of model forwards, and the cache field of their outputs, from
+# `past_key_values` to `cache`; 5.23 uses `past_key_values` everywhere (generate passes it, outputs carry it). This
+# file is copied next to every saved model and runs on whatever version loads it, so it takes `cache` as
+# transformers' own models do and maps the old name as they do: `deprecate_kwarg` (a FutureWarning) where the library
+# has made the rename, a silent rename where the old name is still the library's own.
+CACHE_RENAMED = "cache" in inspect.signature(create_causal_mask).parameters
+CACHE_FIELD = "cache" if CACHE_RENAMED else "past_key_values"  # the cache's field name in model outputs
+
+
+def accepts_past_key_values(forward: Callable) -> Callable:
+    if CACHE_RENAMED:
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)(forward)
+
+    @functools.wraps(forward)
+    def forward_with_old_name(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            if "cache" in kwargs:
+                raise ValueError("Both `past_key_values` and `cache` are set: pass the KV cache as `cache` only.")
+            kwargs["cache"] = kwargs.pop("past_key_values")
+        return forward(*args, **kwargs)
+
+    return forward_with_old_name
 
 # ---------------------------------------------------------------------------------------------- norms
 
@@ -168,7 +195,7 @@ class HfscratchAttention(nn.Module):
             self.k_norm = HfscratchRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attention_mask: torch.Tensor | None = None, past_key_values: Cache | None = None,
+                attention_mask: torch.Tensor | None = None, cache: Cache | None = None,
                 **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
@@ -181,8 +208,8 @@ class HfscratchAttention(nn.Module):
         if position_embeddings is not None:  # None with learned absolute positions
             cos, sin = position_embeddings
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -210,12 +237,12 @@ class HfscratchDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = make_norm(config, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: Cache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 use_cache: bool | None = False, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
         residual = hidden_states
         hidden_states, _ = self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values,
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache,
             position_ids=position_ids, use_cache=use_cache, **kwargs,
         )
         hidden_states = residual + hidden_states
@@ -231,7 +258,7 @@ class HfscratchPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["HfscratchDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -267,6 +294,7 @@ class HfscratchModel(HfscratchPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @accepts_past_key_values
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -274,7 +302,7 @@ class HfscratchModel(HfscratchPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -283,22 +311,23 @@ class HfscratchModel(HfscratchPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        caller_cache = past_key_values
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        caller_cache = cache
+        # A cache under gradient checkpointing would be written again when the backward pass replays each layer.
+        if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
+            cache = DynamicCache(config=self.config)
         # No mask, positions or cache from the caller: plain causal attention, which SDPA does itself (is_causal,
         # no repeat_kv). transformers sees that too, except under torch.compile before torch 2.14, where it always
         # builds a (batch, 1, seq, seq) mask and CPU attention runs ~20 % slower.
         plain_causal = attention_mask is None and position_ids is None and caller_cache is None
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
         # With no attention_mask and restarting position_ids, this mask keeps packed documents apart. The mask
         # builder only looks for packing when it gets no cache, so a cache we just created (empty) is not passed.
+        # The cache goes in by position: its keyword is `cache` from transformers 5.24, `past_key_values` before.
         causal_mask = None if plain_causal and self.config._attn_implementation == "sdpa" else create_causal_mask(
-            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-            past_key_values=caller_cache, position_ids=position_ids)
+            self.config, inputs_embeds, attention_mask, caller_cache, position_ids=position_ids)
         hidden_states = inputs_embeds
         position_embeddings = None
         if self.config.position_embedding_type == "learned":
@@ -310,9 +339,9 @@ class HfscratchModel(HfscratchPreTrainedModel):
         for decoder_layer in self.layers[: self.config.num_hidden_layers]:
             hidden_states = decoder_layer(
                 hidden_states, attention_mask=causal_mask, position_embeddings=position_embeddings,
-                position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+                position_ids=position_ids, cache=cache, use_cache=use_cache, **kwargs,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), **{CACHE_FIELD: cache})
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -409,13 +438,14 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         plain_weight = type(head.weight) in (nn.Parameter, torch.Tensor) and not hasattr(head.weight, "ds_id")
         return type(head) is nn.Linear and plain_weight and not head._forward_pre_hooks
 
+    @accepts_past_key_values
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -427,14 +457,14 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         None): faster and far lighter for training loops that only need the loss."""
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
+        hidden_states, cache_out = outputs.last_hidden_state, {CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
         if skip_logits and labels is not None and self._lm_head_is_plain():
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels, kwargs.get("num_items_in_batch"),
                                           shift_labels=kwargs.get("shift_labels"))
-            return CausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
-                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+            return CausalLMOutputWithPast(loss=loss, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+                                          **cache_out)
         # Generation only needs the last position: skip the (vocab x seq) projection for the rest.
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
@@ -442,8 +472,8 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
         if labels is not None:
             # `num_items_in_batch` in kwargs makes the loss a token-weighted sum across accumulated micro-batches.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions, **cache_out)
 
 
 # `generate` calls inspect.signature(model.forward) at every decoding step for models whose code travels with the

@@ -18,10 +18,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import HfArgumentParser
 
 from .errors import ConfigError
+
+# The recipes' YAML configs ship inside the package (the checkout's recipes/configs points here), so an installed
+# wheel runs every stage's default from any folder.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_config(name: str) -> Path:
+    """The shipped YAML `name` (e.g. "sft_synthetic_math"); a path or `recipes/configs/x.yaml` also names it."""
+    file_name = Path(name).name if Path(name).suffix in (".yaml", ".yml") else f"{Path(name).name}.yaml"
+    return CONFIGS_DIR / file_name
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing file as given; otherwise the shipped config of that name (`--config pretrain_tiny` works too)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    shipped = packaged_config(str(path))
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {path} not found; pass an existing YAML with --config, or one of the shipped "
+                      f"configs by name: {names}")
 
 
 def _field_names(dataclass_types) -> dict[str, type]:
@@ -51,9 +75,7 @@ def _yaml_to_argv(config: dict[str, Any]) -> list[str]:
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pass an existing YAML with --config (see recipes/configs/)")
+    path = resolve_config_path(path)
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -103,11 +125,23 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None, prog: str 
     return outputs[:-1] if len(outputs) > len(dataclass_types) else outputs
 
 
+def name_deepspeed_accelerator() -> None:
+    """Tell DeepSpeed up front which accelerator it will pick on a machine without CUDA.
+
+    Accelerate and TRL import DeepSpeed whenever it is installed, even in runs that never use it, and on a machine
+    without CUDA its import logs "[WARNING] Setting accelerator to CPU ..." after probing. Naming "cpu" (what the
+    probe picks there anyway) keeps normal runs quiet; a DS_ACCELERATOR the user set wins.
+    """
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def run_recipe(main, argv: list[str] | None = None) -> None:
     """Run a recipe's `main()`, turning `HfscratchError` into one line on stderr and exit code 2."""
     from .errors import HfscratchError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    name_deepspeed_accelerator()
     try:
         main(argv)
     except HfscratchError as err:

@@ -10,15 +10,14 @@ Held-out metrics are measured before and after training and written to <output_d
 """
 
 import sys
-from pathlib import Path
 
 from trl import GRPOConfig
 
 from hfscratch.alignment.config import ModelArguments, ScriptArguments
 from hfscratch.alignment.grpo import run_grpo
-from hfscratch.recipe_args import parse_recipe_args, run_recipe
+from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "grpo_synthetic_math.yaml"
+DEFAULT_CONFIG = packaged_config("grpo_synthetic_math")
 
 
 def main(argv: list[str]) -> None:

@@ -10,13 +10,12 @@ reuses it. The logic lives in `hfscratch.data.prepare`; `hfscratch data` is the 
 """
 
 import sys
-from pathlib import Path
 
 from hfscratch.data.cli import print_next_steps
 from hfscratch.data.prepare import DataConfig, prepare_data
-from hfscratch.recipe_args import parse_recipe_args, run_recipe
+from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "data_synthetic_math.yaml"
+DEFAULT_CONFIG = packaged_config("data_synthetic_math")
 
 
 def main(argv: list[str]) -> None:

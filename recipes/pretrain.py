@@ -11,12 +11,11 @@ folder with tokenizer, generation config, model card and loss curve. The logic l
 """
 
 import sys
-from pathlib import Path
 
-from hfscratch.recipe_args import parse_recipe_args, run_recipe
+from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
 from hfscratch.training import DataArguments, ModelArguments, TrainingArguments, pretrain, print_summary
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "pretrain_tiny.yaml"
+DEFAULT_CONFIG = packaged_config("pretrain_tiny")
 
 
 def main(argv: list[str]) -> None:

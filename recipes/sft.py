@@ -10,15 +10,14 @@ Held-out metrics are measured before and after training and written to <output_d
 """
 
 import sys
-from pathlib import Path
 
 from trl import SFTConfig
 
 from hfscratch.alignment.config import ModelArguments, ScriptArguments
 from hfscratch.alignment.sft import run_sft
-from hfscratch.recipe_args import parse_recipe_args, run_recipe
+from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "sft_synthetic_math.yaml"
+DEFAULT_CONFIG = packaged_config("sft_synthetic_math")
 
 
 def main(argv: list[str]) -> None:

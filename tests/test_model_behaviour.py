@@ -1,9 +1,12 @@
 """Model behaviour that generation, training and the HF ecosystem rely on."""
 
+import warnings
+
 import pytest
 import torch
 
 from hfscratch import HfscratchConfig, HfscratchForCausalLM
+from hfscratch.modeling_hfscratch import CACHE_FIELD, CACHE_RENAMED
 from transformers import DynamicCache, StaticCache
 
 ARCHS = {
@@ -259,12 +262,40 @@ def test_dynamic_cache_object_is_used_and_extended():
     x = torch.randint(3, 101, (1, 6))
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        out = model(x, past_key_values=cache, use_cache=True)
-        assert out.past_key_values.get_seq_length() == 6
-        nxt = model(x[:, -1:], past_key_values=out.past_key_values, use_cache=True)
+        out = model(x, cache=cache, use_cache=True)
+        returned = getattr(out, CACHE_FIELD)
+        assert returned is cache and returned.get_seq_length() == 6
+        nxt = model(x[:, -1:], cache=returned, use_cache=True)
         full = model(torch.cat([x, x[:, -1:]], dim=1)).logits[:, -1]
     assert torch.allclose(nxt.logits[:, -1], full, atol=1e-5)
     assert isinstance(StaticCache, type)
+
+
+def test_old_cache_argument_name_still_works():
+    # Callers written for transformers < 5.24 pass `past_key_values`; where the library has made the rename that is
+    # a FutureWarning (as for Llama), the same cache is used either way, and both names at once is an error.
+    model = make_model()
+    x = torch.randint(3, 101, (2, 5))
+    with torch.no_grad():
+        new = model(x, cache=DynamicCache(config=model.config), use_cache=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old_cache = DynamicCache(config=model.config)
+            old = model(x, past_key_values=old_cache, use_cache=True)
+    assert getattr(old, CACHE_FIELD) is old_cache and old_cache.get_seq_length() == 5
+    torch.testing.assert_close(old.logits, new.logits)
+    renamed = [w for w in caught if "`past_key_values` is deprecated" in str(w.message)]
+    assert len(renamed) == (1 if CACHE_RENAMED else 0)
+    with pytest.raises(ValueError):
+        model(x, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+
+
+def test_gradient_checkpointing_builds_no_cache_to_replay():
+    model = make_model()
+    model.gradient_checkpointing_enable()
+    model.train()
+    out = model(torch.randint(3, 101, (1, 6)), use_cache=True)
+    assert getattr(out, CACHE_FIELD) is None
 
 
 def test_forward_signature_is_precomputed_and_exact():

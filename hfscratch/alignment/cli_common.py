@@ -10,7 +10,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, dataclass_types, tr
     from ..recipe_args import add_dataclass_options
 
     # TRL configs have ~200 fields: list the ones people tune here; any other still works from YAML.
-    add_dataclass_options(parser, dataclass_types, "YAML config (see recipes/configs/); options override it",
+    add_dataclass_options(parser, dataclass_types, "YAML config: a path, or a shipped config by name (e.g. sft_synthetic_math); options override it",
                           shown=lambda dtype, f: not dtype.__module__.startswith("trl") or f.name in trainer_fields)
 
 
@@ -20,8 +20,6 @@ COMMON_TRAINER_FIELDS = ("output_dir", "max_steps", "num_train_epochs", "learnin
 
 
 def run_stage(stage: str, args: argparse.Namespace, default_config: str) -> int:
-    from pathlib import Path
-
     from .config import ModelArguments, ScriptArguments
 
     config_cls = stage_config_class(stage)
@@ -29,11 +27,10 @@ def run_stage(stage: str, args: argparse.Namespace, default_config: str) -> int:
     from ..recipe_args import options_to_argv
 
     argv = options_to_argv(args, types)
+    from ..recipe_args import packaged_config, parse_recipe_args
+
     if "--config" not in argv:
-        config = Path(__file__).resolve().parents[2] / "recipes" / "configs" / default_config
-        if config.is_file():
-            argv = ["--config", str(config), *argv]
-    from ..recipe_args import parse_recipe_args
+        argv = ["--config", str(packaged_config(default_config)), *argv]
 
     model_args, script_args, training_args = parse_recipe_args(types, argv, prog=f"hfscratch {stage}")
     runner = {"sft": "run_sft", "dpo": "run_dpo", "grpo": "run_grpo"}[stage]

@@ -41,10 +41,10 @@ _OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "g
 
 
 def default_tasks_dir() -> Path:
-    """eval/tasks of this checkout ($HFSCRATCH_EVAL_TASKS overrides, e.g. for a copy outside the repo)."""
+    """The shipped task YAMLs (the checkout's eval/tasks points here); $HFSCRATCH_EVAL_TASKS overrides."""
     if os.environ.get(TASKS_ENV_VAR):
         return Path(os.environ[TASKS_ENV_VAR]).expanduser()
-    return Path(__file__).resolve().parents[2] / "eval" / "tasks"
+    return Path(__file__).resolve().parent / "lm_eval_tasks"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:

@@ -8,14 +8,12 @@ Multi-process runs go through `accelerate launch` (or torchrun); this command ru
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from ..recipe_args import packaged_config
 from .config import DataArguments, ModelArguments, TrainingArguments
 
 ARGUMENT_TYPES = [ModelArguments, DataArguments, TrainingArguments]
-# In a source checkout the CPU default lives beside the recipes; installed elsewhere the dataclass defaults
-# (which equal that file except for the step budget: one epoch) apply.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "pretrain_tiny.yaml"
+DEFAULT_CONFIG = packaged_config("pretrain_tiny")  # the same default run as `accelerate launch recipes/pretrain.py`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from .summary import print_summary
 
     argv = namespace_to_argv(args)
-    if "--config" not in argv and DEFAULT_CONFIG.is_file():
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]  # same default run as `accelerate launch recipes/pretrain.py`
+    if "--config" not in argv:
+        argv = ["--config", str(DEFAULT_CONFIG), *argv]
     model_args, data_args, training_args = parse_recipe_args(ARGUMENT_TYPES, argv, prog="hfscratch pretrain")
     print_summary(pretrain(model_args, data_args, training_args))
     return 0

@@ -464,7 +464,12 @@ class Pretrainer:
 
     @property
     def unwrapped(self):
-        return self.accelerator.unwrap_model(self.model)
+        if self.deepspeed:
+            return self.accelerator.unwrap_model(self.model)
+        # Accelerate's unwrap_model imports DeepSpeed whenever it is installed (to check for its engine), and that
+        # import logs a warning on machines without CUDA; outside DeepSpeed only DDP wraps the model here (FSDP2
+        # and `.compile()` keep the module itself).
+        return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
 
     def _build_scheduler(self, optimizer):
         args = self.args
