@@ -4,6 +4,7 @@
 # Maintainers:
 #   make lock         -> re-resolve pyproject.toml's ranges in a fresh venv and pin the result in requirements.lock
 #   make test-latest  -> canary: the newest releases of the HF stack in .venv-latest, model/generation/alignment tests
+#   make test-oldest  -> the same tests on the oldest transformers pyproject.toml accepts (.venv-oldest)
 #   make test-generic -> transformers' own generic model tests (ModelTesterMixin) on hfscratch and on Llama
 # GPU users: `make pretrain PIP_CONSTRAINTS=` resolves within pyproject.toml's ranges instead of the CPU lock
 # (the lock pins the CPU build of torch).
@@ -21,7 +22,7 @@ LATEST_TESTS := tests/test_model_behaviour.py tests/test_model_parity.py tests/t
 	tests/test_lora_merge.py tests/test_alignment_sft.py tests/test_alignment_dpo.py tests/test_alignment_grpo.py \
 	tests/test_eval_consistency.py tests/test_chat.py
 
-.PHONY: install pretrain test test-latest test-generic lock clean
+.PHONY: install pretrain test test-latest test-oldest test-generic lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -50,17 +51,26 @@ lock:
 	rm -rf .venv-lock
 	@echo "wrote $(LOCK): $$(grep -c '==' $(LOCK)) pinned packages"
 
+# A canary venv: the tested set, then $(2) upgraded past the lock, then the drift-prone tests and the generic ones.
+define canary
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	echo "$(TORCH_PIN)" > $(1)/torch-pin.txt
+	$(1)/bin/pip install --quiet --disable-pip-version-check -c $(LOCK) -e ".[dev]"
+	# pip notes that the new versions conflict with the lock's pins; in a canary that is the point.
+	$(1)/bin/pip install --quiet --disable-pip-version-check -c $(1)/torch-pin.txt --upgrade $(2) 2>&1 \
+		| grep -v "dependency resolver\|^hfscratch .* requires\|^WARNING: Location" || true
+	$(1)/bin/python -c "import importlib.metadata as m; print('versions:', ', '.join(f'{p} {m.version(p)}' for p in 'torch transformers accelerate trl peft datasets lm-eval'.split()))"
+	$(OFFLINE) $(1)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+	$(OFFLINE) $(1)/bin/python compat/run_transformers_generic_tests.py
+endef
+
 test-latest:
-	rm -rf .venv-latest
-	$(PYTHON) -m venv .venv-latest
-	echo "$(TORCH_PIN)" > .venv-latest/torch-pin.txt
-	.venv-latest/bin/pip install --quiet --disable-pip-version-check -c .venv-latest/torch-pin.txt -e ".[dev]"
-	# The newest releases, past pyproject.toml's tested upper bounds (pip notes that conflict; that is the point).
-	.venv-latest/bin/pip install --quiet --disable-pip-version-check -c .venv-latest/torch-pin.txt --upgrade $(LATEST_PACKAGES) 2>&1 \
-		| grep -v "dependency resolver\|^hfscratch .* requires" || true
-	.venv-latest/bin/python -c "import importlib.metadata as m; print('latest:', ', '.join(f'{p} {m.version(p)}' for p in ['torch', *'$(LATEST_PACKAGES)'.split()]))"
-	$(OFFLINE) .venv-latest/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
-	$(OFFLINE) .venv-latest/bin/python compat/run_transformers_generic_tests.py
+	$(call canary,.venv-latest,$(LATEST_PACKAGES))
+
+# The oldest transformers pyproject.toml accepts: what remote-code users on that release run.
+test-oldest:
+	$(call canary,.venv-oldest,transformers==$(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml).0)
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-lock outputs
+	rm -rf $(VENV) .venv-latest .venv-oldest .venv-lock outputs

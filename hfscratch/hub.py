@@ -313,6 +313,13 @@ def _operations(folder: Path, config: dict, repo_id: str, *, announce: bool = Tr
                 overrides[name] = source
                 if announce:
                     _log(f"{name} missing in the folder: uploading the one from the installed hfscratch")
+            elif (folder / name).read_bytes() != source.read_bytes():
+                # Remote-code users run this file on their own transformers version: a folder saved by an older
+                # hfscratch carries code that may not follow the current API (transformers 5.24's `cache` rename made
+                # such copies decode without their KV cache). The installed copy computes the same function.
+                overrides[name] = source
+                if announce:
+                    _log(f"{name} in the folder differs from the installed hfscratch's: uploading the installed one")
     readme = folder / "README.md"
     if readme.is_file():
         # A card written before the repo id was known shows `path/to/<folder>` in its loading snippets.

@@ -126,12 +126,48 @@ def test_tokenizer_template_and_checkpoint_errors(tmp_path, tiny_tokenizer, caps
                                              return_assistant_tokens_mask=True, return_dict=True)
     assert sum(ids["assistant_masks"]) > 0
     monkeypatch.chdir(tmp_path)  # an empty folder: whatever outputs/ the repo holds must not matter
-    with pytest.raises(CheckpointError, match="run `accelerate launch recipes/pretrain.py` first"):
+    with pytest.raises(CheckpointError, match="run `hfscratch pretrain` first"):
         check_checkpoint_path("outputs/pretrain-tiny/final")
     # GRPO's default start is the DPO output: the message names the stage that makes it
-    with pytest.raises(CheckpointError, match="run `accelerate launch recipes/dpo.py` first"):
+    with pytest.raises(CheckpointError, match="run `hfscratch dpo` first"):
         check_checkpoint_path("outputs/dpo-synthetic-math/final")
     # The CLI turns it into one line and exit code 2 (no checkpoint in this folder).
     assert cli_main(["sft", "--max_steps", "1"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "Warning" not in line and line.strip()]
-    assert len(err) == 1 and err[0].startswith("error: ") and "recipes/pretrain.py" in err[0]  # one line, no traceback
+    assert len(err) == 1 and err[0].startswith("error: ") and "`hfscratch pretrain`" in err[0]  # one line, no traceback
+
+
+def test_sft_on_conversations_without_assistant_turn_is_one_line_error(tmp_path, tiny_tokenizer):
+    """TRL's assistant-only loss would stop with a RuntimeError traceback; the CLI says what is wrong in one line."""
+    import copy
+    import subprocess
+    import sys
+
+    import datasets
+
+    from hfscratch import HfscratchForCausalLM
+    from hfscratch.alignment.datasets import check_assistant_turns
+    from hfscratch.tokenizer import ensure_chat_template
+    from tests.helpers import tiny_config
+
+    mixed = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]},
+                                        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}]}])
+    with pytest.raises(DataError, match=r"1 of 2 conversations in mixed.jsonl have no assistant turn \(first: row 1, roles \['system', 'user'\]\)"):
+        check_assistant_turns(mixed, "mixed.jsonl")
+    check_assistant_turns(mixed.select([0]), "ok.jsonl")  # every row has an answer: no error
+
+    tokenizer = ensure_chat_template(copy.deepcopy(tiny_tokenizer))
+    model_dir = tmp_path / "model"
+    HfscratchForCausalLM(tiny_config(tokenizer, num_hidden_layers=1)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "user_only.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} + {i}?"}]}) + "\n" for i in range(4)))
+    argv = ["sft", "--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "1", "--report_to", "none"]
+    proc = subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"no conversation in {data} has an assistant turn" in errors[0] and "--assistant_only_loss false" in errors[0]
+    assert not (tmp_path / "out" / "final").exists()  # stopped before training

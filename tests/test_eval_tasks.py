@@ -144,14 +144,65 @@ def test_malformed_task_yaml_is_reported_with_its_file(tmp_path, shared_data):
         plan_tasks(["gsm8k_local"], data_dir=shared_data, include_path=[tmp_path])
 
 
-def test_generation_longer_than_context_is_refused(tmp_path, shared_data, tiny_tokenizer):
+def test_prompt_longer_than_context_is_refused(tmp_path, shared_data, tiny_tokenizer):
     from hfscratch import HfscratchForCausalLM
     from hfscratch.evaluation import evaluate_model
     from tests.helpers import tiny_config
 
+    # gsm8k_local's 5-shot prompt alone is longer than 128 tokens: no generation budget can help.
     model = HfscratchForCausalLM(tiny_config(tiny_tokenizer, max_position_embeddings=128, num_hidden_layers=1))
-    with pytest.raises(ConfigError, match=r"gsm8k_local generates up to 256 tokens but the context is 128 tokens \(max_position_embeddings\)"):
-        evaluate_model(model, tiny_tokenizer, tasks=["gsm8k_local"], data_dir=shared_data, limit=1)
+    with pytest.raises(ConfigError, match=r"task gsm8k_local: its longest prompt \(\d+ tokens, few-shot .*\) is longer than the "
+                                          r"128-token context \(max_position_embeddings\); use fewer few-shot examples \(--num_fewshot 0\)"):
+        evaluate_model(model, tiny_tokenizer, tasks=["gsm8k_local"], data_dir=shared_data, limit=1, verbose=False)
+
+
+def test_generation_budget_is_fitted_to_the_context(capsys, shared_data, tiny_tokenizer):
+    """gsm8k_chat_local asks for 512 new tokens; in a 256-token model it gets what its longest prompt leaves."""
+    import copy
+
+    from hfscratch import HfscratchForCausalLM
+    from hfscratch.evaluation import evaluate_model
+    from hfscratch.evaluation.runner import MIN_FITTED_GEN_TOKS, fit_generation_budget
+    from hfscratch.tokenizer import ensure_chat_template
+    from tests.helpers import tiny_config
+
+    assert fit_generation_budget("t", longest_prompt=100, requested=64, context=256) == 64  # fits: unchanged
+    assert fit_generation_budget("t", longest_prompt=100, requested=512, context=256) == 156
+    with pytest.raises(ConfigError, match=r"task t: .*leaves only 10 of the 256-token context \(--max_length\) for the answer"):
+        fit_generation_budget("t", longest_prompt=246, requested=512, context=256, context_source="--max_length")
+    assert fit_generation_budget("t", longest_prompt=250, requested=4, context=256) == 4 < MIN_FITTED_GEN_TOKS
+
+    chat_tok = ensure_chat_template(copy.deepcopy(tiny_tokenizer))
+    model = HfscratchForCausalLM(tiny_config(chat_tok, max_position_embeddings=256, num_hidden_layers=1))
+    model.generation_config.max_new_tokens = 8  # saved checkpoints carry one (pretraining writes 256): it must not cap the budget
+    calls, generate = [], model.generate
+
+    def recording_generate(*args, **kwargs):  # what lm-eval asks of the model
+        calls.append((kwargs["input_ids"].shape[1], kwargs["max_length"], model.generation_config.max_new_tokens))
+        return generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    capsys.readouterr()
+    results = evaluate_model(model, chat_tok, tasks=["gsm8k_chat_local"], limit=2, data_dir=shared_data,
+                             apply_chat_template=True, log_samples=True, bootstrap_iters=0)
+    # the prompts as the model saw them, measured here independently of the runner
+    samples = results["samples"]["gsm8k_chat_local"]
+    longest = max(len(chat_tok(s["arguments"][0][0], add_special_tokens=False)["input_ids"]) for s in samples)
+    fitted = 256 - longest
+    assert 0 < fitted < 512
+    assert results["hfscratch"]["generation_budget"] == {"gsm8k_chat_local": {
+        "max_gen_toks": fitted, "requested_max_gen_toks": 512, "longest_prompt_tokens": longest, "context": 256, "lowered": True}}
+    assert all(s["arguments"][0][1]["max_gen_toks"] == fitted for s in samples)  # what generation was called with
+    assert results["configs"]["gsm8k_chat_local"]["generation_kwargs"]["max_gen_toks"] == fitted
+    # generation was bounded by prompt + fitted budget (within the context), not by the saved max_new_tokens,
+    # which is set aside during the run and restored after it
+    assert calls and all(max_length - prompt == fitted and max_length <= 256 and saved is None
+                         for prompt, max_length, saved in calls), (calls, fitted)
+    assert model.generation_config.max_new_tokens == 8
+    err = capsys.readouterr().err
+    info = [line for line in err.splitlines() if "max_gen_toks" in line]
+    assert info == [f"info: gsm8k_chat_local: max_gen_toks 512 -> {fitted}, so its longest prompt ({longest} tokens) "
+                    "fits the 256-token context (max_position_embeddings)"], err
 
 
 def test_cli_prints_one_line_error(capsys, shared_data):

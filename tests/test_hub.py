@@ -219,6 +219,25 @@ def test_folder_without_auto_map_gets_remote_code_in_the_upload(hub, hub_env, fo
     assert "auto_map" not in json.loads((bare / "config.json").read_text())  # the user's folder is not modified
 
 
+def test_outdated_modeling_file_is_replaced_in_the_upload_only(hub, hub_env, folders, tmp_path):
+    # A folder saved before transformers 5.24 carries a modeling file that ignores the `cache` argument.
+    import shutil
+
+    from huggingface_hub import hf_hub_download
+
+    import hfscratch.modeling_hfscratch as installed
+    from hfscratch.hub import push_folder
+
+    old = tmp_path / "old"
+    shutil.copytree(folders["step10"], old)
+    stale = "# saved by an older hfscratch\n" + (old / "modeling_hfscratch.py").read_text()
+    (old / "modeling_hfscratch.py").write_text(stale)
+    push_folder(old, "alice/old", token="tok-alice")
+    uploaded = open(hf_hub_download("alice/old", "modeling_hfscratch.py", cache_dir=tmp_path / "dl", endpoint=hub.url)).read()
+    assert uploaded == open(installed.__file__).read()
+    assert (old / "modeling_hfscratch.py").read_text() == stale  # the user's folder is not modified
+
+
 def test_private_repo_auth_errors_are_one_line(hub, hub_env, folders, monkeypatch, capsys):
     from hfscratch.cli import main
     from hfscratch.hub import download_model, push_folder

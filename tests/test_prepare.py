@@ -206,4 +206,4 @@ def test_cli_one_line_errors_and_success(built, capsys):
     assert err.startswith("error: vocab_size=100 is too small") and len(err.splitlines()) == 1
     assert main([*common, "--vocab_size", "512"]) == 0
     out = capsys.readouterr().out
-    assert "reusing prepared data" in out and "next: accelerate launch recipes/pretrain.py" in out
+    assert "reusing prepared data" in out and "next: hfscratch pretrain" in out

@@ -25,8 +25,9 @@ def _hub_like(name: str) -> bool:
 
 
 # The default chain (pretrain -> SFT -> DPO -> GRPO): each stage's default input is the previous stage's default output.
-DEFAULT_CHAIN = {DEFAULT_CHECKPOINT: "recipes/pretrain.py", "outputs/sft-synthetic-math/final": "recipes/sft.py",
-                 "outputs/dpo-synthetic-math/final": "recipes/dpo.py"}
+# The hint names the `hfscratch` command (same options as recipes/<stage>.py), which also exists for a wheel install.
+DEFAULT_CHAIN = {DEFAULT_CHECKPOINT: "hfscratch pretrain", "outputs/sft-synthetic-math/final": "hfscratch sft",
+                 "outputs/dpo-synthetic-math/final": "hfscratch dpo"}
 
 
 def check_checkpoint_path(name: str, what: str = "model") -> None:
@@ -37,7 +38,7 @@ def check_checkpoint_path(name: str, what: str = "model") -> None:
         return
     producer = DEFAULT_CHAIN.get(Path(name).as_posix())
     if producer:
-        raise CheckpointError(f"no checkpoint at {name}; run `accelerate launch {producer}` first (or pass --model_name_or_path)")
+        raise CheckpointError(f"no checkpoint at {name}; run `{producer}` first (or pass --model_name_or_path)")
     if _hub_like(name):
         return  # a Hub id: from_pretrained reports what is wrong with it
     raise CheckpointError(f"{what} {name} not found; pass an existing checkpoint folder or a Hub id")

@@ -151,6 +151,26 @@ def to_sft_format(ds, name: str = "dataset"):
     raise _shape_error(name, cols, "SFT", SFT_SHAPES)
 
 
+def check_assistant_turns(ds, name: str = "dataset") -> None:
+    """SFT's assistant-only loss learns from the assistant turns only: every conversation must have one.
+
+    TRL would stop at the first such row with a RuntimeError about chat templates; this names the rows and the fix
+    before the trainer is built. Prompt/completion rows (no ``messages``) are not checked."""
+    if "messages" not in ds.column_names:
+        return
+    missing = [i for i, messages in enumerate(ds["messages"])
+               if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages or [])]
+    if not missing:
+        return
+    first = ds[missing[0]]["messages"] or []
+    roles = [m.get("role") for m in first if isinstance(m, dict)]
+    which = (f"no conversation in {name} has an assistant turn" if len(missing) == len(ds)
+             else f"{len(missing)} of {len(ds)} conversations in {name} have no assistant turn")
+    raise DataError(f"{which} (first: row {missing[0]}, roles {roles}), so the assistant-only loss has nothing to learn "
+                    "from; give every conversation an assistant reply (a message with role \"assistant\") or drop those rows, "
+                    "or pass --assistant_only_loss false to train on the whole conversation")
+
+
 # ------------------------------------------------------------------------------------------------ DPO
 
 _TURN = re.compile(r"\n\n(Human|Assistant):\s?")

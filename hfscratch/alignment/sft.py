@@ -11,6 +11,7 @@ from .common import (
     peft_config_for,
 )
 from .config import ModelArguments, ScriptArguments
+from .datasets import check_assistant_turns
 
 
 def run_sft(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
@@ -26,6 +27,8 @@ def run_sft(model_args: ModelArguments, script_args: ScriptArguments, training_a
     if training_args.assistant_only_loss and not conversational:
         # prompt/completion text: TRL's completion-only loss plays the same role.
         training_args.assistant_only_loss = False
+    if training_args.assistant_only_loss:
+        check_assistant_turns(train, script_args.dataset_name)  # before TRL, which would stop with a traceback
     measure = make_measure("sft", tokenizer, held, script_args.eval_max_new_tokens, gsm8k_format=True)
     before = measure(model) if measure and is_main_process() else None
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,

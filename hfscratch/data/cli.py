@@ -35,15 +35,18 @@ def print_next_steps(data) -> None:
         f"bytes/token {data.manifest['tokenizer'].get('bytes_per_token') or float('nan'):.2f})\n"
         f"  train         {len(data.train):,} blocks, {train.get('tokens', 0):,} tokens\n"
         f"  validation    {len(data.validation):,} blocks\n"
-        f"next: accelerate launch recipes/pretrain.py --data_dir {data.root.parent} --data_name {data.root.name}"
+        f"next: hfscratch pretrain --data_dir {data.root.parent} --data_name {data.root.name}"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipe_args import parse_recipe_args
+    from ..recipe_args import packaged_config, parse_recipe_args
     from .prepare import DataConfig, prepare_data
 
-    (config,) = parse_recipe_args([DataConfig], namespace_to_argv(args), prog="hfscratch data")
+    argv = namespace_to_argv(args)
+    if "--config" not in argv:  # the same default run as `python recipes/prepare_data.py`
+        argv = ["--config", str(packaged_config("data_synthetic_math")), *argv]
+    (config,) = parse_recipe_args([DataConfig], argv, prog="hfscratch data")
     print_next_steps(prepare_data(config))
     return 0
 

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, model_flag: bool = False) -> 
     parser.add_argument("--num_fewshot", type=int, default=None, help="override the tasks' few-shot count")
     parser.add_argument("--apply_chat_template", action="store_true", help="wrap prompts in the tokenizer's chat template")
     parser.add_argument("--batch_size", default="8", help="batch size (an integer, or auto)")
-    parser.add_argument("--max_gen_toks", type=int, default=None, help="cap on generated tokens (default: the task's, else 256)")
+    parser.add_argument("--max_gen_toks", type=int, default=None, help="cap on generated tokens (default: the task's, else 256; "
+                        "lowered, with an info line, to what the longest prompt leaves of the context)")
     parser.add_argument("--output_dir", default=None, help="write results.json, results.md and one PNG per task here")
     parser.add_argument("--bpb", nargs="+", default=None, metavar="FILE", help="text files to score: bits-per-byte and perplexity")
     parser.add_argument("--max_length", type=int, default=None, help="context window in tokens (default: the model's)")

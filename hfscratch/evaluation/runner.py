@@ -5,6 +5,13 @@ generation is left-padded, batched and uses the KV cache (`model.generate(use_ca
 batched forward passes, and both show a tqdm progress bar. Outputs (when `output_dir` is given): lm-eval's
 results JSON, a markdown table, one PNG bar chart per task; `plot_scores_over_training(run_dir)` draws score
 vs. training tokens across the checkpoints of one run. `run_training_eval` is the small in-training hook.
+
+Generation budget: a generate_until task asks for up to `max_gen_toks` new tokens (the task's, or --max_gen_toks),
+and lm-eval keeps only the last `context - max_gen_toks` prompt tokens. When the task's budget would not leave
+room for its longest prompt (e.g. gsm8k_chat_local's 512 tokens in a 512-token model), it is lowered to
+`context - longest prompt` (prompts measured as the model sees them: few-shot, chat template), announced in one
+info line and recorded in results["hfscratch"]["generation_budget"]; when fewer than MIN_FITTED_GEN_TOKS tokens
+(or the budget asked for, if smaller) would be left, that is a one-line ConfigError instead.
 """
 
 from __future__ import annotations
@@ -14,15 +21,19 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, HfscratchError
 from .intrinsic import load_model_and_tokenizer, model_max_length, read_text_file, score_texts
-from .tasks import DEFAULT_MAX_GEN_TOKS, load_planned_tasks, plan_tasks, task_max_gen_toks
+from .tasks import load_planned_tasks, plan_tasks
 
 logger = logging.getLogger(__name__)
+
+# A fitted generation budget below this many tokens is refused: the answer would be cut off before it starts.
+MIN_FITTED_GEN_TOKS = 16
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -212,6 +223,66 @@ def write_model_card(model_dir: str | os.PathLike, results: dict) -> Path:
     return update_model_index(model_dir, model_index_entries(results))
 
 
+def fit_generation_budget(task: str, longest_prompt: int, requested: int, context: int,
+                          context_source: str = "max_position_embeddings") -> int:
+    """Tokens task `task` may generate: `requested` if the longest prompt still fits beside it in `context`,
+    else what is left (`context - longest_prompt`), as long as that is at least MIN_FITTED_GEN_TOKS (or
+    `requested`, if smaller); otherwise a ConfigError naming the prompt length and the fixes."""
+    room = context - longest_prompt
+    if requested <= room:
+        return requested
+    if room >= min(MIN_FITTED_GEN_TOKS, requested):
+        return room
+    where = f"the {context}-token context ({context_source})"
+    problem = (f"is longer than {where}" if room <= 0
+               else f"leaves only {room} of {where} for the answer (at least {min(MIN_FITTED_GEN_TOKS, requested)} needed)")
+    longer = "a larger --max_length" if context_source == "--max_length" else "a model with a longer context"
+    raise ConfigError(
+        f"task {task}: its longest prompt ({longest_prompt} tokens, few-shot examples and any chat template included) "
+        f"{problem}; use fewer few-shot examples (--num_fewshot 0), a zero-shot variant of the task, or {longer}"
+    )
+
+
+_FITTING_HFLM = None
+
+
+def _budget_fitting_hflm():
+    """lm-eval's HFLM whose generate_until first fits each task's max_gen_toks to the context (`fit_generation_budget`)."""
+    global _FITTING_HFLM
+    if _FITTING_HFLM is not None:
+        return _FITTING_HFLM
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    class BudgetFittingHFLM(HFLM):
+        context_source = "max_position_embeddings"
+        announce = True
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            by_task: dict[str, list] = {}
+            for request in requests:
+                by_task.setdefault(str(request.task_name), []).append(request)
+            budgets = getattr(self, "generation_budgets", {})
+            for task, task_requests in by_task.items():
+                longest = max(len(self.tok_encode(r.args[0])) for r in task_requests)
+                requested = max(int(normalize_gen_kwargs(r.args[1], self.max_gen_toks)["max_gen_toks"])
+                                for r in task_requests)
+                used = fit_generation_budget(task, longest, requested, self.max_length, self.context_source)
+                if used < requested:
+                    for r in task_requests:
+                        r.args[1]["max_gen_toks"] = used  # the request's own copy of the task's generation_kwargs
+                    if self.announce:
+                        print(f"info: {task}: max_gen_toks {requested} -> {used}, so its longest prompt ({longest} tokens) "
+                              f"fits the {self.max_length}-token context ({self.context_source})", file=sys.stderr, flush=True)
+                budgets[task] = {"max_gen_toks": used, "requested_max_gen_toks": requested, "longest_prompt_tokens": longest,
+                                 "context": self.max_length, "lowered": used < requested}
+            self.generation_budgets = budgets
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    _FITTING_HFLM = BudgetFittingHFLM
+    return _FITTING_HFLM
+
+
 def evaluate_model(
     model_or_path,
     tokenizer=None,
@@ -244,7 +315,6 @@ def evaluate_model(
     folder is given), intrinsic metrics, training progress and the files written.
     """
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     if isinstance(limit, float) and limit.is_integer() and limit >= 1:
         limit = int(limit)
@@ -270,20 +340,20 @@ def evaluate_model(
     info: dict[str, Any] = {"model": str(model_or_path) if isinstance(model_or_path, (str, Path)) else type(model_or_path).__name__}
     if plan is not None:
         info.update(tasks=plan.names, renamed=plan.renamed, data_dir=str(plan.data_dir) if plan.data_dir else None)
-        for name, task in loaded["tasks"].items():
-            gen_len = task_max_gen_toks(task, gen_kwargs)
-            if gen_len is not None and context <= gen_len:
-                raise ConfigError(
-                    f"task {name} generates up to {gen_len} tokens but the context is {context} tokens "
-                    f"({'--max_length' if max_length else 'max_position_embeddings'}); the prompt needs room too: use a longer context or pass "
-                    f"--max_gen_toks below {context} (default {DEFAULT_MAX_GEN_TOKS})"
-                )
 
     was_training = getattr(model, "training", False)
+    # lm-eval bounds each generation by max_length = prompt + budget; a max_new_tokens saved in the model's
+    # generation config (pretraining writes 256) would take precedence over that budget, so it is set aside here.
+    generation_config = getattr(model, "generation_config", None)
+    saved_max_new_tokens = getattr(generation_config, "max_new_tokens", None)
     results: dict[str, Any] = {}
     try:
+        if saved_max_new_tokens is not None:
+            generation_config.max_new_tokens = None
         if plan is not None:
-            lm = HFLM(pretrained=model, tokenizer=tok, backend="causal", batch_size=batch_size, max_length=max_length)
+            lm = _budget_fitting_hflm()(pretrained=model, tokenizer=tok, backend="causal", batch_size=batch_size,
+                                        max_length=max_length)
+            lm.context_source, lm.announce = ("--max_length" if max_length else "max_position_embeddings"), verbose
             results = simple_evaluate(
                 model=lm, tasks=list(loaded["tasks"].values()) if not loaded["groups"] else plan.names,
                 task_manager=plan.task_manager, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
@@ -291,6 +361,13 @@ def evaluate_model(
                 log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed, numpy_random_seed=seed,
                 torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING" if not verbose else None,
             ) or {}
+            budgets = getattr(lm, "generation_budgets", None)
+            if budgets:  # what was generated with; lm-eval's config copy still shows the task's own max_gen_toks
+                info["generation_budget"] = budgets
+                for task, budget in budgets.items():
+                    generation_kwargs = (results.get("configs", {}).get(task) or {}).get("generation_kwargs")
+                    if budget["lowered"] and isinstance(generation_kwargs, dict):
+                        generation_kwargs["max_gen_toks"] = budget["max_gen_toks"]
         if bpb_files:
             intrinsic = {}
             for path in bpb_files:
@@ -302,6 +379,8 @@ def evaluate_model(
             info["intrinsic"] = intrinsic
     finally:
         model.train(was_training)
+        if saved_max_new_tokens is not None:
+            generation_config.max_new_tokens = saved_max_new_tokens
 
     if training_tokens is not None:
         info["training_tokens"] = int(training_tokens)

@@ -27,8 +27,8 @@ def print_summary(result) -> None:
     lines += [
         "next:",
         f"  chat:  hfscratch chat {final}",
-        f"  eval:  hfscratch eval {final} --tasks gsm8k_local",
-        f"  SFT:   accelerate launch recipes/sft.py --model_name_or_path {final}",
+        f"  eval:  hfscratch eval {final} --tasks arc_easy,hellaswag   (add --data_dir DIR for the offline copies)",
+        f"  SFT:   hfscratch sft --model_name_or_path {final}",
         "=" * 78,
     ]
     print("\n".join(lines), flush=True)
