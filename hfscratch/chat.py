@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, ConfigError, HfscratchError
 
 # End-of-turn markers of common chat templates: generation stops on them as well as on eos.
@@ -72,28 +73,6 @@ class SamplingConfig:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _pick_device(device: str | None):
-    import torch
-
-    if device and device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _pick_dtype(dtype: str, device):
-    import torch
-
-    if dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32  # CPU matmuls in bf16 are slow on most machines and lose precision
-
-
 def load_for_chat(path_or_repo: str, *, revision: str | None = None, tokenizer_path: str | None = None,
                   device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer) from a local folder or a Hub repo id, on the chosen device, in eval mode."""
@@ -105,9 +84,9 @@ def load_for_chat(path_or_repo: str, *, revision: str | None = None, tokenizer_p
     tok_folder = resolve_model_path(tokenizer_path) if tokenizer_path else folder
     if not (Path(folder) / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json, so it is not a model folder; pass the folder save_pretrained wrote")
-    torch_device = _pick_device(device)
+    torch_device = resolve_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_pick_dtype(dtype, torch_device), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, torch_device), trust_remote_code=trust_remote_code)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise CheckpointError(f"{path_or_repo} needs its own modeling code: pass --trust-remote-code if you trust it") from err

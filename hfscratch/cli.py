@@ -64,6 +64,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     return parser, modules
 
 
+def accept_both_spellings(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--max_new_tokens` and `--max-new-tokens` name the same option in every command: a spelling the command does
+    not declare is rewritten to the one it does (stage options come from dataclass fields, so most use underscores)."""
+    known = set(parser._option_string_actions)
+    rewritten = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and name not in known:
+            for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                if other in known:
+                    arg = other + eq + value
+                    break
+        rewritten.append(arg)
+    return rewritten
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     name_deepspeed_accelerator()
@@ -72,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if command in modules:
         # Let the stage module add its own arguments only for the command being run.
         stage = importlib.import_module(modules[command])
-        stage.add_arguments(parser._subparsers._group_actions[0].choices[command])
+        stage_parser = parser._subparsers._group_actions[0].choices[command]
+        stage.add_arguments(stage_parser)
+        at = argv.index(command)
+        argv = argv[: at + 1] + accept_both_spellings(argv[at + 1 :], stage_parser)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

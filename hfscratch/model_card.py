@@ -13,15 +13,14 @@ leaves the prose and the other metadata as they are (the evaluation stage calls 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic import write_file_atomically
 from .errors import CheckpointError, ConfigError
 
 README = "README.md"
@@ -174,16 +173,6 @@ def _load_card(path: Path) -> ModelCard | None:
         raise CheckpointError(f"{path} has metadata that cannot be parsed ({err}); fix or remove its YAML header") from err
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".README.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------- writing
-
-
 def _how_to_use(config: dict, repo_id: str) -> str:
     if config.get("model_type") == "hfscratch":
         return f"""## How to use
@@ -325,7 +314,7 @@ def write_model_card(
 
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections).rstrip() + "\n")
     path = model_dir / README
-    _write_atomic(path, str(card))
+    write_file_atomically(path, str(card))
     return path
 
 
@@ -377,7 +366,7 @@ def update_model_index(model_dir, eval_results: list[dict]) -> Path:
     card.data.eval_results = _merge_eval_results(card.data.eval_results, new)
     if not card.data.model_name:
         card.data.model_name = model_dir.resolve().name
-    _write_atomic(path, str(card))
+    write_file_atomically(path, str(card))
     return path
 
 

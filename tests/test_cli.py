@@ -21,6 +21,17 @@ def test_unknown_command_and_option_are_one_line_errors():
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
 
 
+def test_options_take_underscores_and_hyphens(tmp_path):
+    # One convention for every command: `--repo_id` works where the command declares `--repo-id`, and
+    # `--max-new-tokens` where it declares `--max_new_tokens`; the rewritten spelling reaches the same option.
+    for argv in (["push", str(tmp_path / "missing"), "--repo_id", "alice/x"],
+                 ["push", str(tmp_path / "missing"), "--repo-id", "alice/x"],
+                 ["eval", str(tmp_path / "missing"), "--max-gen-toks", "8", "--tasks", "arc_easy_local"],
+                 ["eval", str(tmp_path / "missing"), "--max_gen_toks", "8", "--tasks", "arc_easy_local"]):
+        proc = subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("error:") and "unrecognized arguments" not in proc.stderr, proc.stderr
+
+
 def test_user_error_has_no_traceback_unless_debug(tmp_path):
     argv = ["export", str(tmp_path / "missing"), str(tmp_path / "out"), "--to", "llama"]
     proc = subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv], capture_output=True, text=True, timeout=120)

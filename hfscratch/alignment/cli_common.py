@@ -4,11 +4,18 @@ values go back through `parse_recipe_args`, so the YAML and the command line are
 from __future__ import annotations
 
 import argparse
+import trl
+
+from ..recipe_args import add_dataclass_options, options_to_argv, packaged_config, parse_recipe_args
+from .config import ModelArguments, ScriptArguments
+from .dpo import run_dpo
+from .grpo import run_grpo
+from .sft import run_sft
+
+RUNNERS = {"sft": run_sft, "dpo": run_dpo, "grpo": run_grpo}
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, dataclass_types, trainer_fields: tuple[str, ...]) -> None:
-    from ..recipe_args import add_dataclass_options
-
     # TRL configs have ~200 fields: list the ones people tune here; any other still works from YAML.
     add_dataclass_options(parser, dataclass_types, "YAML config: a path, or a shipped config by name (e.g. sft_synthetic_math); options override it",
                           shown=lambda dtype, f: not dtype.__module__.startswith("trl") or f.name in trainer_fields)
@@ -20,27 +27,15 @@ COMMON_TRAINER_FIELDS = ("output_dir", "max_steps", "num_train_epochs", "learnin
 
 
 def run_stage(stage: str, args: argparse.Namespace, default_config: str) -> int:
-    from .config import ModelArguments, ScriptArguments
-
     config_cls = stage_config_class(stage)
     types = [ModelArguments, ScriptArguments, config_cls]
-    from ..recipe_args import options_to_argv
-
     argv = options_to_argv(args, types)
-    from ..recipe_args import packaged_config, parse_recipe_args
-
     if "--config" not in argv:
         argv = ["--config", str(packaged_config(default_config)), *argv]
-
     model_args, script_args, training_args = parse_recipe_args(types, argv, prog=f"hfscratch {stage}")
-    runner = {"sft": "run_sft", "dpo": "run_dpo", "grpo": "run_grpo"}[stage]
-    from importlib import import_module
-
-    getattr(import_module(f"hfscratch.alignment.{stage}"), runner)(model_args, script_args, training_args)
+    RUNNERS[stage](model_args, script_args, training_args)
     return 0
 
 
 def stage_config_class(stage: str):
-    import trl
-
     return {"sft": trl.SFTConfig, "dpo": trl.DPOConfig, "grpo": trl.GRPOConfig}[stage]

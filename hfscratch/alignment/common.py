@@ -1,53 +1,38 @@
-"""What SFT, DPO and GRPO share: loading the checkpoint and tokenizer, checks, atomic saves, result files."""
+"""What SFT, DPO and GRPO share: loading the checkpoint and tokenizer, checks, result files."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import time
+import warnings
 from pathlib import Path
 
-import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..atomic import replace_folder_atomically, save_figure_atomically, write_file_atomically
+from ..devices import resolve_dtype
 from ..errors import CheckpointError, ConfigError, DataError
-from .config import DEFAULT_CHECKPOINT, ModelArguments, ScriptArguments
+from ..tokenizer import CHAT_TEMPLATE, ensure_chat_template
+from .checkpoints import check_checkpoint_path
+from .config import ModelArguments, ScriptArguments
 from .datasets import SYNTHETIC, load_stage_dataset
+from .lora import build_lora_config, check_base_fingerprint, quantization_config, write_base_fingerprint
+from .merge import merge_adapter
+from .metrics import answer_loglik, generation_metrics, gsm8k_format_metrics, preference_metrics, sampled_generation_metrics
+
+# TRL 1.16 reads `model.is_gradient_checkpointing` before generating, which transformers 5.24 deprecates in favour of
+# `is_activation_checkpointing`: one FutureWarning per run that no hfscratch user can act on (the fix is TRL's).
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _hub_like(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) <= 2 and all(parts) and not name.startswith(("outputs", ".", "/", "~"))
-
-
-# The default chain (pretrain -> SFT -> DPO -> GRPO): each stage's default input is the previous stage's default output.
-# The hint names the `hfscratch` command (same options as recipes/<stage>.py), which also exists for a wheel install.
-DEFAULT_CHAIN = {DEFAULT_CHECKPOINT: "hfscratch pretrain", "outputs/sft-synthetic-math/final": "hfscratch sft",
-                 "outputs/dpo-synthetic-math/final": "hfscratch dpo"}
-
-
-def check_checkpoint_path(name: str, what: str = "model") -> None:
-    path = Path(name).expanduser()
-    if path.exists():
-        if path.is_dir() and not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
-            raise CheckpointError(f"{name} has no config.json: point the {what} at a save_pretrained folder (e.g. outputs/<run>/final)")
-        return
-    producer = DEFAULT_CHAIN.get(Path(name).as_posix())
-    if producer:
-        raise CheckpointError(f"no checkpoint at {name}; run `{producer}` first (or pass --model_name_or_path)")
-    if _hub_like(name):
-        return  # a Hub id: from_pretrained reports what is wrong with it
-    raise CheckpointError(f"{what} {name} not found; pass an existing checkpoint folder or a Hub id")
-
-
 def check_chat_template(tokenizer, fix: bool) -> bool:
     """Make sure the tokenizer has a chat template with {% generation %} markers; returns True if one was added."""
-    from ..tokenizer import CHAT_TEMPLATE, ensure_chat_template
-
     template = getattr(tokenizer, "chat_template", None)
     has_markers = bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
     if has_markers:
@@ -63,18 +48,7 @@ def check_chat_template(tokenizer, fix: bool) -> bool:
     return len(tokenizer) != before
 
 
-def _dtype(name: str):
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        return getattr(torch, name)
-    except AttributeError:
-        raise ConfigError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16") from None
-
-
 def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -91,18 +65,13 @@ def load_model_and_tokenizer(model_args: ModelArguments, training: bool = True, 
     """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
 
     `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
-    import hfscratch  # noqa: F401  (registers the Auto classes for hfscratch checkpoints)
-    from transformers import AutoModelForCausalLM
-
     check_checkpoint_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args, trust_remote_code)
     added = check_chat_template(tokenizer, model_args.use_hfscratch_chat_template)
-    kwargs = {"dtype": _dtype(model_args.dtype), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": resolve_dtype(model_args.dtype), "trust_remote_code": trust_remote_code}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     if model_args.load_in_4bit:
-        from .lora import quantization_config
-
         kwargs["quantization_config"] = quantization_config()
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
@@ -115,10 +84,6 @@ def load_model_and_tokenizer(model_args: ModelArguments, training: bool = True, 
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
     if model_args.adapter_name_or_path:
-        from peft import PeftModel
-
-        from .lora import check_base_fingerprint
-
         check_checkpoint_path(model_args.adapter_name_or_path, "adapter")
         check_base_fingerprint(model_args.adapter_name_or_path, model, model_args.model_name_or_path)
         try:
@@ -136,8 +101,6 @@ def peft_config_for(model, model_args: ModelArguments):
         return None
     if model_args.adapter_name_or_path:
         return None  # training continues on the loaded adapter
-    from .lora import build_lora_config
-
     return build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
                              model_args.lora_dropout, model_args.lora_modules_to_save)
 
@@ -180,29 +143,12 @@ def load_train_and_eval(stage: str, script_args: ScriptArguments, seed: int):
     return train, held
 
 
-def save_atomically(write, output_dir: str | Path) -> Path:
-    """Run ``write(tmp_dir)`` then move tmp_dir to ``output_dir``; a previous output is replaced only once the new one is complete."""
-    output_dir = Path(output_dir)
-    tmp = output_dir.with_name(output_dir.name + f".tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if output_dir.exists():
-        old = output_dir.with_name(output_dir.name + f".old-{int(time.time())}")
-        output_dir.rename(old)
-        tmp.rename(output_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(output_dir)
-    return output_dir
-
-
 def write_results(output_dir: str | Path, stage: str, before: dict | None, after: dict | None, extra: dict | None = None) -> dict:
     """`<output_dir>/alignment_results.json` and a before/after bar chart PNG."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     result = {"stage": stage, "before": before, "after": after, **(extra or {})}
-    (output_dir / "alignment_results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_file_atomically(output_dir / "alignment_results.json", json.dumps(result, indent=2, default=str) + "\n")
     if before and after:
         import matplotlib
 
@@ -219,7 +165,7 @@ def write_results(output_dir: str | Path, stage: str, before: dict | None, after
         ax.set_title(f"{stage}: held-out metrics before and after")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(output_dir / f"{stage}_before_after.png", dpi=100)
+        save_figure_atomically(fig, output_dir / f"{stage}_before_after.png", dpi=100)
         plt.close(fig)
     return result
 
@@ -241,8 +187,6 @@ def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight
 
     ``num_samples`` > 0 adds the mean reward / exact-match of that many temperature-1 samples per prompt;
     ``gsm8k_format`` adds exact-match on the same questions as plain-text ``Question: ...\nAnswer:`` prompts."""
-    from .metrics import answer_loglik, generation_metrics, gsm8k_format_metrics, preference_metrics, sampled_generation_metrics
-
     if held is None:
         return None
 
@@ -268,8 +212,6 @@ def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight
 
 def finish_training(trainer, tokenizer, model_args: ModelArguments, training_args, stage: str, before, measure, extra=None) -> dict | None:
     """Save `<output_dir>/final` atomically (adapter or full model + tokenizer), merge if asked, measure, write results."""
-    from peft import PeftModel
-
     final = Path(training_args.output_dir) / "final"
     tmp = final.with_name("final.tmp")
     accelerator = trainer.accelerator
@@ -283,14 +225,10 @@ def finish_training(trainer, tokenizer, model_args: ModelArguments, training_arg
         tokenizer.save_pretrained(tmp)
         is_adapter = isinstance(model, PeftModel)
         if is_adapter:
-            from .lora import write_base_fingerprint
-
             write_base_fingerprint(tmp, model, model_args.model_name_or_path)
-        save_atomically(lambda out: tmp.rename(out), final)
+        replace_folder_atomically(lambda out: tmp.rename(out), final)
         merged = None
         if is_adapter and model_args.merge_lora:
-            from .merge import merge_adapter
-
             merged = merge_adapter(final, final.parent / "merged", base_model=model_args.model_name_or_path)
         after = measure(model) if measure else None
         result = write_results(training_args.output_dir, stage, before, after,

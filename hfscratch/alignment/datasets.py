@@ -15,13 +15,18 @@ Shapes recognised by their columns (rename others with ``column_map={"old": "new
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
 from collections import Counter
 from pathlib import Path
 
-from ..errors import DataError
+import datasets
+
+from ..data.synthetic_math import generate_problems, to_chat, to_grpo, to_preference
+from ..errors import ConfigError, DataError
+from .rewards import extract_final_answer
 
 SYNTHETIC = "synthetic-math"
 
@@ -44,8 +49,6 @@ def _shape_error(name: str, found, stage: str, shapes) -> DataError:
 
 def load_raw_dataset(name: str, split: str = "train", config: str | None = None, column_map: dict | None = None):
     """A `datasets.Dataset` from a local file/folder (jsonl, json, json.gz, parquet, csv, save_to_disk) or a Hub id."""
-    import datasets
-
     path = Path(name)
     if path.exists():
         ds = _load_local(path, split)
@@ -68,8 +71,6 @@ def load_raw_dataset(name: str, split: str = "train", config: str | None = None,
 
 
 def _load_local(path: Path, split: str):
-    import datasets
-
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             loaded = datasets.load_from_disk(str(path))
@@ -91,8 +92,6 @@ def _load_local(path: Path, split: str):
         try:
             return datasets.load_dataset("json", data_files=str(path), split="train")
         except Exception:  # a single JSON array/object that pyarrow's reader rejects: read it ourselves
-            import gzip
-
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt", encoding="utf-8") as f:
                 try:
@@ -236,8 +235,6 @@ def to_dpo_format(ds, name: str = "dataset"):
 
 
 def _gsm8k_answer(answer: str) -> str:
-    from .rewards import extract_final_answer
-
     return extract_final_answer(answer) or answer.strip()
 
 
@@ -283,8 +280,6 @@ def to_grpo_format(ds, name: str = "dataset"):
 def _mixed_flags(n: int, fraction: float, rng: random.Random) -> list[bool]:
     """Exactly round(n * fraction) True values in a seeded random order (a mix that does not drift with n)."""
     if not 0.0 <= fraction <= 1.0:
-        from ..errors import ConfigError
-
         raise ConfigError(f"a synthetic style fraction must be between 0 and 1, got {fraction}")
     k = round(n * fraction)
     flags = [True] * k + [False] * (n - k)
@@ -300,10 +295,6 @@ def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, r
     model learns both styles. ``style_fraction`` (DPO): share of pairs whose rejected answer is the correct solution
     with that line (``pair_kind`` "style"); the rest reject a solution with an arithmetic slip ("slip").
     DPO rows also carry the verifiable ``answer`` so the held-out set can measure exact-match after DPO."""
-    import datasets
-
-    from ..data.synthetic_math import generate_problems, to_chat, to_grpo, to_preference
-
     problems = generate_problems(n, split=split, seed=seed, **difficulty)
     if stage == "sft":
         restated = _mixed_flags(len(problems), restated_fraction, random.Random(f"sft-style:{split}:{seed}"))

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import copy
 
+from peft import PeftModel
+from transformers import set_seed
+from trl import DPOTrainer
+
 from .common import (
     finish_training,
     is_main_process,
@@ -20,10 +24,6 @@ from .config import ModelArguments, ScriptArguments
 
 
 def run_dpo(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
-    from peft import PeftModel
-    from transformers import set_seed
-    from trl import DPOTrainer
-
     set_seed(training_args.seed)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)

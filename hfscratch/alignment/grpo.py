@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from transformers import set_seed
+from trl import GRPOTrainer
+
 from .common import (
     finish_training,
     is_main_process,
@@ -17,9 +20,6 @@ DEFAULT_REWARD_WEIGHTS = [1.0, 0.2]  # correctness dominates; format only breaks
 
 
 def run_grpo(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
-    from transformers import set_seed
-    from trl import GRPOTrainer
-
     set_seed(training_args.seed)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)

@@ -12,8 +12,13 @@ import json
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..atomic import replace_folder_atomically
 from ..errors import CheckpointError
+from .checkpoints import check_checkpoint_path
+from .lora import check_base_fingerprint
 
 VERIFY_PROMPTS = [
     "Maya has 3 apples. She finds 4 more apples. How many apples does Maya have now?",
@@ -40,13 +45,6 @@ def _greedy(model, tokenizer, max_new_tokens: int) -> list[list[int]]:
 def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base_model: str | None = None, verify: bool = True,
                   trust_remote_code: bool = False, verify_tokens: int = 32) -> Path:
     """Merge `adapter_dir` into its base (or `base_model`) and save to `output_dir` atomically; returns output_dir."""
-    import hfscratch  # noqa: F401  (Auto classes for hfscratch bases)
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .common import check_checkpoint_path, save_atomically
-    from .lora import check_base_fingerprint
-
     adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
@@ -78,7 +76,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base_model: s
         tokenizer.save_pretrained(tmp)
         (tmp / "merged_from.json").write_text(json.dumps({"base": str(base), "adapter": str(adapter_dir)}, indent=2) + "\n")
 
-    save_atomically(write, output_dir)
+    replace_folder_atomically(write, output_dir)
     if verify:
         reloaded = AutoModelForCausalLM.from_pretrained(output_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
         got = _greedy(reloaded.eval(), tokenizer, verify_tokens)

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from .rewards import answers_match, extract_final_answer, format_reward
+from .rewards import MARKER, answers_match, extract_final_answer, format_reward
 
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")  # a GSM8K calculator annotation <<a+b=c>>
@@ -113,8 +113,6 @@ def gsm8k_format_metrics(model, tokenizer, examples, max_new_tokens: int = 128, 
     This is the prompt lm-eval's gsm8k task uses (zero-shot here: the tiny checkpoints have 256-token contexts),
     and the format of the pretraining corpus. Greedy; the answer is cut at eos or at the next ``Question:`` (lm-eval's
     stop sequence); ``strict`` needs a ``#### N`` line, ``flexible`` also takes the last number."""
-    from .rewards import MARKER
-
     model = _unwrap(model)
     was_training = model.training
     model.eval()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from transformers import set_seed
+from trl import SFTTrainer
+
 from .common import (
     finish_training,
     is_main_process,
@@ -16,9 +19,6 @@ from .datasets import check_assistant_turns
 
 def run_sft(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
     """Fine-tune, save `<output_dir>/final`, and return held-out metrics before/after (on the main process)."""
-    from transformers import set_seed
-    from trl import SFTTrainer
-
     set_seed(training_args.seed)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, model_flag: bool = False) -> 
     parser.add_argument("--max_length", type=int, default=None, help="context window in tokens (default: the model's)")
     parser.add_argument("--stride", type=int, default=None, help="sliding-window step for --bpb (default: max_length // 2)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the checkpoint's)")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA GPUs that have it, else float32), float32, bfloat16, float16")
     parser.add_argument("--include_path", nargs="+", default=None, help="extra folders of lm-eval task YAMLs")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow a model folder's own modeling code")
     parser.add_argument("--log_samples", action="store_true", help="also write every prompt and answer (samples_<task>.jsonl)")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device, resolve_dtype
 from ..errors import CheckpointError, ConfigError, DataError
 
 
@@ -201,14 +202,12 @@ def load_model_and_tokenizer(model_or_path, tokenizer=None, device=None, dtype=N
         source = str(local)
     elif source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise CheckpointError(f"model folder {source} does not exist; pass a folder written by save_pretrained or a Hub id")
-    torch_dtype = dtype if dtype not in (None, "auto") else "auto"
-    if isinstance(torch_dtype, str) and torch_dtype != "auto":
-        torch_dtype = getattr(torch, torch_dtype)
+    device = resolve_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
         tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else AutoTokenizer.from_pretrained(
             str(tokenizer or source), trust_remote_code=trust_remote_code)
     except OSError as err:
         raise CheckpointError(f"could not load {source}: {str(err).splitlines()[0]}; check the path/Hub id (offline: only local folders)") from None
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
     return model, tok

@@ -22,10 +22,10 @@ import math
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import save_figure_atomically, write_file_atomically
 from ..errors import ConfigError, HfscratchError
 from .intrinsic import load_model_and_tokenizer, model_max_length, read_text_file, score_texts
 from .tasks import load_planned_tasks, plan_tasks
@@ -47,18 +47,6 @@ class _QuietCustomDatasetNotice(logging.Filter):
 
 
 logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDatasetNotice())
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def flatten_results(results: dict, include_stderr: bool = False) -> dict[str, float]:
@@ -158,10 +146,8 @@ def plot_task_bars(results: dict, output_dir: Path) -> list[Path]:
             ax.set_ylim(0, 1.05)
         fig.tight_layout()
         path = output_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task)}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
+        save_figure_atomically(fig, path, dpi=110)
         plt.close(fig)
-        os.replace(tmp, path)
         written.append(path)
     return written
 
@@ -174,11 +160,11 @@ def write_results(results: dict, output_dir: str | os.PathLike) -> list[Path]:
     samples = results.get("samples") or {}
     body = {k: v for k, v in results.items() if k != "samples"}
     written = [out / RESULTS_JSON, out / RESULTS_MD]
-    _atomic_write(written[0], json.dumps(body, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    _atomic_write(written[1], results_markdown(results))
+    write_file_atomically(written[0], json.dumps(body, indent=2, default=handle_non_serializable, ensure_ascii=False))
+    write_file_atomically(written[1], results_markdown(results))
     for task, rows in samples.items():
         path = out / f"samples_{task}.jsonl"
-        _atomic_write(path, "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows))
+        write_file_atomically(path, "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows))
         written.append(path)
     written += plot_task_bars(results, out)
     return written
@@ -496,8 +482,6 @@ def plot_scores_over_training(run_dir: str | os.PathLike, metrics: list[str] | N
         ax.legend(fontsize=8)
     fig.tight_layout()
     target = Path(out_path) if out_path else run / "scores_over_training.png"
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure_atomically(fig, target, dpi=110)
     plt.close(fig)
-    os.replace(tmp, target)
     return target

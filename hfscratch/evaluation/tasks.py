@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import write_file_atomically
 from ..errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -185,10 +186,7 @@ def stock_task_names() -> set[str]:
 
     names = sorted(TaskManager(include_defaults=True).all_tasks)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(names))
-        os.replace(tmp, cache)
+        write_file_atomically(cache, json.dumps(names))
     except OSError:  # a read-only home only costs the next run the same few seconds
         pass
     return set(names)
