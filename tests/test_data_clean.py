@@ -184,7 +184,7 @@ def test_config_errors():
 def test_slurm_and_ray_executors_are_built_from_the_config(tmp_path):
     from datatrove.executor import RayPipelineExecutor, SlurmPipelineExecutor
 
-    from hfscratch.data.clean import _build_stages, _make_executor
+    from hfscratch.data.clean.pipeline import _build_stages, _make_executor
 
     config = CleanConfig(executor="slurm", slurm_partition="cpu", slurm_time="01:00:00", tasks=4,
                          slurm_options={"qos": "low"})

@@ -1,0 +1,199 @@
+"""Pipeline blocks datatrove does not have: per-stage meter, rank-pinned shard reader, PII scrubber with phone
+numbers, local eval-set N-gram indexer, and the decontamination filter with a report-only mode.
+
+Executors (ray, slurm, spawn/forkserver workers) pickle these steps; they are found again by this module path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.decont import NGramsDecontConfig, NGramsDecontFilter
+from datatrove.pipeline.formatters import PIIFormatter
+from datatrove.pipeline.formatters.pii import PIIReplacer
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.utils.hashing import create_hash_func
+from datatrove.utils.text import ngrams, simplify_text
+from datatrove.utils.word_tokenizers import load_word_tokenizer
+from tqdm.auto import tqdm
+
+
+def document_text(doc: Document) -> str:
+    """Exact-dedup key: the text without leading/trailing whitespace (module level so it pickles)."""
+    return doc.text.strip()
+
+
+METER_PREFIX = "METER: after "
+
+
+class StageMeter(PipelineStep):
+    """Pass-through step counting documents and UTF-8 bytes after a stage, for the per-stage table.
+
+    Datatrove filters count documents and characters, not bytes, and not in the same place for every block
+    type (formatters and dedup filters differ), so one uniform meter after each stage keeps the table honest.
+    """
+
+    type = "📏 - METER"
+
+    def __init__(self, stage: str):
+        self.name = f"after {stage}"  # before super().__init__(), which names the stats after the step
+        self.stage = stage
+        super().__init__()
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            self.stat_update("documents")
+            self.stat_update("bytes", value=len(doc.text.encode("utf-8")), unit="doc")
+            yield doc
+
+
+class ShardReader(JsonlReader):
+    """Reads exactly `<rank>.jsonl.gz` from an intermediate folder.
+
+    Datatrove's dedup filters match documents by (rank, index in stream), so each task must re-read the very
+    shard it wrote in the previous stage. `JsonlReader`'s own sharding assigns files by position in the listing,
+    which shifts when some task wrote no file; this override pins the file to the rank.
+    """
+
+    name = "🐿 shard"
+
+    def __init__(self, data_folder, totals: dict | None = None, progress: bool = True):
+        super().__init__(data_folder, compression="gzip")
+        self.totals = totals or {}
+        self.progress = progress
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        filename = f"{rank:05d}.jsonl.gz"
+        if not self.data_folder.exists(filename):
+            return
+        total = self.totals.get(rank)
+        with tqdm(total=total, unit="doc", desc=f"task {rank}", disable=not self.progress) as bar:
+            for doc in self.read_file(filename):
+                bar.update()
+                yield doc
+
+
+PHONE_REGEX = (
+    r"(?<![\w+.\-])"  # not glued to a longer token
+    r"(?:"
+    r"\+\d{1,3}(?:[ .\-]?\(?\d{1,4}\)?){2,6}"  # international: +CC then 2-6 groups (e.g. +33 1 42 68 53 00)
+    r"|(?:\(\d{2,4}\)[ .\-]?|\d{2,4}[ .\-])\d{3,4}[ .\-]\d{3,4}"  # national: area code + two groups
+    r")"
+    r"(?![\w\-]|\.\d)"
+)
+
+
+def looks_like_phone(match: str) -> bool:
+    """Accept 7-15 digits; space-only separated numbers need a `+` or `(`: '1200 300 400' is a table, not a phone."""
+    digits = sum(c.isdigit() for c in match)
+    if not 7 <= digits <= 15:
+        return False
+    return match.startswith(("+", "(")) or any(sep in match for sep in "-.")
+
+
+class PIIScrubber(PIIFormatter):
+    """datatrove's PIIFormatter (emails, IPs) plus phone numbers, counting what it replaced.
+
+    datatrove 0.10 has no phone-number formatter, so phones use the same `PIIReplacer` machinery with the
+    regex above; replacement numbers are from the 555-01xx range reserved for fiction.
+    """
+
+    name = "📞 PII (emails, IPs, phones)"
+
+    def __init__(
+        self,
+        remove_emails: bool = True,
+        remove_ips: bool = True,
+        only_remove_public_ips: bool = True,
+        remove_phones: bool = True,
+    ):
+        super().__init__(
+            remove_emails=remove_emails, remove_ips=remove_ips, only_remove_public_ips=only_remove_public_ips
+        )
+        self.remove_phones = remove_phones
+        self.phone_replacer = PIIReplacer(
+            PHONE_REGEX, replacements=("555-0100", "555-0199", "+1 555-0123"), validator=looks_like_phone
+        )
+
+    def _scrub(self, text: str, replacer: PIIReplacer, label: str) -> str:
+        new_text = replacer.replace(text)
+        if new_text != text:
+            found = sum(
+                1 for m in replacer.regex.finditer(text) if not replacer.validator or replacer.validator(m.group(0))
+            )
+            self.stat_update(f"{label}_replaced", value=found, unit="doc")
+        return new_text
+
+    def format(self, text: str) -> str:
+        if self.remove_emails:
+            text = self._scrub(text, self.emails_replacer, "emails")
+        if self.remove_ips:
+            text = self._scrub(text, self.ip_replacer, "ips")
+        if self.remove_phones:
+            text = self._scrub(text, self.phone_replacer, "phones")
+        return text
+
+
+class LocalEvalIndexer(PipelineStep):
+    """Builds the N-gram index `NGramsDecontFilter` reads, from local eval-set documents.
+
+    datatrove's `NGramsDecontIndexer` cannot be used here: it requires `lighteval` and always loads the eval
+    tasks through lighteval's registry (a Hub download), even when documents are passed in. This step hashes
+    N-grams exactly as that indexer does (same text normalisation, word tokenizer and hash function) and writes
+    the same `<task>.index.hashes` files, so datatrove's filter does the matching unchanged.
+    Input documents: `text` = one eval item (question, answer, context, choice...), `metadata["task"]`.
+    """
+
+    type = "🦠 - DECONT"
+    name = "💥 N-grams index (local eval files)"
+
+    def __init__(self, output_folder: str | Path, config: NGramsDecontConfig, language: str = "en"):
+        super().__init__()
+        self.output_folder = Path(output_folder)
+        self.config = config
+        self.tokenizer = load_word_tokenizer(language)
+        self.hash_func = create_hash_func(config.hash_config)
+
+    def item_hashes(self, text: str) -> list[int]:
+        tokens = self.tokenizer.word_tokenize(simplify_text(text, self.config.norm_config))
+        return [self.hash_func(" ".join(gram)) for gram in ngrams(tokens, self.config.n_grams)]
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> dict[str, int]:
+        hashes: dict[str, set[int]] = {}
+        for doc in data or []:
+            task = doc.metadata.get("task", "eval")
+            self.stat_update("items")
+            hashes.setdefault(task, set()).update(self.item_hashes(doc.text))
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        counts = {}
+        for task, task_hashes in hashes.items():
+            array = np.array(sorted(task_hashes), dtype=self.config.hash_config.np_descr)
+            array.tofile(self.output_folder / f"{task}.index.hashes")
+            counts[task] = len(task_hashes)
+            self.stat_update(f"ngrams_{task}", value=len(task_hashes))
+        return counts
+
+
+class EvalOverlapFilter(NGramsDecontFilter):
+    """datatrove's N-gram decontamination filter with a report-only mode.
+
+    In `report` mode a contaminated document is kept; it gets `contaminated_ngram`/`contaminated_task` in its
+    metadata and is counted (`reported_<task>`), so users can measure overlap before deciding to drop.
+    """
+
+    def __init__(self, index_folder, config: NGramsDecontConfig, mode: str = "drop", exclusion_writer=None,
+                 language: str = "en"):
+        super().__init__(index_folder, config=config, exclusion_writer=exclusion_writer, language=language)
+        self.mode = mode
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        result = super().filter(doc)
+        if result is True or self.mode == "drop":
+            return result
+        self.stat_update(f"reported_{doc.metadata['contaminated_task']}")
+        return True
