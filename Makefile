@@ -1,7 +1,8 @@
 # The two commands a new user needs (both create .venv and install the locked, tested set of packages):
 #   make pretrain   -> the main job: `accelerate launch recipes/pretrain.py` on the embedded default
-#   make test       -> the whole test suite, offline
+#   make test       -> ruff, then the whole test suite, offline
 # Maintainers:
+#   make lint / make fmt -> ruff check (settings in pyproject.toml) / the same with its safe fixes applied
 #   make lock         -> re-resolve pyproject.toml's ranges in a fresh venv and pin the result in requirements.lock
 #   make test-latest  -> canary: the newest releases of the HF stack in .venv-latest, model/generation/alignment tests
 #   make test-oldest  -> the same tests on the oldest transformers pyproject.toml accepts (.venv-oldest)
@@ -22,7 +23,7 @@ LATEST_TESTS := tests/test_model_behaviour.py tests/test_model_parity.py tests/t
 	tests/test_lora_merge.py tests/test_alignment_sft.py tests/test_alignment_dpo.py tests/test_alignment_grpo.py \
 	tests/test_eval_consistency.py tests/test_chat.py
 
-.PHONY: install pretrain test test-latest test-oldest test-generic lock clean
+.PHONY: install pretrain test lint fmt test-latest test-oldest test-generic lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +36,14 @@ pretrain: $(STAMP)
 	$(VENV)/bin/accelerate launch --config_file recipes/accelerate/single.yaml recipes/pretrain.py $(ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
 
 test-generic: $(STAMP)
 	$(OFFLINE) $(VENV)/bin/python compat/run_transformers_generic_tests.py $(GENERIC_ARGS)

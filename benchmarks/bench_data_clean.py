@@ -161,7 +161,7 @@ def main(argv=None) -> int:
             kept = result.stats["stages"][list(result.stats["stages"])[-1]]["docs_out"]
 
     lines = [
-        f"| stage | seconds | MB/s | share of stage time | docs in | docs kept |",
+        "| stage | seconds | MB/s | share of stage time | docs in | docs kept |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, seconds, n_in, n_out in rows:

@@ -27,7 +27,7 @@ from .test_modeling_common import ModelTesterMixin, ids_tensor
 
 # The runner unpacked the tests of this version's sdist: the mixin must come from the transformers under test.
 _EXPECTED = os.environ.get("HFSCRATCH_GENERIC_TESTS_TRANSFORMERS")
-if _EXPECTED and _EXPECTED != transformers.__version__:
+if _EXPECTED and transformers.__version__ != _EXPECTED:
     raise ImportError(f"these are transformers {_EXPECTED}'s tests but transformers {transformers.__version__} is imported")
 
 # The mixin finds a model's role by class name in transformers' static name tables, which list in-tree models

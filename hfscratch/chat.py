@@ -48,7 +48,7 @@ class SamplingConfig:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.0
 
-    def validate(self) -> "SamplingConfig":
+    def validate(self) -> SamplingConfig:
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:

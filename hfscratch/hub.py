@@ -134,7 +134,7 @@ def describe_hub_error(err: BaseException, repo_id: str | None, action: str) -> 
             if status is not None and status >= 500:
                 return f"{action} {repo}: the Hub at {endpoint} answered {status}{detail} after retries; try again later"
             return f"{action} {repo}: the Hub answered {status}{detail}"
-        if isinstance(cause, httpx2.ConnectError) or isinstance(cause, ConnectionRefusedError):
+        if isinstance(cause, (httpx2.ConnectError, ConnectionRefusedError)):
             return f"{action} {repo}: cannot connect to {endpoint} ({_first_line(cause) or 'connection refused'}); check your network or HF_ENDPOINT"
         if isinstance(cause, httpx2.TimeoutException):
             return f"{action} {repo}: {endpoint} timed out after retries; check your network and re-run (finished files are skipped)"
@@ -152,9 +152,8 @@ def _first_line(err: BaseException) -> str:
 @contextmanager
 def hub_errors(repo_id: str | None, action: str):
     """Turn huggingface_hub / network exceptions raised inside the block into a one-line HubError."""
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
-
     import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
     try:
         yield

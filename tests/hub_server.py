@@ -107,7 +107,7 @@ class FakeHub:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(_Handler):
@@ -126,7 +126,7 @@ class FakeHub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -268,7 +268,6 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ routing
     def _route(self, parts: list[str], query: dict):
         method = self.command
-        hub = self.hub
         if parts[:1] == ["api"]:
             rest = parts[1:]
             if rest == ["repos", "create"] and method == "POST":

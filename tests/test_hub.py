@@ -155,7 +155,6 @@ def test_load_with_hfscratch_installed_uses_registered_class(hub, hub_env, folde
 
     from hfscratch.chat import ChatSession, SamplingConfig
     from hfscratch.cli import main
-
     from hfscratch.hub import push_checkpoint
 
     if "alice/tiny" not in hub.repos:

@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
+from transformers import DynamicCache, StaticCache
 
 from hfscratch import HfscratchConfig, HfscratchForCausalLM
 from hfscratch.modeling_hfscratch import CACHE_FIELD, CACHE_RENAMED
-from transformers import DynamicCache, StaticCache
 
 ARCHS = {
     "llama": dict(),

@@ -3,16 +3,20 @@ batch arithmetic, FLOP counting, labels for packed blocks, the CLI wiring."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from hfscratch.errors import ConfigError
 from hfscratch.training import SpikeDetector, TrainingArguments, TrainingDivergedError, plan_batches
+from hfscratch.training.backend import TrainingBackend
 from hfscratch.training.loop import IGNORE_INDEX, make_labels, predicted_token_count
 from hfscratch.training.metrics import bits_per_byte, flops_per_token, matmul_parameter_count
 from hfscratch.training.optim import build_optimizer, build_scheduler, lr_multiplier, parameter_groups
+from hfscratch.training.step import TrainStep
 
 
 def _lrs(schedule: str, steps=100, warmup=10, **kw):
@@ -45,9 +49,8 @@ def test_wsd_schedule_values():
 
 
 def test_weight_decay_on_matrices_only(tiny_tokenizer):
-    from tests.helpers import tiny_config
-
     from hfscratch import HfscratchConfig, HfscratchForCausalLM
+    from tests.helpers import tiny_config
 
     for config in (tiny_config(tiny_tokenizer), HfscratchConfig.gpt2_style(**tiny_config(tiny_tokenizer).to_diff_dict())):
         model = HfscratchForCausalLM(config)
@@ -93,9 +96,8 @@ def test_batch_plan_arithmetic_and_errors():
 
 
 def test_flops_per_token_counts_every_matmul(tiny_tokenizer):
-    from tests.helpers import tiny_config
-
     from hfscratch import HfscratchForCausalLM
+    from tests.helpers import tiny_config
 
     config = tiny_config(tiny_tokenizer, tie_word_embeddings=False)
     model = HfscratchForCausalLM(config)
@@ -128,3 +130,44 @@ def test_cli_options_round_trip():
 
     model_args, data_args, training_args = parse_recipe_args(ARGUMENT_TYPES, argv)
     assert (model_args.hidden_size, data_args.sources, training_args.max_steps, training_args.torch_compile) == (64, ["a.txt", "b.txt"], 7, True)
+
+
+class _EngineThatStepsItself(TrainingBackend):
+    """Updates inside its own step, as DeepSpeed does: the verdict comes after the fact."""
+
+    name = "Engine"
+
+    def __init__(self, grad_norm: float, applied: bool):
+        self.grad_norm, self.applied = grad_norm, applied
+        self.model = torch.nn.Embedding(16, 16)
+        self.model.forward = lambda input_ids, position_ids, use_cache: SimpleNamespace(logits=torch.nn.functional.embedding(input_ids, self.model.weight))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(self.model.parameters(), lr=0.5), lambda step: 1.0 / (step + 1))
+
+    def no_sync(self, last: bool):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self, approve):
+        approve(self.grad_norm)
+        return self.grad_norm, self.applied
+
+
+@pytest.mark.parametrize("grad_norm,applied,skip,reason", [
+    (1.0, True, False, ""),
+    (1.0, False, True, "Engine skipped the update (non-finite gradients, norm 1.0)"),
+    (float("inf"), True, False, ""),  # judged bad, but the engine already applied it: logged, not counted as skipped
+])
+def test_train_step_reconciles_the_verdict_with_what_the_engine_did(grad_norm, applied, skip, reason, capsys):
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True, autocast=contextlib.nullcontext)
+    backend = _EngineThatStepsItself(grad_norm, applied)
+    detector = SpikeDetector(zscore=0.0, warmup_steps=0, max_consecutive_skips=5)
+    train_step = TrainStep(accelerator, backend, detector, accumulation_steps=2, pad_token_id=None, z_loss=0.0)
+    ids = torch.arange(16).reshape(2, 8)
+    batches = iter([{"input_ids": ids.clone(), "position_ids": torch.arange(8).expand(2, 8).clone()} for _ in range(2)])
+    loss, norm, verdict, lr = train_step(batches, step=3)
+    assert (verdict.skip, verdict.reason) == (skip, reason)
+    assert lr == 0.5 and backend.scheduler.get_last_lr() == [0.25]  # the lr the step used, then one schedule step
+    assert math.isfinite(loss) and norm == grad_norm and backend.model.weight.grad is not None
+    assert ("step 3: non-finite gradient norm (inf); Engine had already applied this update" in capsys.readouterr().out) == (not math.isfinite(grad_norm))

@@ -4,6 +4,7 @@ values go back through `parse_recipe_args`, so the YAML and the command line are
 from __future__ import annotations
 
 import argparse
+
 import trl
 
 from ..recipe_args import add_dataclass_options, options_to_argv, packaged_config, parse_recipe_args

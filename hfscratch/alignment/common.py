@@ -20,7 +20,13 @@ from .config import ModelArguments, ScriptArguments
 from .datasets import SYNTHETIC, load_stage_dataset
 from .lora import build_lora_config, check_base_fingerprint, quantization_config, write_base_fingerprint
 from .merge import merge_adapter
-from .metrics import answer_loglik, generation_metrics, gsm8k_format_metrics, preference_metrics, sampled_generation_metrics
+from .metrics import (
+    answer_loglik,
+    generation_metrics,
+    gsm8k_format_metrics,
+    preference_metrics,
+    sampled_generation_metrics,
+)
 
 # TRL 1.16 reads `model.is_gradient_checkpointing` before generating, which transformers 5.24 deprecates in favour of
 # `is_activation_checkpointing`: one FutureWarning per run that no hfscratch user can act on (the fix is TRL's).
@@ -54,10 +60,9 @@ def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise CheckpointError(f"no tokenizer in {source} ({str(err).splitlines()[0]}); pass --tokenizer_name_or_path") from None
-    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
-        if not model_args.use_hfscratch_chat_template:
-            raise ConfigError(f"the tokenizer in {source} has no pad token distinct from eos (the eos label would be masked); "
-                              "pass --use_hfscratch_chat_template true to add one")
+    if (tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token) and not model_args.use_hfscratch_chat_template:
+        raise ConfigError(f"the tokenizer in {source} has no pad token distinct from eos (the eos label would be masked); "
+                          "pass --use_hfscratch_chat_template true to add one")
     return tokenizer
 
 

@@ -21,7 +21,6 @@ import torch
 
 from .rewards import MARKER, answers_match, extract_final_answer, format_reward
 
-
 _CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")  # a GSM8K calculator annotation <<a+b=c>>
 _RESTATED = re.compile(r"^The answer is [^\n]*\.$", re.MULTILINE)  # the redundant closing line DPO's style pairs reject
 

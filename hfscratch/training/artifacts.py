@@ -1,0 +1,121 @@
+"""What a run leaves in its output folder besides checkpoints.
+
+`run_config.json` (the marker that the folder holds a run), `metrics.json`, and `final/`: a save_pretrained
+folder with tokenizer, generation config, model card, loss curve and `training_metrics.json`, written to
+`.tmp-final` and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..hub import push_folder
+from ..model_card import write_model_card
+from . import checkpoint as ckpt
+from .config import TrainingArguments, flat_config
+from .plots import plot_loss_curve
+
+RUN_MARKER = "run_config.json"
+
+
+def prepare_output_dir(output_dir: Path, args: TrainingArguments, is_main: bool) -> None:
+    """Refuse to mix two runs in one folder; `--overwrite_output_dir` removes only this tool's artifacts."""
+    holds_run = (output_dir / RUN_MARKER).exists() or (output_dir / ckpt.CHECKPOINT_DIR).exists() or (output_dir / "final").exists()
+    if args.resume_from_checkpoint:
+        return
+    if holds_run and not args.overwrite_output_dir:
+        raise ConfigError(
+            f"{output_dir} already holds a run; pass --overwrite_output_dir to replace it, "
+            f"--resume_from_checkpoint latest to continue it, or --run_name NEW for a separate run"
+        )
+    if holds_run and is_main:
+        for name in (ckpt.CHECKPOINT_DIR, "final", ".tmp-final", "logs"):
+            shutil.rmtree(output_dir / name, ignore_errors=True)
+        for name in (RUN_MARKER, "metrics.json"):
+            (output_dir / name).unlink(missing_ok=True)
+
+
+def write_run_config(trainer) -> None:
+    """`run_config.json`: every argument, the batch plan and the model config (main process)."""
+    if trainer.accelerator.is_main_process:
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model": dataclasses.asdict(trainer.model_args), "data": dataclasses.asdict(trainer.data_args), "training": dataclasses.asdict(trainer.args),
+            "plan": dataclasses.asdict(trainer.plan), "world_size": trainer.accelerator.num_processes, "model_config": trainer.unwrapped.config.to_dict(),
+        }
+        (trainer.output_dir / RUN_MARKER).write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
+
+
+def final_metrics(trainer) -> dict[str, float]:
+    """The last validation metrics (`val_*`), the last finite training loss and the run's totals."""
+    metrics = {k.replace("eval/", "val_"): v for k, v in trainer.last_eval.items()}
+    finite = [v for _, v in trainer.loss_history if v is not None]
+    metrics.update(
+        train_loss=finite[-1] if finite else float("nan"), steps=trainer.step, tokens_seen=trainer.tokens_seen,
+        train_time_s=round(trainer.train_time, 2), skipped_steps=len(trainer.skipped_steps),
+        tokens_per_second=round(trainer.tokens_seen / max(trainer.train_time, 1e-9), 1),
+    )
+    return metrics
+
+
+def save_final(trainer) -> Path | None:
+    """`<output_dir>/final/`: save_pretrained + tokenizer + generation config + model card + loss curve."""
+    acc, args, tokenizer = trainer.accelerator, trainer.args, trainer.tokenizer
+    final, tmp = trainer.output_dir / "final", trainer.output_dir / ".tmp-final"
+    state_dict = acc.get_state_dict(trainer.model)
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return final
+    model = trainer.unwrapped
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    gen.do_sample, gen.temperature, gen.top_k, gen.max_new_tokens = True, 0.8, 50, 256
+    metrics = trainer.final_metrics()
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=ckpt.drop_tied_copies(model, state_dict), safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        png = plot_loss_curve(
+            [(s, v) for s, v in trainer.loss_history if v is not None], trainer.validation_history, tmp / "loss_curve.png",
+            title=f"{args.run_name}: {trainer.tokens_seen:,} tokens", tokens_per_step=trainer.plan.tokens_per_step,
+        )
+        (tmp / "training_metrics.json").write_text(json.dumps({"metrics": metrics, "loss_history": trainer.loss_history, "validation_history": trainer.validation_history, "skipped_steps": trainer.skipped_steps}, indent=1), encoding="utf-8")
+        training_config = {**flat_config(trainer.model_args, trainer.data_args, args), **{f"plan_{k}": v for k, v in dataclasses.asdict(trainer.plan).items()}, "world_size": acc.num_processes}
+        write_model_card(tmp, training_config=training_config, metrics=metrics, data=card_data_summary(trainer.data.manifest),
+                         loss_curve_png=str(png), extra={"model_name": args.run_name, "repo_id": args.hub_model_id or f"path/to/{final.name}",
+                                                "sample generation": repr(trainer.last_sample[:300])})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (trainer.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ckpt._disk_error(err, final, (ckpt.list_checkpoints(trainer.output_dir) or [None])[-1]) from None
+    finally:
+        acc.wait_for_everyone()
+    if args.push_to_hub:
+        push_folder(str(final), args.hub_model_id, private=args.hub_private, commit_message=f"final model: {trainer.tokens_seen:,} tokens", run_as_future=True)
+    return final
+
+
+def card_data_summary(manifest: dict | None) -> dict | None:
+    """The facts of a prepared-data manifest a model card reader wants (not the whole manifest)."""
+    if not manifest:
+        return None
+    splits, tokenizer = manifest.get("splits") or {}, manifest.get("tokenizer") or {}
+    sources = manifest.get("sources") or []
+    summary = {
+        "dataset": manifest.get("name"),
+        "sources": ", ".join(str(s.get("path", s) if isinstance(s, dict) else s) for s in sources)
+        or "embedded synthetic math (hfscratch.data.synthetic_math)",
+        "train tokens": f"{splits['train']['tokens']:,}" if "tokens" in splits.get("train", {}) else None,
+        "validation tokens": f"{splits['validation']['tokens']:,}" if "tokens" in splits.get("validation", {}) else None,
+        "block size": (manifest.get("pack") or {}).get("block_size"),
+        "tokenizer": f"byte-level BPE, vocab {tokenizer['vocab_size']}" if "vocab_size" in tokenizer else None,
+        "bytes per token (held out)": round(tokenizer["bytes_per_token"], 3) if "bytes_per_token" in tokenizer else None,
+    }
+    return {k: v for k, v in summary.items() if v is not None}
