@@ -22,6 +22,9 @@ from pathlib import Path
 
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, ConfigError, HfscratchError
+from .hub import resolve_model_path
+from .model_card import human_count
+from .tokenizer import ensure_chat_template
 
 # End-of-turn markers of common chat templates: generation stops on them as well as on eos.
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
@@ -77,8 +80,6 @@ def load_for_chat(path_or_repo: str, *, revision: str | None = None, tokenizer_p
                   device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer) from a local folder or a Hub repo id, on the chosen device, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .hub import resolve_model_path  # (importing hfscratch already registered its Auto classes)
 
     folder = resolve_model_path(path_or_repo, revision=revision)
     tok_folder = resolve_model_path(tokenizer_path) if tokenizer_path else folder
@@ -139,11 +140,6 @@ class ChatSession:
     def _choose_mode(self) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             return "chat"
-        try:
-            from .tokenizer import ensure_chat_template
-        except ImportError:
-            self.announce("the tokenizer has no chat template: continuing plain text (fine for a base model)")
-            return "plain"
         vocab_rows = self.model.get_input_embeddings().num_embeddings
         try:
             # On a copy: if the template's role tokens do not fit the model, the original stays untouched.
@@ -386,8 +382,6 @@ def run(args: argparse.Namespace) -> int:
         print(flush=True)
         return 0
     n_params = sum(p.numel() for p in model.parameters())
-    from .model_card import human_count
-
     header = (f"hfscratch chat | {args.model} | {human_count(n_params)} parameters | {model.device} {str(model.dtype).removeprefix('torch.')}"
               f" | {'chat template' if session.mode == 'chat' else 'plain text'}")
     return _interactive(session, header)

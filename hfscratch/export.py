@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
-from .hub import PICKLE_PATTERNS, _matches
+from .hub import PICKLE_PATTERNS, _matches, check_model_folder
+from .model_card import write_model_card
 
 TARGETS = ("llama", "qwen3")
 # hfscratch-only fields that have no meaning in the target config.
@@ -118,8 +119,6 @@ def _prepare_out(out: Path) -> None:
 
 def export_model(src, out, to: str = "llama") -> Path:
     """Write `out`, a `to` ("llama" or "qwen3") checkpoint with the weights of the hfscratch folder `src`."""
-    from .hub import check_model_folder
-
     src, out = Path(src), Path(out)
     if to not in TARGETS:
         raise ConfigError(f"cannot export to '{to}'; choose one of {', '.join(TARGETS)}")
@@ -154,8 +153,6 @@ def export_model(src, out, to: str = "llama") -> Path:
             shutil.copy2(index, tmp / index.name)
         if (src / "README.md").is_file():
             shutil.copy2(src / "README.md", tmp / "README.md")  # keeps its model-index entries for the new card
-        from .model_card import write_model_card
-
         write_model_card(tmp, base_model=None, extra={
             "model_name": out.name,
             "description": f"Exported from the hfscratch checkpoint `{src.name}` to the stock `{target.architectures[0]}` "

@@ -30,7 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from . import configuration_hfscratch, modeling_hfscratch
 from .errors import CheckpointError, HfscratchError, HubError
+from .model_card import write_model_card
 
 T = TypeVar("T")
 
@@ -285,8 +287,6 @@ def check_model_folder(folder) -> tuple[Path, dict]:
 
 
 def _modeling_sources() -> dict[str, Path]:
-    from . import configuration_hfscratch, modeling_hfscratch
-
     return {
         "configuration_hfscratch.py": Path(inspect.getsourcefile(configuration_hfscratch)),
         "modeling_hfscratch.py": Path(inspect.getsourcefile(modeling_hfscratch)),
@@ -364,8 +364,6 @@ def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, to
     if constants.is_offline_mode():
         raise HubError(f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE")
     if not (folder / "README.md").is_file() and (folder / "config.json").is_file():
-        from .model_card import write_model_card
-
         write_model_card(folder, extra={"repo_id": repo_id})
         _log(f"wrote a model card to {folder / 'README.md'}")
 

@@ -22,7 +22,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser
 
-from .errors import ConfigError
+from .errors import ConfigError, HfscratchError
 
 # The recipes' YAML configs ship inside the package (the checkout's recipes/configs points here), so an installed
 # wheel runs every stage's default from any folder.
@@ -138,8 +138,6 @@ def name_deepspeed_accelerator() -> None:
 
 def run_recipe(main, argv: list[str] | None = None) -> None:
     """Run a recipe's `main()`, turning `HfscratchError` into one line on stderr and exit code 2."""
-    from .errors import HfscratchError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     name_deepspeed_accelerator()
     try:

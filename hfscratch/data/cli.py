@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..recipe_args import add_dataclass_options, options_to_argv, packaged_config, parse_recipe_args
+from .prepare import DataConfig, prepare_data
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..recipe_args import add_dataclass_options
-    from .prepare import DataConfig
-
     add_dataclass_options(parser, [DataConfig], "YAML config (e.g. recipes/configs/data_gutenberg.yaml); options below override it")
 
 
 def namespace_to_argv(args: argparse.Namespace) -> list[str]:
-    from ..recipe_args import options_to_argv
-    from .prepare import DataConfig
-
     return options_to_argv(args, [DataConfig])
 
 
@@ -40,9 +37,6 @@ def print_next_steps(data) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipe_args import packaged_config, parse_recipe_args
-    from .prepare import DataConfig, prepare_data
-
     argv = namespace_to_argv(args)
     if "--config" not in argv:  # the same default run as `python recipes/prepare_data.py`
         argv = ["--config", str(packaged_config("data_synthetic_math")), *argv]

@@ -6,6 +6,10 @@ import argparse
 import json
 import sys
 
+from ..errors import ConfigError
+from .runner import evaluate_model, flatten_results, results_markdown
+from .tasks import LOCAL_EQUIVALENTS, list_tasks
+
 
 def add_arguments(parser: argparse.ArgumentParser, model_flag: bool = False) -> None:
     if model_flag:
@@ -36,10 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser, model_flag: bool = False) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from .runner import evaluate_model, flatten_results, results_markdown
-    from .tasks import LOCAL_EQUIVALENTS, list_tasks
-
     if args.list_tasks:
         print("local tasks (need --data_dir or $HFSCRATCH_EVAL_DATA):")
         for name in list_tasks(args.include_path):
@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    from ..errors import ConfigError
-
     try:
         value = int(text)
     except ValueError:

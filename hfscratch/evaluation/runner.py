@@ -27,6 +27,7 @@ from typing import Any
 
 from ..atomic import save_figure_atomically, write_file_atomically
 from ..errors import ConfigError, HfscratchError
+from ..model_card import update_model_index
 from .intrinsic import load_model_and_tokenizer, model_max_length, read_text_file, score_texts
 from .tasks import load_planned_tasks, plan_tasks
 
@@ -204,8 +205,6 @@ def model_index_entries(results: dict) -> list[dict[str, Any]]:
 
 def write_model_card(model_dir: str | os.PathLike, results: dict) -> Path:
     """Put the results into the card's `model-index` (hfscratch.model_card keeps the rest of README.md)."""
-    from ..model_card import update_model_index
-
     return update_model_index(model_dir, model_index_entries(results))
 
 

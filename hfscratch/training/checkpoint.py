@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .stability import TrainingDivergedError
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -103,8 +104,6 @@ def assert_finite(accelerator, state_dict: dict) -> None:
     if accelerator.num_processes > 1:
         flag = accelerator.reduce(flag, reduction="sum")
     if flag.item() > 0:
-        from .stability import TrainingDivergedError
-
         where = f"parameter {bad}" if bad else "a parameter"
         raise TrainingDivergedError(f"{where} holds NaN/Inf; refusing to write a checkpoint. Resume from the last good checkpoint with a lower learning_rate")
 

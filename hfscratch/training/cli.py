@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import argparse
 
-from ..recipe_args import packaged_config
+from ..recipe_args import add_dataclass_options, options_to_argv, packaged_config, parse_recipe_args
 from .config import DataArguments, ModelArguments, TrainingArguments
+from .loop import pretrain
+from .summary import print_summary
 
 ARGUMENT_TYPES = [ModelArguments, DataArguments, TrainingArguments]
 DEFAULT_CONFIG = packaged_config("pretrain_tiny")  # the same default run as `accelerate launch recipes/pretrain.py`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..recipe_args import add_dataclass_options
-
     add_dataclass_options(parser, ARGUMENT_TYPES, "YAML config (e.g. recipes/configs/pretrain_tiny.yaml); options below override it")
 
 
 def namespace_to_argv(args: argparse.Namespace) -> list[str]:
-    from ..recipe_args import options_to_argv
-
     return options_to_argv(args, ARGUMENT_TYPES)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipe_args import parse_recipe_args
-    from .loop import pretrain
-    from .summary import print_summary
-
     argv = namespace_to_argv(args)
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
