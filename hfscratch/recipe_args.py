@@ -128,8 +128,9 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None, prog: str 
 def name_deepspeed_accelerator() -> None:
     """Tell DeepSpeed up front which accelerator it will pick on a machine without CUDA.
 
-    Accelerate and TRL import DeepSpeed whenever it is installed, even in runs that never use it, and on a machine
-    without CUDA its import logs "[WARNING] Setting accelerator to CPU ..." after probing. Naming "cpu" (what the
+    Accelerate (`unwrap_model`, `get_state_dict`) and TRL import DeepSpeed whenever it is installed, even in runs that
+    never use it, and on a machine without CUDA its import logs "[WARNING] Setting accelerator to CPU ..." after
+    probing. Answering here, at the entry points, covers every such import rather than one call site each. Naming "cpu" (what the
     probe picks there anyway) keeps normal runs quiet; a DS_ACCELERATOR the user set wins.
     """
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():

@@ -44,7 +44,8 @@ def wheel_site(tmp_path_factory) -> Path:
 
 def run_cli(site: Path, cwd: Path, *argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
     # PYTHONPATH puts the unpacked wheel ahead of the checkout's editable install; the dependencies come from the
-    # test environment. DS_ACCELERATOR is left unset, as for a user, so DeepSpeed's probe would show up if it ran.
+    # test environment. conftest's DS_ACCELERATOR is removed, as a user has none: the run itself must keep DeepSpeed's
+    # accelerator probe (imported through Accelerate) from printing its warning.
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
     env.update(PYTHONPATH=str(site), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="default")
     return subprocess.run([sys.executable, "-m", "hfscratch.cli", *argv], cwd=cwd, env=env, capture_output=True,

@@ -154,7 +154,7 @@ class TrainingBackend:
         raise NotImplementedError
 
     def unwrapped_model(self):
-        raise NotImplementedError
+        return self.accelerator.unwrap_model(self.model)
 
     def no_sync(self, last: bool):
         """Context for one micro-batch's backward: gradients are reduced across ranks only when `last`."""
@@ -183,12 +183,6 @@ class AccelerateBackend(TrainingBackend):
         optimizer = make_optimizer(self.model, self.args)
         self.optimizer, self.scheduler = acc.prepare(optimizer, make_scheduler(optimizer, plan, self.args))
         return self.model, self.optimizer, self.scheduler
-
-    def unwrapped_model(self):
-        # Accelerate's unwrap_model imports DeepSpeed whenever it is installed (to check for its engine), and that
-        # import logs a warning on machines without CUDA; outside DeepSpeed only DDP wraps the model here (FSDP2
-        # and `.compile()` keep the module itself).
-        return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
 
     def no_sync(self, last: bool):
         acc = self.accelerator
@@ -270,9 +264,6 @@ class DeepSpeedBackend(TrainingBackend):
         scheduler = make_scheduler(optimizer, plan, self.args)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         return self.model, self.optimizer, self.scheduler
-
-    def unwrapped_model(self):
-        return self.accelerator.unwrap_model(self.model)
 
     def no_sync(self, last: bool):
         # The engine reduces the gradients at the boundary (ZeRO-2/3 have no no_sync); the step comes in `step`.
