@@ -16,6 +16,7 @@ info line and recorded in results["hfscratch"]["generation_budget"]; when fewer 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -228,14 +229,9 @@ def fit_generation_budget(task: str, longest_prompt: int, requested: int, contex
     )
 
 
-_FITTING_HFLM = None
-
-
+@functools.cache  # one class per process, built on first use: importing lm-eval's HF model costs seconds
 def _budget_fitting_hflm():
     """lm-eval's HFLM whose generate_until first fits each task's max_gen_toks to the context (`fit_generation_budget`)."""
-    global _FITTING_HFLM
-    if _FITTING_HFLM is not None:
-        return _FITTING_HFLM
     from lm_eval.models.huggingface import HFLM
     from lm_eval.models.utils import normalize_gen_kwargs
 
@@ -264,8 +260,7 @@ def _budget_fitting_hflm():
             self.generation_budgets = budgets
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
-    _FITTING_HFLM = BudgetFittingHFLM
-    return _FITTING_HFLM
+    return BudgetFittingHFLM
 
 
 def evaluate_model(
