@@ -152,14 +152,14 @@ HFSCRATCH_CONFIGS = {
     "hfscratch-llama-tiny": dict(
         model=dict(model_size="tiny", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
         block_size=128, vocab=1024,
-        training=dict(micro_batch_size=16, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine", min_lr_ratio=0.1),
+        training=dict(per_device_train_batch_size=16, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine", min_lr_ratio=0.1),
     ),
 }
 
 
 def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Path) -> dict:
     from hfscratch.tokenizer import train_tokenizer
-    from hfscratch.training import DataArguments, ModelArguments, TrainingArguments, TrainingData
+    from hfscratch.training import DataArguments, ModelConfig, TrainConfig, TrainingData
     from hfscratch.training.loop import Pretrainer
 
     cfg = HFSCRATCH_CONFIGS[name]
@@ -181,7 +181,7 @@ def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Pa
         output_dir=str(workdir / name), max_steps=steps, eval_steps=eval_every, eval_max_batches=None, save_steps=0, report_to="none",
         logging_steps=50, sample_max_new_tokens=1, spike_zscore=0.0, overwrite_output_dir=True, **cfg["training"],
     )
-    trainer = TimedPretrainer(ModelArguments(**cfg["model"]), DataArguments(block_size=cfg["block_size"]), TrainingArguments(**training),
+    trainer = TimedPretrainer(ModelConfig(**cfg["model"]), DataArguments(block_size=cfg["block_size"]), TrainConfig(**training),
                               data=TrainingData(train, val, tok))
     result = trainer.train()
     return {"curve": curve, "train_time": trainer.train_time, "final_bpb": curve[-1][1], "steps": steps, "trainer": trainer,
@@ -196,7 +196,7 @@ def bare_step_time(trainer, steps: int) -> float:
     model = trainer.unwrapped
     args = trainer.args
     opt = build_optimizer(model, 1e-4, args.weight_decay, (args.adam_beta1, args.adam_beta2))
-    blocks, micro = trainer.train_blocks, trainer.plan.micro_batch_size
+    blocks, micro = trainer.train_blocks, trainer.plan.per_device_train_batch_size
     batches = [blocks.get(list(range(i * micro, (i + 1) * micro))) for i in range(steps)]
     times = []
     for batch in batches:
@@ -219,7 +219,7 @@ def recipe_step_time(trainer, steps: int) -> float:
 
     plan = trainer.plan
     loader = iter(torch.utils.data.DataLoader(
-        StepBatches(trainer.train_blocks, seed=1, start_sequence=0, num_steps=steps, micro=plan.micro_batch_size, accum=1, world=1, rank=0),
+        StepBatches(trainer.train_blocks, seed=1, start_sequence=0, num_steps=steps, micro=plan.per_device_train_batch_size, accum=1, world=1, rank=0),
         batch_size=None,
     ))
     for group in trainer.optimizer.param_groups:
@@ -265,7 +265,7 @@ def scaling(workdir: Path, steps: int) -> dict:
     docs = [d for d in text.split("\n\n") if d.strip()]
     DatasetDict(train=pack_text_documents(docs, tok, 128), validation=pack_text_documents(docs[-200:], tok, 128)).save_to_disk(workdir / "ds-scale")
     common = ["--dataset_path", str(workdir / "ds-scale"), "--tokenizer_path", str(workdir / "tok-scale"), "--max_steps", str(steps),
-              "--micro_batch_size", "16", "--eval_steps", "0", "--eval_max_batches", "1", "--save_steps", "0", "--report_to", "none",
+              "--per_device_train_batch_size", "16", "--eval_steps", "0", "--eval_max_batches", "1", "--save_steps", "0", "--report_to", "none",
               "--warmup_steps", "5", "--overwrite_output_dir", "true", "--sample_max_new_tokens", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="true")
     out = {}

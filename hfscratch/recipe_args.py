@@ -111,7 +111,7 @@ def parse_recipe_args(dataclass_types, argv: list[str] | None = None, prog: str 
             hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
             raise ConfigError(f"unknown option {arg}{hint}; see --help for the options")
     # A bare `--debug` is the recipes' traceback switch (read by `run_recipe`), not a field: take it out here.
-    # transformers' TrainingArguments has a `debug` field of its own, so only register the flag when absent.
+    # transformers' TrainConfig has a `debug` field of its own, so only register the flag when absent.
     argv = [arg for arg in argv if arg != "--debug"]
     parser = HfArgumentParser(dataclass_types, prog=prog)
     if "--debug" not in parser._option_string_actions:

@@ -13,7 +13,7 @@ folder with tokenizer, generation config, model card and loss curve. The logic l
 import sys
 
 from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
-from hfscratch.training import DataArguments, ModelArguments, TrainingArguments, pretrain, print_summary
+from hfscratch.training import DataArguments, ModelConfig, TrainConfig, pretrain, print_summary
 
 DEFAULT_CONFIG = packaged_config("pretrain_tiny")
 
@@ -21,7 +21,7 @@ DEFAULT_CONFIG = packaged_config("pretrain_tiny")
 def main(argv: list[str]) -> None:
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    model_args, data_args, training_args = parse_recipe_args([ModelArguments, DataArguments, TrainingArguments], argv, prog="recipes/pretrain.py")
+    model_args, data_args, training_args = parse_recipe_args([ModelConfig, DataArguments, TrainConfig], argv, prog="recipes/pretrain.py")
     result = pretrain(model_args, data_args, training_args)
     print_summary(result)
 

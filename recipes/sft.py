@@ -13,7 +13,7 @@ import sys
 
 from trl import SFTConfig
 
-from hfscratch.alignment.config import ModelArguments, ScriptArguments
+from hfscratch.alignment.config import AlignmentDataConfig, AlignmentModelConfig
 from hfscratch.alignment.sft import run_sft
 from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
 
@@ -23,7 +23,7 @@ DEFAULT_CONFIG = packaged_config("sft_synthetic_math")
 def main(argv: list[str]) -> None:
     if "--config" not in argv:
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    model_args, script_args, training_args = parse_recipe_args([ModelArguments, ScriptArguments, SFTConfig], argv,
+    model_args, script_args, training_args = parse_recipe_args([AlignmentModelConfig, AlignmentDataConfig, SFTConfig], argv,
                                                                 prog="recipes/sft.py")
     run_sft(model_args, script_args, training_args)
 

@@ -25,7 +25,7 @@ def root() -> Path:
 
 
 def script_args(**overrides):
-    from hfscratch.alignment.config import ScriptArguments
+    from hfscratch.alignment.config import AlignmentDataConfig
 
     kwargs = dict(synthetic_train_size=800, synthetic_min_steps=1, synthetic_max_steps=1, synthetic_max_value=10,
                   synthetic_operations=["+", "-"], synthetic_seed=5, eval_samples=64, eval_max_new_tokens=56,
@@ -34,7 +34,7 @@ def script_args(**overrides):
                   # line's own log-prob already tips it to the concise answer (style win rate 1.0 before DPO).
                   synthetic_restated_fraction=0.75)
     kwargs.update(overrides)
-    return ScriptArguments(**kwargs)
+    return AlignmentDataConfig(**kwargs)
 
 
 def pretrained_base() -> Path:
@@ -83,7 +83,7 @@ def sft_run() -> dict:
         return _CACHE["sft"]
     from trl import SFTConfig
 
-    from hfscratch.alignment.config import ModelArguments
+    from hfscratch.alignment.config import AlignmentModelConfig
     from hfscratch.alignment.sft import run_sft
 
     base = pretrained_base()
@@ -91,6 +91,6 @@ def sft_run() -> dict:
                      lr_scheduler_type="constant", logging_steps=10, report_to="none", save_strategy="no",
                      assistant_only_loss=True, max_length=256, seed=SEED, use_cpu=True,
                      disable_tqdm=True)
-    result = run_sft(ModelArguments(model_name_or_path=str(base)), script_args(), args)
+    result = run_sft(AlignmentModelConfig(model_name_or_path=str(base)), script_args(), args)
     _CACHE["sft"] = result
     return result

@@ -7,7 +7,7 @@ Held-out pairs come from the generator's held-out split (disjoint from training 
 
 from trl import DPOConfig
 
-from hfscratch.alignment.config import ModelArguments
+from hfscratch.alignment.config import AlignmentModelConfig
 from hfscratch.alignment.dpo import run_dpo
 from tests.alignment_setup import root, script_args, sft_run
 
@@ -18,7 +18,7 @@ def test_dpo_raises_heldout_margin_and_win_rate():
                      loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0],
                      lr_scheduler_type="constant", logging_steps=10, report_to="none", save_strategy="no", beta=0.1,
                      max_length=256, seed=0, use_cpu=True, disable_tqdm=True)
-    result = run_dpo(ModelArguments(model_name_or_path=start), script_args(synthetic_train_size=480, eval_samples=128), args)
+    result = run_dpo(AlignmentModelConfig(model_name_or_path=start), script_args(synthetic_train_size=480, eval_samples=128), args)
     before, after = result["before"], result["after"]
     assert result["reference"] == "explicit frozen copy"
     # Measured with seed 0 (128 held-out pairs, 64 of each kind; see benchmarks/RESULTS_alignment.md):

@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig
 
-from hfscratch.alignment.config import ModelArguments
+from hfscratch.alignment.config import AlignmentModelConfig
 from hfscratch.alignment.lora import BASE_FINGERPRINT_FILE, qlora_unavailable_reason
 from hfscratch.alignment.merge import merge_adapter
 from hfscratch.alignment.sft import run_sft
@@ -26,7 +26,7 @@ def lora_sft() -> dict:
         args = SFTConfig(output_dir=str(root() / "sft-lora"), max_steps=15, per_device_train_batch_size=16, learning_rate=5e-3,
                          lr_scheduler_type="constant", logging_steps=5, report_to="none", save_strategy="no",
                          assistant_only_loss=True, max_length=256, seed=0, use_cpu=True, disable_tqdm=True)
-        model_args = ModelArguments(model_name_or_path=str(pretrained_base()), use_peft=True, lora_r=8, lora_alpha=16,
+        model_args = AlignmentModelConfig(model_name_or_path=str(pretrained_base()), use_peft=True, lora_r=8, lora_alpha=16,
                                     lora_dropout=0.0, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                     merge_lora=True)
         _LORA.update(run_sft(model_args, script_args(eval_samples=16), args))
@@ -104,4 +104,4 @@ def test_qlora_needs_gpu_and_bitsandbytes():
     with pytest.raises(ConfigError, match="QLoRA"):
         from hfscratch.alignment.common import load_model_and_tokenizer
 
-        load_model_and_tokenizer(ModelArguments(model_name_or_path=str(pretrained_base()), use_peft=True, load_in_4bit=True))
+        load_model_and_tokenizer(AlignmentModelConfig(model_name_or_path=str(pretrained_base()), use_peft=True, load_in_4bit=True))

@@ -27,7 +27,7 @@ SHARED_DATA = "../shared/data"
 REQUIRED_STAGES = ("pretrain", "sft", "dpo", "grpo", "eval")
 # Appended to each stage's command: same command shape, a few steps and a few rows instead of the full run.
 STEP_LIMITS = {
-    "pretrain": ["--max_steps", "3", "--micro_batch_size", "4", "--eval_max_batches", "2", "--save_steps", "3",
+    "pretrain": ["--max_steps", "3", "--per_device_train_batch_size", "4", "--eval_max_batches", "2", "--save_steps", "3",
                  "--sample_max_new_tokens", "16"],
     "sft": ["--max_steps", "2", "--per_device_train_batch_size", "4", "--synthetic_train_size", "16", "--eval_samples", "0",
             "--report_to", "none"],

@@ -26,7 +26,7 @@ from tests.test_training_loop import make_args, shakespeare_data, shakespeare_on
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "pretrain.py"
-RUN = dict(max_steps=6, save_steps=3, micro_batch_size=4, gradient_accumulation_steps=2, block_size=64, eval_max_batches=2)
+RUN = dict(max_steps=6, save_steps=3, per_device_train_batch_size=4, gradient_accumulation_steps=2, block_size=64, eval_max_batches=2)
 LOSS_TOLERANCE = 1e-5  # fp32; ZeRO reduces gradients in another order than one process (measured: <= 2e-6)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hfscratch.training import DataArguments, ModelArguments, TrainingArguments, pretrain
+from hfscratch.training import DataArguments, ModelConfig, TrainConfig, pretrain
 from hfscratch.training import checkpoint as ckpt
 from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, shakespeare_on_disk  # noqa: F401  (fixtures)
 
@@ -41,9 +41,9 @@ def _losses(output_dir: Path) -> list:
 
 
 def test_sigkill_then_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, shakespeare_data, shakespeare_on_disk):  # noqa: F811
-    common = dict(max_steps=24, save_steps=8, micro_batch_size=8, block_size=64)
+    common = dict(max_steps=24, save_steps=8, per_device_train_batch_size=8, block_size=64)
     # The reference: an uninterrupted run (in process; same code path, same CPU fp32 arithmetic).
-    model_args, data_args, args = make_args(tmp_path, max_steps=24, save_steps=8, micro_batch_size=8, output_dir=str(tmp_path / "ref"))
+    model_args, data_args, args = make_args(tmp_path, max_steps=24, save_steps=8, per_device_train_batch_size=8, output_dir=str(tmp_path / "ref"))
     reference = pretrain(model_args, data_args, args, data=shakespeare_data)
     ref_losses = [[s, v] for s, v in reference.loss_history]
 
@@ -75,12 +75,12 @@ def test_two_process_ddp_matches_one_process(tmp_path, shakespeare_data, shakesp
     out = tmp_path / "ddp"
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(RECIPE),
-         *_recipe_argv(shakespeare_on_disk, out, max_steps=6, micro_batch_size=4, block_size=64, save_steps=0)],
+         *_recipe_argv(shakespeare_on_disk, out, max_steps=6, per_device_train_batch_size=4, block_size=64, save_steps=0)],
         capture_output=True, text=True, env=_env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1"), cwd=tmp_path, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "micro 4 x accum 1 x 2 proc" in run.stdout
-    model_args, data_args, args = make_args(tmp_path, max_steps=6, micro_batch_size=4, gradient_accumulation_steps=2, output_dir=str(tmp_path / "single"))
+    model_args, data_args, args = make_args(tmp_path, max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, output_dir=str(tmp_path / "single"))
     single = pretrain(model_args, data_args, args, data=shakespeare_data)
     ddp_losses = _losses(out)
     assert len(ddp_losses) == 6
@@ -114,7 +114,7 @@ runpy.run_path(RECIPE, run_name="__main__")
 def test_two_process_sigkill_then_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path, shakespeare_on_disk):  # noqa: F811
     """2 ranks (gloo) x micro 4 x accum 2, checkpoints every 5 steps: rank 0 is killed at step 8 (torchrun ends rank 1),
     the run resumes from `latest` (step 5), and its 12 losses and validation loss match an uninterrupted run."""
-    common = dict(max_steps=12, save_steps=5, micro_batch_size=4, gradient_accumulation_steps=2, block_size=64, eval_max_batches=2)
+    common = dict(max_steps=12, save_steps=5, per_device_train_batch_size=4, gradient_accumulation_steps=2, block_size=64, eval_max_batches=2)
     env = _env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     reference = tmp_path / "reference"
     run = subprocess.run(_torchrun(29541, RECIPE, _recipe_argv(shakespeare_on_disk, reference, **common)), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
@@ -158,7 +158,7 @@ def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):
 def test_default_yaml_matches_dataclass_defaults():
     """`hfscratch pretrain` installed without the recipes folder behaves like the recipe's default run."""
     config = yaml.safe_load((REPO / "recipes" / "configs" / "pretrain_tiny.yaml").read_text())
-    defaults = {**vars(ModelArguments()), **vars(DataArguments()), **vars(TrainingArguments())}
+    defaults = {**vars(ModelConfig()), **vars(DataArguments()), **vars(TrainConfig())}
     differing = {k: (v, defaults[k]) for k, v in config.items() if defaults[k] != v and k != "max_steps"}
     assert not differing
 
@@ -168,7 +168,7 @@ def test_default_recipe_end_to_end_tiny(tmp_path):
     from transformers import AutoModelForCausalLM
 
     run = subprocess.run(
-        [sys.executable, str(RECIPE), "--max_steps", "6", "--eval_steps", "0", "--save_steps", "0", "--micro_batch_size", "4",
+        [sys.executable, str(RECIPE), "--max_steps", "6", "--eval_steps", "0", "--save_steps", "0", "--per_device_train_batch_size", "4",
          "--hidden_size", "64", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--block_size", "64", "--eval_max_batches", "2",
          "--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")],
         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600,

@@ -14,8 +14,8 @@ from datasets import Dataset, DatasetDict
 from hfscratch.errors import CheckpointError, ConfigError
 from hfscratch.training import (
     DataArguments,
-    ModelArguments,
-    TrainingArguments,
+    ModelConfig,
+    TrainConfig,
     TrainingData,
     TrainingDivergedError,
     pretrain,
@@ -73,11 +73,11 @@ def shakespeare_on_disk(shakespeare_data, tiny_tokenizer, tmp_path_factory):
 
 def make_args(tmp_path, **training):
     defaults = dict(
-        output_dir=str(tmp_path / "run"), max_steps=12, micro_batch_size=8, learning_rate=3e-3, warmup_steps=2, eval_steps=0,
+        output_dir=str(tmp_path / "run"), max_steps=12, per_device_train_batch_size=8, learning_rate=3e-3, warmup_steps=2, eval_steps=0,
         eval_max_batches=4, logging_steps=4, report_to="none", sample_max_new_tokens=8, spike_zscore=0.0,
     )
     defaults.update(training)
-    return ModelArguments(**TINY_MODEL), DataArguments(block_size=64), TrainingArguments(**defaults)
+    return ModelConfig(**TINY_MODEL), DataArguments(block_size=64), TrainConfig(**defaults)
 
 
 def test_loss_falls_on_shakespeare_and_final_folder_loads(tmp_path, shakespeare_data, tiny_tokenizer):
@@ -125,8 +125,8 @@ def test_accumulation_is_token_weighted(tmp_path, shakespeare_text, tiny_tokeniz
     # adam_epsilon=1 makes the update ~linear in the gradient: with the default 1e-8, Adam's first steps are
     # sign-like and turn fp32 summation-order noise on near-zero gradients into full-size updates.
     common = dict(max_steps=3, warmup_steps=1, lr_schedule="constant", max_grad_norm=0.0, save_steps=0, learning_rate=0.05, adam_epsilon=1.0)
-    big, _ = _train_params(tmp_path / "a", data, micro_batch_size=8, gradient_accumulation_steps=1, **common)
-    acc, _ = _train_params(tmp_path / "b", data, micro_batch_size=2, gradient_accumulation_steps=4, **common)
+    big, _ = _train_params(tmp_path / "a", data, per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
+    acc, _ = _train_params(tmp_path / "b", data, per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
     for name in big:
         torch.testing.assert_close(acc[name], big[name], rtol=1e-5, atol=2e-6, msg=name)
 
@@ -264,7 +264,7 @@ def test_model_data_mismatches_are_config_errors(tmp_path, shakespeare_data):
     model_args.max_position_embeddings = 32
     with pytest.raises(ConfigError, match="block_size 64 exceeds the model's max_position_embeddings 32"):
         pretrain(model_args, data_args, args, data=shakespeare_data)
-    model_args, data_args, args = make_args(tmp_path, global_batch_size=12, micro_batch_size=8)
+    model_args, data_args, args = make_args(tmp_path, global_batch_size=12, per_device_train_batch_size=8)
     with pytest.raises(ConfigError, match="not divisible"):
         pretrain(model_args, data_args, args, data=shakespeare_data)
     bad = TrainingData(shakespeare_data.train.map(lambda r: {"input_ids": [5000] + r["input_ids"][1:]}), shakespeare_data.validation, shakespeare_data.tokenizer)
@@ -273,7 +273,7 @@ def test_model_data_mismatches_are_config_errors(tmp_path, shakespeare_data):
 
 
 def test_trainer_state_is_json_with_data_position(tmp_path, shakespeare_data):
-    model_args, data_args, args = make_args(tmp_path, max_steps=3, warmup_steps=1, micro_batch_size=4, gradient_accumulation_steps=2)
+    model_args, data_args, args = make_args(tmp_path, max_steps=3, warmup_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2)
     pretrain(model_args, data_args, args, data=shakespeare_data)
     state = json.loads((ckpt.list_checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["sequences_consumed"] == 24 and state["tokens_seen"] == 24 * 64

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from hfscratch.errors import ConfigError
-from hfscratch.training import SpikeDetector, TrainingArguments, TrainingDivergedError, plan_batches
+from hfscratch.training import SpikeDetector, TrainConfig, TrainingDivergedError, plan_batches
 from hfscratch.training.backend import TrainingBackend
 from hfscratch.training.loop import IGNORE_INDEX, make_labels, predicted_token_count
-from hfscratch.training.metrics import bits_per_byte, flops_per_token, matmul_parameter_count
+from hfscratch.training.metrics import bits_per_byte_from_nll, flops_per_token, matmul_parameter_count
 from hfscratch.training.optim import build_optimizer, build_scheduler, lr_multiplier, parameter_groups
 from hfscratch.training.step import TrainStep
 
@@ -80,19 +80,19 @@ def test_spike_detector_nan_spike_and_stop():
 
 
 def test_batch_plan_arithmetic_and_errors():
-    args = TrainingArguments(max_tokens=10_000, micro_batch_size=4, global_batch_size=16, warmup_steps=1)
+    args = TrainConfig(max_tokens=10_000, per_device_train_batch_size=4, global_batch_size=16, warmup_steps=1)
     plan = plan_batches(args, world_size=2, block_size=64)
     assert (plan.gradient_accumulation_steps, plan.tokens_per_step, plan.max_steps) == (2, 1024, 10)
-    with pytest.raises(ConfigError, match="not divisible by micro_batch_size 4 x 3 processes"):
+    with pytest.raises(ConfigError, match="not divisible by per_device_train_batch_size 4 x 3 processes"):
         plan_batches(args, world_size=3, block_size=64)
     with pytest.raises(ConfigError, match="drop one"):
-        plan_batches(TrainingArguments(max_steps=5, micro_batch_size=4, global_batch_size=16, gradient_accumulation_steps=3, warmup_steps=1), 1, 64)
+        plan_batches(TrainConfig(max_steps=5, per_device_train_batch_size=4, global_batch_size=16, gradient_accumulation_steps=3, warmup_steps=1), 1, 64)
     with pytest.raises(ConfigError, match="warmup_steps"):
-        plan_batches(TrainingArguments(max_steps=5, warmup_steps=5), 1, 64)
+        plan_batches(TrainConfig(max_steps=5, warmup_steps=5), 1, 64)
     with pytest.raises(ConfigError, match="not both"):
-        TrainingArguments(max_steps=5, max_tokens=100)
+        TrainConfig(max_steps=5, max_tokens=100)
     with pytest.raises(ConfigError, match="lr_schedule"):
-        TrainingArguments(lr_schedule="linear")
+        TrainConfig(lr_schedule="linear")
 
 
 def test_flops_per_token_counts_every_matmul(tiny_tokenizer):
@@ -104,7 +104,7 @@ def test_flops_per_token_counts_every_matmul(tiny_tokenizer):
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))  # includes lm_head
     assert matmul_parameter_count(config) == linear
     assert flops_per_token(config, 128) == 6 * linear + 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * 128
-    assert bits_per_byte(math.log(2) * 100, 100) == pytest.approx(1.0)
+    assert bits_per_byte_from_nll(math.log(2) * 100, 100) == pytest.approx(1.0)
 
 
 def test_labels_skip_document_starts_and_padding():

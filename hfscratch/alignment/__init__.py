@@ -4,9 +4,9 @@ Library entry points (the recipes in recipes/ and the `hfscratch sft|dpo|grpo|me
 `run_sft`, `run_dpo`, `run_grpo` (each measures held-out metrics before and after training) and `merge_adapter`.
 """
 
-from .config import DEFAULT_CHECKPOINT, ModelArguments, ScriptArguments
+from .config import DEFAULT_CHECKPOINT, AlignmentDataConfig, AlignmentModelConfig
 
-__all__ = ["DEFAULT_CHECKPOINT", "ModelArguments", "ScriptArguments", "run_sft", "run_dpo", "run_grpo", "merge_adapter"]
+__all__ = ["DEFAULT_CHECKPOINT", "AlignmentModelConfig", "AlignmentDataConfig", "run_sft", "run_dpo", "run_grpo", "merge_adapter"]
 
 
 def __getattr__(name):  # lazy: importing the package must not import TRL

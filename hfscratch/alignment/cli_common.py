@@ -8,7 +8,7 @@ import argparse
 import trl
 
 from ..recipe_args import add_dataclass_options, options_to_argv, packaged_config, parse_recipe_args
-from .config import ModelArguments, ScriptArguments
+from .config import AlignmentDataConfig, AlignmentModelConfig
 from .dpo import run_dpo
 from .grpo import run_grpo
 from .sft import run_sft
@@ -29,7 +29,7 @@ COMMON_TRAINER_FIELDS = ("output_dir", "max_steps", "num_train_epochs", "learnin
 
 def run_stage(stage: str, args: argparse.Namespace, default_config: str) -> int:
     config_cls = stage_config_class(stage)
-    types = [ModelArguments, ScriptArguments, config_cls]
+    types = [AlignmentModelConfig, AlignmentDataConfig, config_cls]
     argv = options_to_argv(args, types)
     if "--config" not in argv:
         argv = ["--config", str(packaged_config(default_config)), *argv]

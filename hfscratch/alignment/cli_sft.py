@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 
 from .cli_common import COMMON_TRAINER_FIELDS, add_dataclass_arguments, run_stage, stage_config_class
-from .config import ModelArguments, ScriptArguments
+from .config import AlignmentDataConfig, AlignmentModelConfig
 
 STAGE_FIELDS = ("packing", "padding_free", "assistant_only_loss",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, [ModelArguments, ScriptArguments, stage_config_class("sft")], COMMON_TRAINER_FIELDS + STAGE_FIELDS)
+    add_dataclass_arguments(parser, [AlignmentModelConfig, AlignmentDataConfig, stage_config_class("sft")], COMMON_TRAINER_FIELDS + STAGE_FIELDS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from ..devices import resolve_dtype
 from ..errors import CheckpointError, ConfigError, DataError
 from ..tokenizer import CHAT_TEMPLATE, ensure_chat_template
 from .checkpoints import check_checkpoint_path
-from .config import ModelArguments, ScriptArguments
+from .config import AlignmentDataConfig, AlignmentModelConfig
 from .datasets import SYNTHETIC, load_stage_dataset
 from .lora import build_lora_config, check_base_fingerprint, quantization_config, write_base_fingerprint
 from .merge import merge_adapter
@@ -54,7 +54,7 @@ def check_chat_template(tokenizer, fix: bool) -> bool:
     return len(tokenizer) != before
 
 
-def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False):
+def load_alignment_tokenizer(model_args: AlignmentModelConfig, trust_remote_code: bool = False):
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -66,12 +66,12 @@ def load_tokenizer(model_args: ModelArguments, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model_and_tokenizer(model_args: ModelArguments, training: bool = True, trust_remote_code: bool = False):
+def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False):
     """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
 
     `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
     check_checkpoint_path(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_args, trust_remote_code)
+    tokenizer = load_alignment_tokenizer(model_args, trust_remote_code)
     added = check_chat_template(tokenizer, model_args.use_hfscratch_chat_template)
     kwargs = {"dtype": resolve_dtype(model_args.dtype), "trust_remote_code": trust_remote_code}
     if model_args.attn_implementation:
@@ -99,7 +99,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, training: bool = True, 
     return model, tokenizer
 
 
-def peft_config_for(model, model_args: ModelArguments):
+def peft_config_for(model, model_args: AlignmentModelConfig):
     if not model_args.use_peft:
         if model_args.load_in_4bit:
             raise ConfigError("load_in_4bit (QLoRA) trains adapters only; also set use_peft true")
@@ -122,7 +122,7 @@ def parse_column_map(text: str | None) -> dict | None:
     return mapping
 
 
-def load_train_and_eval(stage: str, script_args: ScriptArguments, seed: int):
+def load_train_and_eval(stage: str, script_args: AlignmentDataConfig, seed: int):
     """Training rows in `stage` format and held-out rows (``eval`` rows: prompt + answer; ``dpo`` rows: pairs)."""
     column_map = parse_column_map(script_args.dataset_column_map)
     difficulty, styles = script_args.difficulty(), script_args.synthetic_styles()
@@ -148,7 +148,7 @@ def load_train_and_eval(stage: str, script_args: ScriptArguments, seed: int):
     return train, held
 
 
-def write_results(output_dir: str | Path, stage: str, before: dict | None, after: dict | None, extra: dict | None = None) -> dict:
+def write_alignment_results(output_dir: str | Path, stage: str, before: dict | None, after: dict | None, extra: dict | None = None) -> dict:
     """`<output_dir>/alignment_results.json` and a before/after bar chart PNG."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight
     return measure
 
 
-def finish_training(trainer, tokenizer, model_args: ModelArguments, training_args, stage: str, before, measure, extra=None) -> dict | None:
+def finish_training(trainer, tokenizer, model_args: AlignmentModelConfig, training_args, stage: str, before, measure, extra=None) -> dict | None:
     """Save `<output_dir>/final` atomically (adapter or full model + tokenizer), merge if asked, measure, write results."""
     final = Path(training_args.output_dir) / "final"
     tmp = final.with_name("final.tmp")
@@ -236,7 +236,7 @@ def finish_training(trainer, tokenizer, model_args: ModelArguments, training_arg
         if is_adapter and model_args.merge_lora:
             merged = merge_adapter(final, final.parent / "merged", base_model=model_args.model_name_or_path)
         after = measure(model) if measure else None
-        result = write_results(training_args.output_dir, stage, before, after,
+        result = write_alignment_results(training_args.output_dir, stage, before, after,
                                {"final": str(final), "merged": str(merged) if merged else None, "adapter": is_adapter,
                                 "train_loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
                                 "world_size": accelerator.num_processes, **(extra or {})})

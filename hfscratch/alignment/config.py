@@ -8,7 +8,7 @@ DEFAULT_CHECKPOINT = "outputs/pretrain-tiny/final"
 
 
 @dataclass
-class ModelArguments:
+class AlignmentModelConfig:
     model_name_or_path: str = field(default=DEFAULT_CHECKPOINT, metadata={"help": "checkpoint folder or Hub id to start from"})
     tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
     adapter_name_or_path: str | None = field(
@@ -30,7 +30,7 @@ class ModelArguments:
 
 
 @dataclass
-class ScriptArguments:
+class AlignmentDataConfig:
     dataset_name: str = field(default="synthetic-math", metadata={"help": "synthetic-math, a local file/folder or a Hub id"})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
     dataset_train_split: str = field(default="train", metadata={"help": "training split"})

@@ -20,10 +20,10 @@ from .common import (
     make_measure,
     peft_config_for,
 )
-from .config import ModelArguments, ScriptArguments
+from .config import AlignmentDataConfig, AlignmentModelConfig
 
 
-def run_dpo(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
+def run_dpo(model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None) -> dict | None:
     set_seed(training_args.seed)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)

@@ -13,11 +13,11 @@ from .common import (
     make_measure,
     peft_config_for,
 )
-from .config import ModelArguments, ScriptArguments
+from .config import AlignmentDataConfig, AlignmentModelConfig
 from .datasets import check_assistant_turns
 
 
-def run_sft(model_args: ModelArguments, script_args: ScriptArguments, training_args, model=None, tokenizer=None) -> dict | None:
+def run_sft(model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None) -> dict | None:
     """Fine-tune, save `<output_dir>/final`, and return held-out metrics before/after (on the main process)."""
     set_seed(training_args.seed)
     if model is None:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from .intrinsic import TextScores, bits_per_byte, perplexity, score_texts, sliding_windows
 from .runner import (
+    add_eval_to_model_card,
     evaluate_model,
     flatten_results,
     plot_scores_over_training,
     record_training_eval,
     run_training_eval,
-    write_model_card,
-    write_results,
+    write_eval_results,
 )
 from .tasks import LOCAL_EQUIVALENTS, default_tasks_dir, list_tasks
 
@@ -25,5 +25,5 @@ BITS_PER_BYTE_METRIC = METRICS_DIR / "bits_per_byte"
 __all__ = [
     "BITS_PER_BYTE_METRIC", "LOCAL_EQUIVALENTS", "PERPLEXITY_METRIC", "TextScores", "bits_per_byte", "default_tasks_dir",
     "evaluate_model", "flatten_results", "list_tasks", "perplexity", "plot_scores_over_training", "record_training_eval",
-    "run_training_eval", "score_texts", "sliding_windows", "write_model_card", "write_results",
+    "run_training_eval", "score_texts", "sliding_windows", "add_eval_to_model_card", "write_eval_results",
 ]

@@ -154,7 +154,7 @@ def plot_task_bars(results: dict, output_dir: Path) -> list[Path]:
     return written
 
 
-def write_results(results: dict, output_dir: str | os.PathLike) -> list[Path]:
+def write_eval_results(results: dict, output_dir: str | os.PathLike) -> list[Path]:
     from lm_eval.utils import handle_non_serializable
 
     out = Path(output_dir)
@@ -204,7 +204,7 @@ def model_index_entries(results: dict) -> list[dict[str, Any]]:
     return [{k: v for k, v in entry.items() if v is not None} for entry in entries]
 
 
-def write_model_card(model_dir: str | os.PathLike, results: dict) -> Path:
+def add_eval_to_model_card(model_dir: str | os.PathLike, results: dict) -> Path:
     """Put the results into the card's `model-index` (hfscratch.model_card keeps the rest of README.md)."""
     return update_model_index(model_dir, model_index_entries(results))
 
@@ -368,11 +368,11 @@ def evaluate_model(
         info.update({f"training_{k}": v for k, v in training_progress(model_or_path).items()})
     results["hfscratch"] = info
     if output_dir is not None:
-        info["files"] = [str(p) for p in write_results(results, output_dir)]
+        info["files"] = [str(p) for p in write_eval_results(results, output_dir)]
     if update_model_card:
         if not (isinstance(model_or_path, (str, Path)) and Path(model_or_path).is_dir()):
             raise ConfigError("--write_model_card needs a local model folder to write README.md into")
-        info["model_card"] = str(write_model_card(model_or_path, results))
+        info["model_card"] = str(add_eval_to_model_card(model_or_path, results))
     return results
 
 

@@ -8,12 +8,12 @@ DeepSpeed), reads `data`, builds the model with `model_factory`, calls `hooks` b
 validation, samples, lm-eval, checkpoints, Hub pushes) and ends with `artifacts` (the final folder).
 """
 
-from .config import BatchPlan, DataArguments, ModelArguments, TrainingArguments, plan_batches
+from .config import BatchPlan, DataArguments, ModelConfig, TrainConfig, plan_batches
 from .loop import Pretrainer, PretrainResult, TrainingData, pretrain
 from .stability import SpikeDetector, TrainingDivergedError
 from .summary import print_summary
 
 __all__ = [
-    "BatchPlan", "DataArguments", "ModelArguments", "PretrainResult", "Pretrainer", "SpikeDetector", "TrainingArguments",
+    "BatchPlan", "DataArguments", "ModelConfig", "PretrainResult", "Pretrainer", "SpikeDetector", "TrainConfig",
     "TrainingData", "TrainingDivergedError", "plan_batches", "pretrain", "print_summary",
 ]

@@ -17,13 +17,13 @@ from ..errors import ConfigError
 from ..hub import push_folder
 from ..model_card import write_model_card
 from . import checkpoint as ckpt
-from .config import TrainingArguments, flat_config
+from .config import TrainConfig, flat_config
 from .plots import plot_loss_curve
 
 RUN_MARKER = "run_config.json"
 
 
-def prepare_output_dir(output_dir: Path, args: TrainingArguments, is_main: bool) -> None:
+def prepare_output_dir(output_dir: Path, args: TrainConfig, is_main: bool) -> None:
     """Refuse to mix two runs in one folder; `--overwrite_output_dir` removes only this tool's artifacts."""
     holds_run = (output_dir / RUN_MARKER).exists() or (output_dir / ckpt.CHECKPOINT_DIR).exists() or (output_dir / "final").exists()
     if args.resume_from_checkpoint:

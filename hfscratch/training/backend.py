@@ -23,7 +23,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs
 from transformers.utils import logging as hf_logging
 
-from .config import BatchPlan, TrainingArguments
+from .config import BatchPlan, TrainConfig
 from .optim import build_optimizer, build_scheduler
 
 
@@ -93,7 +93,7 @@ def warn_on_silent_fallback(accelerator) -> None:
         )
 
 
-def create_accelerator(args: TrainingArguments, output_dir: Path) -> tuple[Accelerator, str]:
+def create_accelerator(args: TrainConfig, output_dir: Path) -> tuple[Accelerator, str]:
     """The run's Accelerator and its resolved mixed precision ("no", "bf16", "fp16")."""
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -123,11 +123,11 @@ def create_accelerator(args: TrainingArguments, output_dir: Path) -> tuple[Accel
 # ---------------------------------------------------------------------------------------------- engines
 
 
-def make_optimizer(model, args: TrainingArguments):
+def make_optimizer(model, args: TrainConfig):
     return build_optimizer(model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
 
 
-def make_scheduler(optimizer, plan: BatchPlan, args: TrainingArguments):
+def make_scheduler(optimizer, plan: BatchPlan, args: TrainConfig):
     return build_scheduler(
         optimizer, max_steps=plan.max_steps, warmup_steps=plan.warmup_steps, schedule=args.lr_schedule,
         min_lr_ratio=args.min_lr_ratio, wsd_decay_ratio=args.wsd_decay_ratio,
@@ -141,7 +141,7 @@ class TrainingBackend:
     # What the engine divides accumulated gradients by on its own; the step's loss weights multiply it back.
     accumulation_divisor = 1
 
-    def __init__(self, accelerator, args: TrainingArguments):
+    def __init__(self, accelerator, args: TrainConfig):
         self.accelerator, self.args = accelerator, args
         self.model = self.optimizer = self.scheduler = None
 
@@ -237,14 +237,14 @@ class DeepSpeedBackend(TrainingBackend):
     def configure(self, plan: BatchPlan) -> None:
         """Batch sizes, accumulation and clipping come from the recipe (one source of truth), not the DeepSpeed config.
 
-        The loop feeds DeepSpeed `micro_batch_size` sequences per backward and marks the accumulation boundary
+        The loop feeds DeepSpeed `per_device_train_batch_size` sequences per backward and marks the accumulation boundary
         itself; DeepSpeed clips and steps inside `engine.step()`. ZeRO-3 must gather full weights at save time
         because every checkpoint holds a `save_pretrained` folder.
         """
         acc = self.accelerator
         config = self.plugin.deepspeed_config
         wanted = {
-            "train_micro_batch_size_per_gpu": plan.micro_batch_size, "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+            "train_micro_batch_size_per_gpu": plan.per_device_train_batch_size, "gradient_accumulation_steps": plan.gradient_accumulation_steps,
             "train_batch_size": plan.sequences_per_step, "gradient_clipping": float(self.args.max_grad_norm),
         }
         for key, value in wanted.items():
@@ -290,7 +290,7 @@ class DeepSpeedBackend(TrainingBackend):
         return grad_norm, applied
 
 
-def make_backend(accelerator, args: TrainingArguments) -> TrainingBackend:
+def make_backend(accelerator, args: TrainConfig) -> TrainingBackend:
     if accelerator.distributed_type.value == "DEEPSPEED":
         return DeepSpeedBackend(accelerator, args)
     return AccelerateBackend(accelerator, args)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 
 from ..recipe_args import add_dataclass_options, options_to_argv, packaged_config, parse_recipe_args
-from .config import DataArguments, ModelArguments, TrainingArguments
+from .config import DataArguments, ModelConfig, TrainConfig
 from .loop import pretrain
 from .summary import print_summary
 
-ARGUMENT_TYPES = [ModelArguments, DataArguments, TrainingArguments]
+ARGUMENT_TYPES = [ModelConfig, DataArguments, TrainConfig]
 DEFAULT_CONFIG = packaged_config("pretrain_tiny")  # the same default run as `accelerate launch recipes/pretrain.py`
 
 

@@ -1,6 +1,6 @@
 """The pretraining recipe's arguments: model, data and training dataclasses, alignment-handbook style.
 
-`hfscratch.recipe_args.parse_recipe_args([ModelArguments, DataArguments, TrainingArguments])` fills them
+`hfscratch.recipe_args.parse_recipe_args([ModelConfig, DataArguments, TrainConfig])` fills them
 from `--config recipes/configs/<name>.yaml` plus CLI overrides, so every field name here is unique across
 the three classes (they share one command line). Field defaults are the tiny CPU run; the YAML files in
 `recipes/configs/` repeat the values they rely on so a config reads on its own.
@@ -35,7 +35,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class ModelArguments:
+class ModelConfig:
     """Which model to build: a size preset, explicit `HfscratchConfig` fields, or an existing checkpoint."""
 
     model_size: str = field(default="tiny", metadata={"help": f"size preset: {', '.join(MODEL_PRESETS)} (explicit fields below override it)"})
@@ -112,7 +112,7 @@ class DataArguments:
 
 
 @dataclass
-class TrainingArguments:
+class TrainConfig:
     """How to train: budget, batch, optimiser, schedule, precision, logging, checkpoints, stability."""
 
     output_dir: str | None = field(default=None, metadata={"help": "default: outputs/<run_name>"})
@@ -123,7 +123,7 @@ class TrainingArguments:
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (or give max_tokens)"})
     max_tokens: int | None = field(default=None, metadata={"help": "token budget; steps = ceil(max_tokens / tokens per step)"})
     # batch
-    micro_batch_size: int = field(default=16, metadata={"help": "sequences per device per forward/backward"})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "sequences per device per forward/backward"})
     gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "default: from global_batch_size, else 1"})
     global_batch_size: int | None = field(default=None, metadata={"help": "sequences per optimizer step over all devices (= micro x accum x world)"})
     # optimiser and schedule
@@ -147,7 +147,7 @@ class TrainingArguments:
     dataloader_num_workers: int = 0
     # evaluation
     eval_steps: int = field(default=100, metadata={"help": "validate every N steps (and at the end); 0 = only at the end"})
-    eval_max_batches: int | None = field(default=20, metadata={"help": "validate on the first eval_max_batches x micro_batch_size blocks, split over processes (None = the whole split)"})
+    eval_max_batches: int | None = field(default=20, metadata={"help": "validate on the first eval_max_batches x per_device_train_batch_size blocks, split over processes (None = the whole split)"})
     sample_prompt: str = field(default="", metadata={"help": "prompt for the sample generation logged at each validation"})
     sample_max_new_tokens: int = 64
     eval_harness_tasks: list[str] = field(default_factory=list, metadata={"help": "lm-eval tasks run every eval_harness_steps"})
@@ -174,7 +174,7 @@ class TrainingArguments:
     def __post_init__(self):
         if self.max_steps is not None and self.max_tokens is not None:
             raise ConfigError("give max_steps or max_tokens, not both")
-        for name in ("micro_batch_size", "keep_last_k", "logging_steps", "max_consecutive_skips", "sample_max_new_tokens"):
+        for name in ("per_device_train_batch_size", "keep_last_k", "logging_steps", "max_consecutive_skips", "sample_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "max_tokens", "gradient_accumulation_steps", "global_batch_size"):
@@ -210,7 +210,7 @@ class TrainingArguments:
 class BatchPlan:
     """Batch arithmetic resolved against the world size; every number a log line or resume needs."""
 
-    micro_batch_size: int
+    per_device_train_batch_size: int
     gradient_accumulation_steps: int
     world_size: int
     block_size: int
@@ -219,27 +219,27 @@ class BatchPlan:
 
     @property
     def sequences_per_step(self) -> int:
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.world_size
 
     @property
     def tokens_per_step(self) -> int:
         return self.sequences_per_step * self.block_size
 
 
-def plan_batches(args: TrainingArguments, world_size: int, block_size: int, train_sequences: int | None = None) -> BatchPlan:
+def plan_batches(args: TrainConfig, world_size: int, block_size: int, train_sequences: int | None = None) -> BatchPlan:
     """Resolve accumulation and the step budget; raise ConfigError when sizes do not divide."""
-    micro, accum = args.micro_batch_size, args.gradient_accumulation_steps
+    micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
     if args.global_batch_size is not None:
         per_step = micro * world_size
         if args.global_batch_size % per_step != 0:
             raise ConfigError(
-                f"global_batch_size {args.global_batch_size} is not divisible by micro_batch_size {micro} x "
+                f"global_batch_size {args.global_batch_size} is not divisible by per_device_train_batch_size {micro} x "
                 f"{world_size} processes = {per_step}; pick a global batch that is a multiple of {per_step}"
             )
         derived = args.global_batch_size // per_step
         if accum is not None and accum != derived:
             raise ConfigError(
-                f"global_batch_size {args.global_batch_size} != micro_batch_size {micro} x gradient_accumulation_steps "
+                f"global_batch_size {args.global_batch_size} != per_device_train_batch_size {micro} x gradient_accumulation_steps "
                 f"{accum} x {world_size} processes; drop one of the three settings"
             )
         accum = derived

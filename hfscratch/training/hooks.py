@@ -15,7 +15,7 @@ from ..errors import DataError
 from ..hub import push_checkpoint, wait_for_pushes
 from . import checkpoint as ckpt
 from .data import IGNORE_INDEX, PackedBlocks, make_labels, predicted_token_count
-from .metrics import bits_per_byte, memory_stats, mfu
+from .metrics import bits_per_byte_from_nll, memory_stats, mfu
 from .step import compute_token_losses
 
 
@@ -60,13 +60,13 @@ def log_train_metrics(trainer, pbar, window: TrainLogWindow, lr: float, grad_nor
 class Validation:
     """Loss, perplexity and bits per byte over a fixed shard of the validation split, reduced over ranks."""
 
-    def __init__(self, accelerator, blocks: PackedBlocks, tokenizer, micro_batch_size: int, max_batches: int | None):
+    def __init__(self, accelerator, blocks: PackedBlocks, tokenizer, per_device_train_batch_size: int, max_batches: int | None):
         self.accelerator, self.blocks, self.tokenizer = accelerator, blocks, tokenizer
-        self.micro_batch_size, self.max_batches = micro_batch_size, max_batches
+        self.per_device_train_batch_size, self.max_batches = per_device_train_batch_size, max_batches
         self.total_bytes: int | None = None  # counted once, on the first evaluation
 
     def shard(self) -> list[list[int]]:
-        acc, micro = self.accelerator, self.micro_batch_size
+        acc, micro = self.accelerator, self.per_device_train_batch_size
         limit = len(self.blocks)
         if self.max_batches is not None:
             # A fixed number of sequences whatever the world size, so 1 and N processes report the same metric.
@@ -107,7 +107,7 @@ class Validation:
         sums = acc.reduce(sums, reduction="sum")
         nll_total, tokens = sums[0].item(), max(1.0, sums[1].item())
         loss = nll_total / tokens
-        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/bits_per_byte": bits_per_byte(nll_total, self.total_bytes), "eval/tokens": tokens}
+        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/bits_per_byte": bits_per_byte_from_nll(nll_total, self.total_bytes), "eval/tokens": tokens}
 
 
 @torch.no_grad()

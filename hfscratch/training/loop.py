@@ -30,7 +30,7 @@ from . import artifacts, hooks
 from . import checkpoint as ckpt
 from .artifacts import RUN_MARKER, card_data_summary, prepare_output_dir  # noqa: F401  (RUN_MARKER, card_data_summary: re-exported)
 from .backend import create_accelerator, make_backend, print_main
-from .config import MODEL_PRESETS, DataArguments, ModelArguments, TrainingArguments, flat_config, plan_batches
+from .config import MODEL_PRESETS, DataArguments, ModelConfig, TrainConfig, flat_config, plan_batches
 from .data import (  # noqa: F401  (labels: re-exported)
     IGNORE_INDEX,
     PackedBlocks,
@@ -59,7 +59,7 @@ class PretrainResult:
 
 
 class Pretrainer:
-    def __init__(self, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, data: TrainingData | None = None):
+    def __init__(self, model_args: ModelConfig, data_args: DataArguments, args: TrainConfig, data: TrainingData | None = None):
         self.model_args, self.data_args, self.args = model_args, data_args, args
         self.output_dir = Path(args.resolve_output_dir())
         self.accelerator, self.mixed_precision = create_accelerator(args, self.output_dir)
@@ -99,7 +99,7 @@ class Pretrainer:
         self.train_step = TrainStep(
             acc, self.backend, self.detector, accumulation_steps=self.plan.gradient_accumulation_steps, pad_token_id=self.tokenizer.pad_token_id, z_loss=args.z_loss,
         )
-        self.validation = hooks.Validation(acc, self.val_blocks, self.tokenizer, self.plan.micro_batch_size, args.eval_max_batches)
+        self.validation = hooks.Validation(acc, self.val_blocks, self.tokenizer, self.plan.per_device_train_batch_size, args.eval_max_batches)
         self.step = 0
         self.sequences_consumed = 0
         self.tokens_seen = 0
@@ -183,13 +183,13 @@ class Pretrainer:
         print_main(
             acc,
             f"model: {n_params / 1e6:.2f}M parameters | {plan.max_steps} steps x {plan.tokens_per_step:,} tokens "
-            f"(micro {plan.micro_batch_size} x accum {plan.gradient_accumulation_steps} x {plan.world_size} proc x block {self.block_size}) "
+            f"(micro {plan.per_device_train_batch_size} x accum {plan.gradient_accumulation_steps} x {plan.world_size} proc x block {self.block_size}) "
             f"= {plan.max_steps * plan.tokens_per_step:,} tokens | precision {self.mixed_precision} | {acc.device.type} | MFU peak: {self.peak_source}",
         )
         remaining = plan.max_steps - self.step
         loader = torch.utils.data.DataLoader(
             StepBatches(self.train_blocks, seed=args.seed, start_sequence=self.sequences_consumed, num_steps=max(0, remaining),
-                        micro=plan.micro_batch_size, accum=plan.gradient_accumulation_steps, world=acc.num_processes, rank=acc.process_index),
+                        micro=plan.per_device_train_batch_size, accum=plan.gradient_accumulation_steps, world=acc.num_processes, rank=acc.process_index),
             batch_size=None, shuffle=False, num_workers=args.dataloader_num_workers, pin_memory=acc.device.type == "cuda",
             persistent_workers=False,
         )
@@ -240,6 +240,6 @@ class Pretrainer:
         )
 
 
-def pretrain(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, data: TrainingData | None = None) -> PretrainResult:
+def pretrain(model_args: ModelConfig, data_args: DataArguments, training_args: TrainConfig, data: TrainingData | None = None) -> PretrainResult:
     """Run one pretraining job end to end; returns where things went and the final metrics."""
     return Pretrainer(model_args, data_args, training_args, data=data).train()

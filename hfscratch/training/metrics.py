@@ -107,7 +107,7 @@ def mfu(tokens_per_second: float, flops_per_tok: float, peak_flops: float | None
     return tokens_per_second * flops_per_tok / (peak_flops * world_size)
 
 
-def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:
+def bits_per_byte_from_nll(total_nll_nats: float, total_bytes: int) -> float:
     """Tokenizer-independent quality: summed NLL (nats) of the predicted tokens over their UTF-8 bytes."""
     return total_nll_nats / (math.log(2) * max(1, total_bytes))
 

@@ -10,14 +10,14 @@ from transformers import AutoModelForCausalLM
 from ..configuration_hfscratch import HfscratchConfig
 from ..errors import ConfigError
 from ..modeling_hfscratch import HfscratchForCausalLM
-from .config import MODEL_PRESETS, ModelArguments
+from .config import MODEL_PRESETS, ModelConfig
 
 
 def round_up(n: int, multiple: int) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
-def build_model(model_args: ModelArguments, tokenizer, block_size: int):
+def build_model(model_args: ModelConfig, tokenizer, block_size: int):
     """A fresh `HfscratchForCausalLM` from a preset + overrides, or `init_from` a saved folder."""
     tokenizer_size = len(tokenizer)
     if model_args.init_from:
