@@ -26,9 +26,10 @@ def root() -> Path:
 
 def script_args(**overrides):
     from hfscratch.alignment.config import AlignmentDataConfig
+    from hfscratch.data.synthetic_math import SyntheticMathConfig
 
-    kwargs = dict(synthetic_train_size=800, synthetic_min_steps=1, synthetic_max_steps=1, synthetic_max_value=10,
-                  synthetic_operations=["+", "-"], synthetic_seed=5, eval_samples=64, eval_max_new_tokens=56,
+    kwargs = dict(synthetic_train_size=800, eval_samples=64, eval_max_new_tokens=56,
+                  synthetic=SyntheticMathConfig(min_steps=1, max_steps=1, max_value=10, operations=["+", "-"], seed=5),
                   # 3 of 4 SFT answers restate the result ("The answer is N."): this small model then leans to that
                   # style, which the DPO test's style pairs (concise preferred) have to overturn. At 50/50 the extra
                   # line's own log-prob already tips it to the concise answer (style win rate 1.0 before DPO).

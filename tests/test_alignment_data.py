@@ -56,26 +56,26 @@ def test_hh_rlhf_and_pandalm_become_preference_pairs(shared_data):
 
 
 def test_synthetic_sets_in_each_stage_format():
-    sft = load_stage_dataset("sft", "synthetic-math", synthetic_size=20)
-    dpo = load_stage_dataset("dpo", "synthetic-math", synthetic_size=20)
-    grpo = load_stage_dataset("grpo", "synthetic-math", synthetic_size=20)
-    held = load_stage_dataset("eval", "synthetic-math", split="heldout", synthetic_size=20)
+    sft = load_stage_dataset("sft", "synthetic_math", synthetic_size=20)
+    dpo = load_stage_dataset("dpo", "synthetic_math", synthetic_size=20)
+    grpo = load_stage_dataset("grpo", "synthetic_math", synthetic_size=20)
+    held = load_stage_dataset("eval", "synthetic_math", split="heldout", synthetic_size=20)
     assert sft.column_names == ["messages"] and set(dpo.column_names) == {"prompt", "chosen", "rejected", "pair_kind", "answer"}
     assert set(grpo.column_names) == {"prompt", "answer"}
     # The default recipe mix: half the SFT solutions end with a redundant "The answer is N." line, half the DPO pairs
     # are "style" pairs (rejected = the same correct solution with that line), exactly and reproducibly.
     styles = {"restated_fraction": 0.5, "style_fraction": 0.5}
-    mixed_sft = load_stage_dataset("sft", "synthetic-math", synthetic_size=20, synthetic_styles=styles)
+    mixed_sft = load_stage_dataset("sft", "synthetic_math", synthetic_size=20, synthetic_styles=styles)
     assert sum("\nThe answer is " in r["messages"][-1]["content"] for r in mixed_sft) == 10
     assert all("<<" in r["messages"][-1]["content"] for r in mixed_sft)  # the working is the same in both styles
-    mixed_dpo = load_stage_dataset("dpo", "synthetic-math", synthetic_size=20, synthetic_styles=styles)
+    mixed_dpo = load_stage_dataset("dpo", "synthetic_math", synthetic_size=20, synthetic_styles=styles)
     assert mixed_dpo["pair_kind"].count("style") == 10
     for row in mixed_dpo:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         assert correctness_reward([row["chosen"]], [row["answer"]]) == [1.0] and "The answer is" not in chosen
         assert correctness_reward([row["rejected"]], [row["answer"]]) == ([1.0] if row["pair_kind"] == "style" else [0.0])
         assert ("The answer is" in rejected) == (row["pair_kind"] == "style")
-    assert mixed_dpo[:] == load_stage_dataset("dpo", "synthetic-math", synthetic_size=20, synthetic_styles=styles)[:]
+    assert mixed_dpo[:] == load_stage_dataset("dpo", "synthetic_math", synthetic_size=20, synthetic_styles=styles)[:]
     assert not {r["prompt"][0]["content"] for r in held} & {r["prompt"][0]["content"] for r in grpo}
     assert all(correctness_reward([r["messages"][-1:]], [r["answer"]]) == [1.0] for r in held)
 

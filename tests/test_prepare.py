@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from hfscratch.data import DataConfig, prepare_data, prepare_data_distributed
+from hfscratch.data import CleanConfig, DataConfig, check_block_size, prepare_data, prepare_data_distributed
 from hfscratch.errors import ConfigError, DataError
 from hfscratch.tokenizer import tokenizer_fingerprint
 
@@ -34,7 +34,7 @@ def _config(root, source, **overrides):
 def built(tmp_path_factory, shakespeare_copy):
     root = tmp_path_factory.mktemp("prepared")
     config = _config(root, shakespeare_copy)
-    return config, prepare_data(config, max_position_embeddings=128)
+    return config, prepare_data(config)
 
 
 def test_folders_manifest_and_tokenizer(built, shakespeare_copy):
@@ -70,7 +70,7 @@ def test_folders_manifest_and_tokenizer(built, shakespeare_copy):
 def test_second_call_reuses_the_cache(built, capsys):
     config, first = built
     start = time.perf_counter()
-    again = prepare_data(config, max_position_embeddings=128)
+    again = prepare_data(config)
     elapsed = time.perf_counter() - start
     assert again.reused and "reusing prepared data" in capsys.readouterr().out
     assert elapsed < 5.0
@@ -147,7 +147,7 @@ def test_cleaning_runs_on_natural_sources(tmp_path, shared_data):
         "minhash_dedup": False, "gopher_repetition": False, "gopher_quality": False, "c4_quality": False,
         "fineweb_quality": False, "pii": False, "progress": False,
     }
-    config = _config(tmp_path / "out", source, text_field="body", clean=True, clean_config=json.dumps(options),
+    config = _config(tmp_path / "out", source, text_field="body", clean=True, cleaning=CleanConfig(**options),
                      synthetic_problems=0, validation_fraction=0.1)
     data = prepare_data(config)
     stages = data.manifest["corpus"]["stats"]["natural"]["stages"]
@@ -161,7 +161,7 @@ def test_distributed_helper_builds_once_then_reuses(built):
     from accelerate import Accelerator
 
     config, _ = built
-    data = prepare_data_distributed(config, Accelerator(cpu=True), max_position_embeddings=128)
+    data = prepare_data_distributed(config, Accelerator(cpu=True))
     assert data.reused
 
 
@@ -171,7 +171,9 @@ def test_bad_inputs(tmp_path, shakespeare_copy):
     with pytest.raises(ConfigError, match="vocab_size=100 is too small"):
         prepare_data(_config(tmp_path, shakespeare_copy, vocab_size=100))
     with pytest.raises(ConfigError, match="max_position_embeddings=32"):
-        prepare_data(_config(tmp_path, shakespeare_copy), max_position_embeddings=32)
+        check_block_size(_config(tmp_path, shakespeare_copy).block_size, 32)
+    with pytest.raises(ConfigError, match="validation_fraction=0"):
+        _config(tmp_path, shakespeare_copy, validation_fraction=0.0)
     with pytest.raises(DataError, match="corpus is empty"):
         prepare_data(DataConfig(output_root=str(tmp_path), sources=[], synthetic_problems=0))
     empty = tmp_path / "empty.txt"
@@ -179,7 +181,7 @@ def test_bad_inputs(tmp_path, shakespeare_copy):
     with pytest.raises(DataError, match="no documents"):
         prepare_data(_config(tmp_path, empty, synthetic_problems=0))
     with pytest.raises(DataError, match="less than one block"):
-        prepare_data(_config(tmp_path, empty, sources=[], synthetic_problems=2, block_size=4096), max_position_embeddings=8192)
+        prepare_data(_config(tmp_path, empty, sources=[], synthetic_problems=2, block_size=4096))
     unsupported = tmp_path / "table.xlsx"
     unsupported.write_bytes(b"PK\x03\x04")
     with pytest.raises(DataError, match="unsupported"):

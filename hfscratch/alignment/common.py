@@ -125,10 +125,9 @@ def parse_column_map(text: str | None) -> dict | None:
 def load_train_and_eval(stage: str, script_args: AlignmentDataConfig, seed: int):
     """Training rows in `stage` format and held-out rows (``eval`` rows: prompt + answer; ``dpo`` rows: pairs)."""
     column_map = parse_column_map(script_args.dataset_column_map)
-    difficulty, styles = script_args.difficulty(), script_args.synthetic_styles()
+    synthetic, styles = script_args.synthetic, script_args.synthetic_styles()
     train = load_stage_dataset(stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
-                               column_map, script_args.max_train_samples, script_args.synthetic_seed,
-                               script_args.synthetic_train_size, difficulty, styles)
+                               column_map, script_args.max_train_samples, script_args.synthetic_train_size, synthetic, styles)
     if stage == "dpo":  # the trainer takes prompt/chosen/rejected only; kind and answer are for held-out metrics
         train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
     if script_args.eval_samples <= 0:
@@ -137,7 +136,7 @@ def load_train_and_eval(stage: str, script_args: AlignmentDataConfig, seed: int)
     eval_stage = "dpo" if stage == "dpo" else "eval"
     if eval_name == SYNTHETIC:
         held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
-                                  script_args.synthetic_seed, script_args.eval_samples, difficulty, styles)
+                                  script_args.eval_samples, synthetic, styles)
     elif script_args.dataset_test_split or script_args.eval_dataset_name:
         held = load_stage_dataset(eval_stage, eval_name, script_args.dataset_test_split or "test", script_args.dataset_config,
                                   column_map, script_args.eval_samples)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..data.synthetic_math import SyntheticMathConfig
+
 DEFAULT_CHECKPOINT = "outputs/pretrain-tiny/final"
 
 
@@ -31,20 +33,16 @@ class AlignmentModelConfig:
 
 @dataclass
 class AlignmentDataConfig:
-    dataset_name: str = field(default="synthetic-math", metadata={"help": "synthetic-math, a local file/folder or a Hub id"})
+    dataset_name: str = field(default="synthetic_math", metadata={"help": "synthetic_math, a local file/folder or a Hub id"})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
     dataset_train_split: str = field(default="train", metadata={"help": "training split"})
     dataset_test_split: str | None = field(
-        default=None, metadata={"help": "held-out split/file for before/after metrics (synthetic-math: its heldout split)"})
+        default=None, metadata={"help": "held-out split/file for before/after metrics (synthetic_math: its heldout split)"})
     eval_dataset_name: str | None = field(default=None, metadata={"help": "a different dataset for held-out metrics"})
     dataset_column_map: str | None = field(default=None, metadata={"help": 'JSON rename map, e.g. {"query": "question"}'})
     max_train_samples: int | None = field(default=None, metadata={"help": "cap on training rows"})
     synthetic_train_size: int = field(default=2000, metadata={"help": "rows drawn from the synthetic generator"})
-    synthetic_min_steps: int = field(default=1, metadata={"help": "synthetic difficulty: fewest reasoning steps"})
-    synthetic_max_steps: int = field(default=2, metadata={"help": "synthetic difficulty: most reasoning steps"})
-    synthetic_max_value: int = field(default=20, metadata={"help": "synthetic difficulty: largest operand"})
-    synthetic_operations: list[str] = field(default_factory=lambda: ["+", "-", "*", "/"], metadata={"help": "allowed operators"})
-    synthetic_seed: int = field(default=0, metadata={"help": "generator seed"})
+    synthetic: SyntheticMathConfig = field(default_factory=SyntheticMathConfig)
     synthetic_restated_fraction: float = field(
         default=0.5, metadata={"help": "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line"})
     synthetic_style_fraction: float = field(
@@ -57,7 +55,3 @@ class AlignmentDataConfig:
 
     def synthetic_styles(self) -> dict:
         return {"restated_fraction": self.synthetic_restated_fraction, "style_fraction": self.synthetic_style_fraction}
-
-    def difficulty(self) -> dict:
-        return {"min_steps": self.synthetic_min_steps, "max_steps": self.synthetic_max_steps,
-                "max_value": self.synthetic_max_value, "operations": tuple(self.synthetic_operations)}

@@ -10,7 +10,7 @@ Shapes recognised by their columns (rename others with ``column_map={"old": "new
   instruction+[input|context]+[response|output] (GPTeacher, Alpaca, databricks-dolly) | question+answer (GSM8K) |
   prompt+chosen+rejected | chosen+rejected transcripts (hh-rlhf) | instruction+input+response1+response2+annotator*
   (PandaLM, mapped by the human majority label) | prompt+answer.
-``synthetic-math`` names the embedded generator (hfscratch.data.synthetic_math).
+``synthetic_math`` names the embedded generator (hfscratch.data.synthetic_math).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import datasets
 
-from ..data.synthetic_math import generate_problems, to_chat, to_grpo, to_preference
+from ..data.synthetic_math import SyntheticMathConfig, generate_problems, to_chat, to_grpo, to_preference
 from ..errors import ConfigError, DataError
 from .rewards import extract_final_answer
 
-SYNTHETIC = "synthetic-math"
+SYNTHETIC = "synthetic_math"
 
 SFT_SHAPES = ("messages", "prompt+completion", "prompt+response (Dolly)", "instruction+input+response/output (GPTeacher/Alpaca)",
               "question+answer (GSM8K)")
@@ -287,15 +287,17 @@ def _mixed_flags(n: int, fraction: float, rng: random.Random) -> list[bool]:
     return flags
 
 
-def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, restated_fraction: float = 0.0,
-                      style_fraction: float = 0.0, **difficulty):
+def synthetic_dataset(stage: str, n: int, split: str = "train", synthetic: SyntheticMathConfig | None = None,
+                      restated_fraction: float = 0.0, style_fraction: float = 0.0):
     """The embedded synthetic math set in the format of `stage` (sft | dpo | grpo | eval).
 
     ``restated_fraction`` (SFT): share of solutions that end with a redundant ``The answer is N.`` line, so the SFT
     model learns both styles. ``style_fraction`` (DPO): share of pairs whose rejected answer is the correct solution
     with that line (``pair_kind`` "style"); the rest reject a solution with an arithmetic slip ("slip").
     DPO rows also carry the verifiable ``answer`` so the held-out set can measure exact-match after DPO."""
-    problems = generate_problems(n, split=split, seed=seed, **difficulty)
+    synthetic = synthetic or SyntheticMathConfig()
+    seed = synthetic.seed
+    problems = generate_problems(n, split, synthetic)
     if stage == "sft":
         restated = _mixed_flags(len(problems), restated_fraction, random.Random(f"sft-style:{split}:{seed}"))
         rows = [to_chat(p, restated=r) for p, r in zip(problems, restated)]
@@ -316,15 +318,15 @@ def synthetic_dataset(stage: str, n: int, split: str = "train", seed: int = 0, r
 
 
 def load_stage_dataset(stage: str, name: str, split: str = "train", config: str | None = None, column_map: dict | None = None,
-                       max_samples: int | None = None, seed: int = 0, synthetic_size: int = 2000, difficulty: dict | None = None,
+                       max_samples: int | None = None, synthetic_size: int = 2000, synthetic: SyntheticMathConfig | None = None,
                        synthetic_styles: dict | None = None):
-    """Load `name` (a path, Hub id or ``synthetic-math``) and convert it to `stage`'s TRL format.
+    """Load `name` (a path, Hub id or ``synthetic_math``) and convert it to `stage`'s TRL format.
 
     ``synthetic_styles``: ``restated_fraction`` / ``style_fraction`` for the synthetic set (see `synthetic_dataset`)."""
     if name == SYNTHETIC:
         ds = synthetic_dataset(stage, synthetic_size if max_samples is None else max_samples,
                                split="heldout" if split in ("test", "heldout", "validation") else "train",
-                               seed=seed, **(synthetic_styles or {}), **(difficulty or {}))
+                               synthetic=synthetic, **(synthetic_styles or {}))
     else:
         raw = load_raw_dataset(name, split, config, column_map)
         convert = {"sft": to_sft_format, "dpo": to_dpo_format, "grpo": to_grpo_format, "eval": to_eval_format}[stage]

@@ -7,8 +7,10 @@ The tokenizer lives in `hfscratch.tokenizer` (`train_tokenizer`, `CHAT_TEMPLATE`
 """
 
 from .clean import CleanConfig, CleanResult, clean_corpus
-from .pack import check_block_size, pack_dataset, split_blocks
-from .prepare import DataConfig, PreparedData, prepare_data, prepare_data_distributed
+from .config import DataConfig, check_block_size
+from .pack import pack_dataset, split_blocks
+from .prepare import PreparedData, prepare_data, prepare_data_distributed
+from .synthetic_math import SyntheticMathConfig
 from .sources import iter_documents, resolve_sources
 
 __all__ = [
@@ -24,4 +26,5 @@ __all__ = [
     "prepare_data_distributed",
     "resolve_sources",
     "split_blocks",
+    "SyntheticMathConfig",
 ]

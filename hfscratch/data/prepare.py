@@ -1,7 +1,7 @@
 """The data stage end to end: sources → (datatrove cleaning) → tokenizer → packed blocks, cached on disk.
 
     from hfscratch.data import DataConfig, prepare_data
-    data = prepare_data(DataConfig(), max_position_embeddings=model_config.max_position_embeddings)
+    data = prepare_data(DataConfig())
     data.train, data.validation, data.tokenizer, data.tokenizer_dir, data.manifest
 
 Folder written under `<output_root>/<name>/`:
@@ -42,6 +42,8 @@ from typing import Any, Optional
 
 from hfscratch.errors import ConfigError, DataError
 
+from .config import DataConfig
+
 FORMAT_VERSION = "hfscratch-data/1"
 SYNTHETIC_FILE = "synthetic_math.jsonl.gz"
 # Held-out documents for bytes/token: every Nth document is kept out of tokenizer training.
@@ -49,69 +51,6 @@ HELD_OUT_EVERY = 20
 HELD_OUT_MAX_CHARS = 2_000_000
 # Marks a folder as ours (so a rebuild may replace it) even when its manifest is missing after a crash.
 MARKER = ".hfscratch-data"
-
-
-@dataclass
-class DataConfig:
-    """Everything that decides a prepared dataset. Defaults: the embedded synthetic math corpus, offline, ~30 s."""
-
-    name: str = field(default="synthetic_math", metadata={"help": "folder name under output_root"})
-    output_root: str = field(default="data", metadata={"help": "parent folder of prepared datasets"})
-    sources: list[str] = field(
-        default_factory=list,
-        metadata={"help": "files, folders, globs or Hub ids of natural text; empty = only the synthetic math corpus"},
-    )
-    text_field: str = field(default="text", metadata={"help": "field holding the text in json/jsonl/parquet/Hub rows"})
-    txt_mode: str = field(default="file", metadata={"help": "a .txt file is one document per file|paragraph|line"})
-    max_documents: Optional[int] = field(default=None, metadata={"help": "read at most this many source documents"})
-    synthetic_problems: int = field(
-        default=4000, metadata={"help": "number of synthetic GSM8K-style training problems mixed in (0 = none)"}
-    )
-    synthetic_min_steps: int = field(default=1, metadata={"help": "fewest reasoning steps per synthetic problem"})
-    synthetic_max_steps: int = field(default=4, metadata={"help": "most reasoning steps per synthetic problem"})
-    synthetic_max_value: int = field(default=100, metadata={"help": "largest number in a synthetic problem"})
-    synthetic_operations: list[str] = field(
-        default_factory=list, metadata={"help": "operations for synthetic problems, e.g. + - * /; empty = all"}
-    )
-    synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic problem stream"})
-    clean: bool = field(default=True, metadata={"help": "run the datatrove cleaning pipeline on the sources"})
-    clean_config: Optional[str] = field(
-        default=None,
-        metadata={"help": "CleanConfig options: a YAML/JSON file path, a JSON object string, or a mapping in YAML"},
-    )
-    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, special tokens included"})
-    min_frequency: int = field(default=2, metadata={"help": "smallest pair count for a BPE merge"})
-    tokenizer_max_chars: Optional[int] = field(
-        default=None, metadata={"help": "train the tokenizer on at most this many characters (None = whole corpus)"}
-    )
-    tokenizer_path: Optional[str] = field(
-        default=None, metadata={"help": "reuse this tokenizer (folder or Hub id) instead of training one"}
-    )
-    block_size: int = field(default=256, metadata={"help": "tokens per packed training block"})
-    add_bos: bool = field(default=True, metadata={"help": "start every document with bos"})
-    drop_remainder: bool = field(default=True, metadata={"help": "drop the last partial block (else pad it)"})
-    validation_fraction: float = field(default=0.05, metadata={"help": "fraction of blocks held out for validation"})
-    num_proc: Optional[int] = field(default=None, metadata={"help": "tokenization processes (None = by corpus size)"})
-    seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
-    streaming: bool = field(
-        default=False, metadata={"help": "read documents as a stream and write blocks incrementally (bounded memory)"}
-    )
-    force: bool = field(default=False, metadata={"help": "rebuild even if a valid prepared folder exists"})
-
-    def __post_init__(self):
-        if isinstance(self.sources, (str, Path)):
-            self.sources = [str(self.sources)]
-        self.sources = [str(s) for s in self.sources]
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"name={self.name!r} must be a plain folder name like 'synthetic_math'")
-        if self.synthetic_problems < 0:
-            raise ConfigError(f"synthetic_problems={self.synthetic_problems} must be >= 0")
-        if self.txt_mode not in ("file", "paragraph", "line"):
-            raise ConfigError(f"txt_mode={self.txt_mode!r}: use file, paragraph or line")
-
-    @property
-    def root(self) -> Path:
-        return Path(self.output_root) / self.name
 
 
 @dataclass
@@ -166,37 +105,8 @@ def _tokenizer_source_hash(path: str) -> str:
     return f"hub:{path}"  # a Hub id: the name is all we know without a network call
 
 
-def _load_clean_options(config: DataConfig) -> dict:
-    raw = config.clean_config
-    if raw is None:
-        return {}
-    if isinstance(raw, dict):
-        return dict(raw)
-    text = str(raw).strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"clean_config is not valid JSON ({err}); give a mapping or a YAML file path") from None
-    path = Path(text)
-    if not path.is_file():
-        raise ConfigError(f"clean_config file {path} not found; give an existing YAML/JSON file or a mapping")
-    import yaml
-
-    options = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(options, dict):
-        raise ConfigError(f"clean_config file {path} must hold a mapping of CleanConfig fields")
-    return options
-
-
 def _stage_keys(config: DataConfig, sources: list[dict], clean_options: dict) -> dict[str, str]:
-    synthetic = {
-        k: getattr(config, k)
-        for k in (
-            "synthetic_problems", "synthetic_min_steps", "synthetic_max_steps", "synthetic_max_value",
-            "synthetic_operations", "synthetic_seed",
-        )
-    }
+    synthetic = {"problems": config.synthetic_problems, **dataclasses.asdict(config.synthetic)}
     corpus = {
         "version": FORMAT_VERSION,
         "sources": sources,
@@ -222,7 +132,7 @@ def _stage_keys(config: DataConfig, sources: list[dict], clean_options: dict) ->
     packed = {
         "corpus": corpus_key,
         "tokenizer": tokenizer_key,
-        **{k: getattr(config, k) for k in ("block_size", "add_bos", "drop_remainder", "validation_fraction", "seed")},
+        **{k: getattr(config, k) for k in ("block_size", "add_bos", "drop_remainder", "validation_fraction", "split_seed")},
     }
     return {"corpus": corpus_key, "tokenizer": tokenizer_key, "packed": _sha256_json(packed)}
 
@@ -324,17 +234,10 @@ def _synthetic_docs(config: DataConfig) -> Iterator[dict]:
 
     from .synthetic_math import iter_problems, problem_to_text
 
-    kwargs = {
-        "min_steps": config.synthetic_min_steps,
-        "max_steps": config.synthetic_max_steps,
-        "max_value": config.synthetic_max_value,
-    }
-    if config.synthetic_operations:
-        kwargs["operations"] = tuple(config.synthetic_operations)
-    stream = iter_problems("train", seed=config.synthetic_seed, **kwargs)
+    stream = iter_problems("train", config.synthetic)
     for index in tqdm(range(config.synthetic_problems), desc="synthetic math problems", unit="problem"):
         problem = next(stream)
-        yield {"text": problem_to_text(problem), "id": f"synthetic-math-{config.synthetic_seed}-{index}", "source": "synthetic_math"}
+        yield {"text": problem_to_text(problem), "id": f"synthetic-math-{config.synthetic.seed}-{index}", "source": "synthetic_math"}
 
 
 def _build_corpus(config: DataConfig, clean_dir: Path, clean_options: dict) -> tuple[list[Path], dict, bool]:
@@ -348,15 +251,9 @@ def _build_corpus(config: DataConfig, clean_dir: Path, clean_options: dict) -> t
     stream_sources = False
     if config.sources:
         if config.clean:
-            from .clean import CleanConfig, clean_corpus
+            from .clean import clean_corpus
 
-            options = {"txt_mode": config.txt_mode, **clean_options}
-            if config.max_documents is not None:
-                options.setdefault("limit", config.max_documents)
-            try:
-                clean_cfg = CleanConfig(**options)
-            except TypeError as err:
-                raise ConfigError(f"clean_config: {err}; use the fields of hfscratch.data.clean.CleanConfig") from None
+            clean_cfg = dataclasses.replace(config.cleaning, txt_mode=config.txt_mode, limit=config.max_documents)
             # clean_corpus builds in a sibling temp folder and renames it to clean_dir when done.
             result = clean_corpus(config.sources, clean_dir, clean_cfg, text_field=config.text_field)
             files.extend(Path(f) for f in result.files)
@@ -444,7 +341,7 @@ def _train_or_load_tokenizer(config: DataConfig, docs: Iterator[dict], out_dir: 
     return tokenizer, {"bytes_per_token": bpt, "bytes_per_token_measured_on": measured_on}
 
 
-def _pack(config: DataConfig, tokenizer, docs_factory, staging: Path, max_position_embeddings):
+def _pack(config: DataConfig, tokenizer, docs_factory, staging: Path):
     from datasets import Dataset
 
     from .pack import count_bytes, pack_dataset, split_blocks, token_byte_lengths
@@ -466,10 +363,9 @@ def _pack(config: DataConfig, tokenizer, docs_factory, staging: Path, max_positi
         add_bos=config.add_bos,
         drop_remainder=config.drop_remainder,
         num_proc=config.num_proc,
-        max_position_embeddings=max_position_embeddings,
         cache_dir=work / "tokenized",
     )
-    splits = split_blocks(blocks, config.validation_fraction, seed=config.seed)
+    splits = split_blocks(blocks, config.validation_fraction, seed=config.split_seed)
     splits.save_to_disk(str(staging / "packed"))
     byte_lengths = token_byte_lengths(tokenizer)
     counts = {name: {"blocks": len(ds), **count_bytes(ds, byte_lengths)} for name, ds in splits.items()}
@@ -483,23 +379,21 @@ def _materialize(factory):
         yield {"text": doc["text"]}
 
 
-def prepare_data(config: DataConfig | None = None, max_position_embeddings: int | None = None) -> PreparedData:
+def prepare_data(config: DataConfig | None = None) -> PreparedData:
     """Build (or reuse) `<output_root>/<name>/` and return the packed splits, tokenizer and manifest."""
     from hfscratch.tokenizer import check_vocab_size, tokenizer_fingerprint
 
-    from .pack import check_block_size
-
     config = config if config is not None else DataConfig()
     # Cheap checks first, so a typo fails in a second rather than after cleaning.
-    check_block_size(config.block_size, max_position_embeddings)
     if not config.tokenizer_path:
         check_vocab_size(config.vocab_size)
-    if not 0.0 <= config.validation_fraction < 1.0:
-        raise ConfigError(f"validation_fraction={config.validation_fraction} must be in [0, 1); use e.g. 0.05")
     if not config.sources and config.synthetic_problems == 0:
         raise DataError("the corpus is empty: no sources and synthetic_problems=0; give sources or set synthetic_problems > 0")
     sources = _describe_sources(config.sources)  # raises DataError for a missing path / unsupported file
-    clean_options = _load_clean_options(config) if (config.clean and config.sources) else {}
+    # The cleaning settings decide the corpus; how the work is spread (executor, tasks, progress bars) does not.
+    clean_options = {k: v for k, v in dataclasses.asdict(config.cleaning).items()
+                     if k not in ("progress", "executor", "tasks", "workers", "start_method") and not k.startswith(("slurm_", "ray_"))
+                     } if (config.clean and config.sources) else {}
     keys = _stage_keys(config, sources, clean_options)
     root = config.root
     _check_root_is_ours(root)
@@ -548,7 +442,7 @@ def prepare_data(config: DataConfig | None = None, max_position_embeddings: int 
         timings["tokenizer_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        pack_stats, counts = _pack(config, tokenizer, docs_factory, staging, max_position_embeddings)
+        pack_stats, counts = _pack(config, tokenizer, docs_factory, staging)
         timings["pack_s"] = time.perf_counter() - start
 
         manifest = {
@@ -592,8 +486,7 @@ def prepare_data(config: DataConfig | None = None, max_position_embeddings: int 
     return _load_prepared(root, manifest, reused=False)
 
 
-def prepare_data_distributed(config: DataConfig | None, accelerator, max_position_embeddings: int | None = None,
-                             local: bool = False) -> PreparedData:
+def prepare_data_distributed(config: DataConfig | None, accelerator, local: bool = False) -> PreparedData:
     """Only the main process builds; the others wait at a barrier, then load (reuse) the finished folder.
 
     The others wait inside a collective barrier, which times out after the process group's timeout (30 min by
@@ -604,4 +497,4 @@ def prepare_data_distributed(config: DataConfig | None, accelerator, max_positio
     """
     first = accelerator.local_main_process_first if local else accelerator.main_process_first
     with first():
-        return prepare_data(config, max_position_embeddings=max_position_embeddings)
+        return prepare_data(config)

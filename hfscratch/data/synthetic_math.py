@@ -7,7 +7,7 @@ a collection) built from a chain of arithmetic *steps*. The solution shows each 
 Why hand-written: no library generates verifiable math word problems with controllable difficulty and a
 provably disjoint held-out split, and the corpus must exist offline on a fresh machine.
 
-Difficulty knobs (every public function takes them):
+Difficulty knobs (the fields of `SyntheticMathConfig`, also accepted as keywords by the generators):
   * ``min_steps``/``max_steps``: number of arithmetic steps (= number of ``<<...>>`` annotations);
   * ``max_value``: operands are drawn from 1..max_value (intermediate values stay <= 10 * max_value);
   * ``operations``: the allowed operators, any subset of ``("+", "-", "*", "/")``; a step that needs an
@@ -41,12 +41,14 @@ import json
 import operator
 import random
 import re
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterator
 
 from ..errors import ConfigError
 
 __all__ = [
+    "SyntheticMathConfig",
     "HELDOUT_PERCENT",
     "OPERATIONS",
     "generate_problems",
@@ -294,18 +296,25 @@ def problem_split(question: str) -> str:
     return "heldout" if int.from_bytes(digest[:8], "big") % 100 < HELDOUT_PERCENT else "train"
 
 
-def _check_difficulty(split, min_steps, max_steps, max_value, operations) -> tuple[str, ...]:
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    if not (isinstance(min_steps, int) and isinstance(max_steps, int) and 1 <= min_steps <= max_steps):
-        raise ConfigError(f"need 1 <= min_steps <= max_steps, got min_steps={min_steps}, max_steps={max_steps}")
-    if not isinstance(max_value, int) or max_value < 2:
-        raise ConfigError(f"max_value must be an integer >= 2, got {max_value!r}")
-    ops = tuple(dict.fromkeys(operations))
-    bad = [op for op in ops if op not in OPERATIONS]
-    if not ops or bad:
-        raise ConfigError(f"operations must be a non-empty subset of {OPERATIONS}, got {tuple(operations)!r}")
-    return ops
+@dataclass
+class SyntheticMathConfig:
+    """The generator's difficulty and seed: defined once here, nested by the data and alignment stage configs."""
+
+    min_steps: int = field(default=1, metadata={"help": "fewest arithmetic steps (<<...>> annotations) per problem"})
+    max_steps: int = field(default=4, metadata={"help": "most arithmetic steps per problem"})
+    max_value: int = field(default=100, metadata={"help": "largest operand (intermediate values stay <= 10 x this)"})
+    operations: list[str] = field(default_factory=lambda: list(OPERATIONS),
+                                  metadata={"help": "allowed operators, a non-empty subset of + - * /"})
+    seed: int = field(default=0, metadata={"help": "seed of the problem stream"})
+
+    def __post_init__(self):
+        self.operations = list(dict.fromkeys(self.operations))
+        if not (isinstance(self.min_steps, int) and isinstance(self.max_steps, int) and 1 <= self.min_steps <= self.max_steps):
+            raise ConfigError(f"need 1 <= min_steps <= max_steps, got min_steps={self.min_steps}, max_steps={self.max_steps}")
+        if not isinstance(self.max_value, int) or self.max_value < 2:
+            raise ConfigError(f"max_value must be an integer >= 2, got {self.max_value!r}")
+        if not self.operations or any(op not in OPERATIONS for op in self.operations):
+            raise ConfigError(f"operations must be a non-empty subset of {OPERATIONS}, got {tuple(self.operations)!r}")
 
 
 class _Generator:
@@ -457,16 +466,18 @@ class _Generator:
         return names[-1], nxt, len(names)
 
 
-def iter_problems(split: str = "train", seed: int = 0, min_steps: int = 1, max_steps: int = 4, max_value: int = 100,
-                  operations=OPERATIONS) -> Iterator[dict]:
-    """Unbounded, seeded stream of problems of one split.
+def iter_problems(split: str = "train", config: SyntheticMathConfig | None = None, **difficulty) -> Iterator[dict]:
+    """Unbounded, seeded stream of problems of one split; `difficulty` keywords are `SyntheticMathConfig` fields.
 
     Each item has ``question``, ``answer`` (worked solution ending ``#### N``), ``final_answer`` (str of an
     integer), ``steps``, ``topic`` and ``program`` (a JSON description used to build wrong solutions).
     """
-    ops = _check_difficulty(split, min_steps, max_steps, max_value, operations)
-    rng = random.Random(f"hfscratch-synthetic-math:{split}:{seed}")
-    gen = _Generator(rng, split, min_steps, max_steps, max_value, ops)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    c = config or SyntheticMathConfig(**difficulty)
+    ops = tuple(c.operations)
+    rng = random.Random(f"hfscratch-synthetic-math:{split}:{c.seed}")
+    gen = _Generator(rng, split, c.min_steps, c.max_steps, c.max_value, ops)
     failures = 0
     while True:
         problem = gen.one()
@@ -474,19 +485,18 @@ def iter_problems(split: str = "train", seed: int = 0, min_steps: int = 1, max_s
             failures += problem is None
             if failures > _MAX_ATTEMPTS:
                 raise ConfigError(
-                    f"cannot build problems with min_steps={min_steps}, max_steps={max_steps}, max_value={max_value}, "
-                    f"operations={ops}; allow more operations (e.g. '+' and '-') or raise max_value")
+                    f"cannot build problems with min_steps={c.min_steps}, max_steps={c.max_steps}, "
+                    f"max_value={c.max_value}, operations={ops}; allow more operations (e.g. '+' and '-') or raise max_value")
             continue
         failures = 0
         yield problem
 
 
-def generate_problems(n: int, split: str = "train", seed: int = 0, min_steps: int = 1, max_steps: int = 4,
-                      max_value: int = 100, operations=OPERATIONS) -> list[dict]:
-    """The first ``n`` problems of ``iter_problems`` (same seed -> same list)."""
+def generate_problems(n: int, split: str = "train", config: SyntheticMathConfig | None = None, **difficulty) -> list[dict]:
+    """The first ``n`` problems of ``iter_problems`` (same config -> same list)."""
     if n < 0:
         raise ConfigError(f"n must be >= 0, got {n}")
-    stream = iter_problems(split, seed, min_steps=min_steps, max_steps=max_steps, max_value=max_value, operations=operations)
+    stream = iter_problems(split, config, **difficulty)
     return [next(stream) for _ in range(n)]
 
 

@@ -1,0 +1,80 @@
+"""`DataConfig`: everything that decides a prepared dataset, the data section of every config that reads data.
+
+`hfscratch data` owns it; pretraining nests it as its `data:` section, so a data YAML (e.g. `data_gutenberg`)
+is the pretraining recipe's data section unchanged. Its own sections are the synthetic generator's difficulty
+(`SyntheticMathConfig`) and the cleaning pipeline's switches and thresholds (`CleanConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from .clean.config import CleanConfig
+from .synthetic_math import SyntheticMathConfig
+
+TXT_MODES = ("file", "paragraph", "line")
+
+
+@dataclass
+class DataConfig:
+    """Sources, cleaning, tokenizer and packing. Defaults: the embedded synthetic math corpus, offline, ~30 s."""
+
+    name: str = field(default="synthetic_math", metadata={"help": "folder name of the prepared data under output_root"})
+    output_root: str = field(default="data", metadata={"help": "parent folder of prepared datasets"})
+    sources: list[str] = field(default_factory=list, metadata={
+        "help": "files, folders, globs or Hub ids of natural text; empty = only the synthetic math corpus"})
+    text_field: str = field(default="text", metadata={"help": "field holding the text in json/jsonl/parquet/Hub rows"})
+    txt_mode: str = field(default="file", metadata={"help": "a .txt file is one document per file | paragraph | line"})
+    max_documents: int | None = field(default=None, metadata={"help": "read at most this many source documents"})
+    synthetic_problems: int = field(default=4000, metadata={
+        "help": "synthetic GSM8K-style training problems mixed in (0 = none)"})
+    synthetic: SyntheticMathConfig = field(default_factory=SyntheticMathConfig)
+    clean: bool = field(default=True, metadata={"help": "run the datatrove cleaning pipeline on the sources"})
+    cleaning: CleanConfig = field(default_factory=CleanConfig)
+    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, special tokens included"})
+    min_frequency: int = field(default=2, metadata={"help": "smallest pair count for a BPE merge"})
+    tokenizer_max_chars: int | None = field(default=None, metadata={
+        "help": "train the tokenizer on at most this many characters (None = whole corpus)"})
+    tokenizer_path: str | None = field(default=None, metadata={
+        "help": "reuse this tokenizer (folder or Hub id) instead of training one"})
+    dataset_path: str | None = field(default=None, metadata={
+        "help": "pretraining only: skip preparation and read this DatasetDict.save_to_disk folder (train/validation "
+                "splits of packed input_ids, + position_ids); needs tokenizer_path, and its blocks must hold block_size"})
+    block_size: int = field(default=256, metadata={"help": "tokens per packed block (the training sequence length)"})
+    add_bos: bool = field(default=True, metadata={"help": "start every document with bos"})
+    drop_remainder: bool = field(default=True, metadata={"help": "drop the last partial block (else pad it)"})
+    validation_fraction: float = field(default=0.05, metadata={"help": "fraction of blocks held out for validation"})
+    num_proc: int | None = field(default=None, metadata={"help": "tokenization processes (None = by corpus size)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+    streaming: bool = field(default=False, metadata={
+        "help": "read documents as a stream and write blocks incrementally (bounded memory)"})
+    force: bool = field(default=False, metadata={"help": "rebuild even if a valid prepared folder exists"})
+
+    def __post_init__(self):
+        self.sources = [str(self.sources)] if isinstance(self.sources, (str, Path)) else [str(s) for s in self.sources]
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name={self.name!r} must be a plain folder name like 'synthetic_math'")
+        if self.synthetic_problems < 0:
+            raise ConfigError(f"synthetic_problems={self.synthetic_problems} must be >= 0")
+        if self.txt_mode not in TXT_MODES:
+            raise ConfigError(f"txt_mode={self.txt_mode!r}: use file, paragraph or line")
+        if self.block_size < 2:
+            raise ConfigError(f"block_size={self.block_size} must be at least 2 (one input and one target token); use e.g. 256")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1); use e.g. 0.05")
+        if self.dataset_path is not None and self.tokenizer_path is None:
+            raise ConfigError("dataset_path needs tokenizer_path (the tokenizer the blocks were encoded with)")
+        self.cleaning.validate()
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_root) / self.name
+
+
+def check_block_size(block_size: int, max_position_embeddings: int) -> None:
+    """The one cross-section rule on block_size: a block must fit the model's positions."""
+    if block_size > max_position_embeddings:
+        raise ConfigError(f"block_size={block_size} is larger than the model's max_position_embeddings={max_position_embeddings}; "
+                          f"set block_size <= {max_position_embeddings} or raise max_position_embeddings in the model config")
