@@ -159,7 +159,7 @@ HFSCRATCH_CONFIGS = {
 
 def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Path) -> dict:
     from hfscratch.tokenizer import train_tokenizer
-    from hfscratch.training import DataArguments, ModelConfig, TrainConfig, TrainingData
+    from hfscratch.training import DataConfig, ModelConfig, TrainConfig, TrainingData
     from hfscratch.training.loop import Pretrainer
 
     cfg = HFSCRATCH_CONFIGS[name]
@@ -181,7 +181,7 @@ def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Pa
         output_dir=str(workdir / name), max_steps=steps, eval_steps=eval_every, eval_max_batches=None, save_steps=0, report_to="none",
         logging_steps=50, sample_max_new_tokens=1, spike_zscore=0.0, overwrite_output_dir=True, **cfg["training"],
     )
-    trainer = TimedPretrainer(ModelConfig(**cfg["model"]), DataArguments(block_size=cfg["block_size"]), TrainConfig(**training),
+    trainer = TimedPretrainer(ModelConfig(**cfg["model"]), DataConfig(block_size=cfg["block_size"]), TrainConfig(**training),
                               data=TrainingData(train, val, tok))
     result = trainer.train()
     return {"curve": curve, "train_time": trainer.train_time, "final_bpb": curve[-1][1], "steps": steps, "trainer": trainer,

@@ -1,28 +1,31 @@
-"""`hfscratch <command>`: one entry point that lists every pipeline stage.
+"""The one entry layer: `hfscratch <stage> ...` and `recipes/<stage>.py ...` both call `run_command`.
 
-Each stage module exposes `add_arguments(parser)` and `run(args) -> int`; this file only wires them up
-and turns `HfscratchError` into a one-line message with exit code 2 (`--debug` shows the traceback).
-Stage modules are imported lazily so `hfscratch --help` stays fast and one broken extra does not
-take down the other commands.
+Each stage is a `main(argv) -> int` (config stages parse with `hfscratch.options.parse_config`; the tool commands
+chat, push, export, merge and eval declare argparse options through `add_arguments(parser)` + `run(args)`).
+This file only dispatches and turns `HfscratchError` into one `error:` line with exit code 2 (`--debug` shows
+the traceback). Stage modules are imported by name, only for the command being run, so `hfscratch --help` and
+every other command keep working when one stage's optional extra is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import os
 import sys
+import time
 
-from .errors import HfscratchError
-from .recipe_args import let_collective_threads_finish, name_deepspeed_accelerator
+import torch
 
-# command -> (module, one-line help)
+from .errors import ConfigError, HfscratchError
+
+# command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("hfscratch.data.cli", "prepare data: clean (datatrove), train a tokenizer, tokenize and pack"),
-    "pretrain": ("hfscratch.training.cli", "pretrain a model (same as `accelerate launch recipes/pretrain.py`)"),
-    "sft": ("hfscratch.alignment.cli_sft", "supervised fine-tuning with TRL (same as recipes/sft.py)"),
-    "dpo": ("hfscratch.alignment.cli_dpo", "direct preference optimisation with TRL (same as recipes/dpo.py)"),
-    "grpo": ("hfscratch.alignment.cli_grpo", "GRPO with a verifiable math reward (same as recipes/grpo.py)"),
+    "data": ("hfscratch.data.cli:main", "prepare data: clean (datatrove), train a tokenizer, tokenize and pack"),
+    "pretrain": ("hfscratch.training.cli:main", "pretrain a model (same as `accelerate launch recipes/pretrain.py`)"),
+    "sft": ("hfscratch.alignment.cli:main_sft", "supervised fine-tuning with TRL (same as recipes/sft.py)"),
+    "dpo": ("hfscratch.alignment.cli:main_dpo", "direct preference optimisation with TRL (same as recipes/dpo.py)"),
+    "grpo": ("hfscratch.alignment.cli:main_grpo", "GRPO with a verifiable math reward (same as recipes/grpo.py)"),
     "merge": ("hfscratch.alignment.merge", "merge a LoRA adapter into a standalone checkpoint"),
     "eval": ("hfscratch.evaluation.cli", "evaluate with lm-eval (GSM8K, HellaSwag, ARC, ...) and bits-per-byte"),
     "chat": ("hfscratch.chat", "chat with a model in the terminal (streamed)"),
@@ -31,42 +34,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available_commands() -> dict[str, tuple[str, str]]:
-    found = {}
-    for name, (module, help_text) in COMMANDS.items():
-        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
-            continue
-        try:
-            if importlib.util.find_spec(module) is not None:
-                found[name] = (module, help_text)
-        except ModuleNotFoundError:
-            continue
-    return found
-
-
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse prints the whole usage block before an error; a single line is easier to act on."""
+    """argparse prints the whole usage block and exits; one `ConfigError` line is easier to act on."""
 
     def error(self, message: str):
-        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
-        sys.exit(2)
-
-
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
-    parser = OneLineErrorParser(prog="hfscratch", description="Build, train, align, evaluate and publish your own LLM.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
-    modules = {}
-    for name, (module, help_text) in _available_commands().items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        sub_parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-        modules[name] = module
-    return parser, modules
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
 def accept_both_spellings(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """`--max_new_tokens` and `--max-new-tokens` name the same option in every command: a spelling the command does
-    not declare is rewritten to the one it does (stage options come from dataclass fields, so most use underscores)."""
+    """`--max_new_tokens` and `--max-new-tokens` name the same option: rewrite to the spelling the parser declares."""
     known = set(parser._option_string_actions)
     rewritten = []
     for arg in argv:
@@ -80,25 +56,57 @@ def accept_both_spellings(argv: list[str], parser: argparse.ArgumentParser) -> l
     return rewritten
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def stage_main(command: str):
+    """The `main(argv) -> int` of a command (argparse tool commands get one built from their options)."""
+    target, _ = COMMANDS[command]
+    module_name, _, function = target.partition(":")
+    module = importlib.import_module(module_name)
+    if function:
+        return getattr(module, function)
+
+    def main(argv: list[str]) -> int:
+        parser = OneLineErrorParser(prog=f"hfscratch {command}", description=COMMANDS[command][1])
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(accept_both_spellings(argv, parser))) or 0)
+
+    return main
+
+
+def name_deepspeed_accelerator() -> None:
+    """Tell DeepSpeed up front which accelerator it will pick on a machine without CUDA.
+
+    Accelerate (`unwrap_model`, `get_state_dict`) and TRL import DeepSpeed whenever it is installed, even in runs that
+    never use it, and on a machine without CUDA its import logs "[WARNING] Setting accelerator to CPU ..." after
+    probing. Answering here, at the entry point, covers every such import. Naming "cpu" (what the probe picks there
+    anyway) keeps normal runs quiet; a DS_ACCELERATOR the user set wins.
+    """
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def let_collective_threads_finish(seconds: float = 0.25) -> None:
+    """In a multi-process run, pause with the GIL released so torch.distributed's threads can let go of their work.
+
+    A gloo worker thread drops its reference to a finished collective a moment *after* `wait()` has returned on
+    the main thread, and dropping a tensor Python has seen takes the GIL (the final barrier holds the ZeRO-3
+    all-gathers issued before it, and their tensors). If the main thread is already finalising the interpreter
+    by then, Python ends that thread inside a C++ destructor: "terminate called without an active exception",
+    SIGABRT, a failed `accelerate launch` for a run that had finished and saved (seen in about 1 of 11 ZeRO-3
+    CPU runs; core dump: `~AsyncBarrierWork` -> `~AsyncAllgatherWork` -> GIL acquire -> `PyThread_exit_thread`).
+    `destroy_process_group()` does not join these threads while DeepSpeed or DDP still hold the group, so the
+    fix is to give them the GIL and a moment of CPU before exit. Single-process runs skip this.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        time.sleep(seconds)
+
+
+def run_command(command: str, argv: list[str]) -> int:
+    """Run one stage with the project's error convention; the recipes call this with their command name."""
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     name_deepspeed_accelerator()
-    parser, modules = build_parser()
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in modules:
-        # Let the stage module add its own arguments only for the command being run.
-        stage = importlib.import_module(modules[command])
-        stage_parser = parser._subparsers._group_actions[0].choices[command]
-        stage.add_arguments(stage_parser)
-        at = argv.index(command)
-        argv = argv[: at + 1] + accept_both_spellings(argv[at + 1 :], stage_parser)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    debug = getattr(args, "debug", False) or "--debug" in argv
     try:
-        return int(stage.run(args) or 0)
+        return int(stage_main(command)(argv) or 0)
     except HfscratchError as err:
         if debug:
             raise
@@ -109,6 +117,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         let_collective_threads_finish()
+
+
+def print_commands() -> None:
+    print("usage: hfscratch <command> [options]   (hfscratch <command> --help lists a command's options)\n\n"
+          "Build, train, align, evaluate and publish your own LLM.\n\ncommands:")
+    for name, (_, help_text) in COMMANDS.items():
+        print(f"  {name:<10} {help_text}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is None:
+        unknown = [arg for arg in argv if arg not in ("-h", "--help", "--debug")]
+        if unknown:
+            print(f"error: unknown option {unknown[0]}; give a command first (see `hfscratch --help`)", file=sys.stderr)
+            return 2
+        print_commands()
+        return 0
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see `hfscratch --help`)",
+              file=sys.stderr)
+        return 2
+    at = argv.index(command)
+    return run_command(command, argv[:at] + argv[at + 1:])
 
 
 if __name__ == "__main__":

@@ -7,24 +7,12 @@
 
 Data preparation (tokenizer + packed blocks) runs first if its output is missing, then training with
 validation, checkpoints and tensorboard logs, then `outputs/<run_name>/final/` is written: a save_pretrained
-folder with tokenizer, generation config, model card and loss curve. The logic lives in `hfscratch.training`.
+folder with tokenizer, generation config, model card and loss curve. `hfscratch pretrain` runs the same `main` (hfscratch/training/cli.py).
 """
 
 import sys
 
-from hfscratch.recipe_args import packaged_config, parse_recipe_args, run_recipe
-from hfscratch.training import DataArguments, ModelConfig, TrainConfig, pretrain, print_summary
-
-DEFAULT_CONFIG = packaged_config("pretrain_tiny")
-
-
-def main(argv: list[str]) -> None:
-    if "--config" not in argv:
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    model_args, data_args, training_args = parse_recipe_args([ModelConfig, DataArguments, TrainConfig], argv, prog="recipes/pretrain.py")
-    result = pretrain(model_args, data_args, training_args)
-    print_summary(result)
-
+from hfscratch.cli import run_command
 
 if __name__ == "__main__":
-    run_recipe(main, sys.argv[1:])
+    sys.exit(run_command("pretrain", sys.argv[1:]))

@@ -68,7 +68,7 @@ def main():
         print(json.dumps({"losses": losses, "checksum": checksum, "world": world}))
     if sharded:
         dist.destroy_process_group()
-        from hfscratch.recipe_args import let_collective_threads_finish
+        from hfscratch.cli import let_collective_threads_finish
 
         let_collective_threads_finish()  # the model still holds the group: see the function's docstring
 

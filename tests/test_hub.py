@@ -310,7 +310,7 @@ def test_bad_folders(hub_env, tmp_path, folders):
 
 def test_pretraining_pushes_checkpoints_and_final(hub, hub_env, tmp_path, monkeypatch, tiny_tokenizer, shakespeare_text):
     """`--push_to_hub`: each checkpoint lands on a step branch, the final model (with its card) on main."""
-    from hfscratch.training import DataArguments, ModelConfig, TrainConfig, TrainingData, pretrain
+    from hfscratch.training import DataConfig, ModelConfig, PretrainConfig, TrainConfig, TrainingData, pretrain
     from tests.test_training_loop import TINY_MODEL, shakespeare_splits
 
     monkeypatch.setenv("HF_TOKEN", "tok-alice")
@@ -319,7 +319,7 @@ def test_pretraining_pushes_checkpoints_and_final(hub, hub_env, tmp_path, monkey
         output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=4, save_steps=3, keep_last_k=1, eval_steps=0,
         report_to="none", spike_zscore=0.0, sample_max_new_tokens=4, push_to_hub=True, hub_model_id="alice/pretrained",
     )
-    pretrain(ModelConfig(**TINY_MODEL), DataArguments(block_size=64), args, data=TrainingData(train, validation, tiny_tokenizer))
+    pretrain(PretrainConfig(ModelConfig(**TINY_MODEL), DataConfig(block_size=64), args), data=TrainingData(train, validation, tiny_tokenizer))
     from hfscratch.hub import wait_for_pushes
 
     assert not [r for r in wait_for_pushes(timeout=120) if isinstance(r, Exception)]

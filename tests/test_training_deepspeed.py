@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("deepspeed", reason="DeepSpeed tests need `pip install deepspeed` (in the dev extra)")
 
-from hfscratch.training import pretrain  # noqa: E402
+from hfscratch.training import PretrainConfig, pretrain  # noqa: E402
 from tests.test_training_dist import _env, _losses, _recipe_argv  # noqa: E402
 from tests.test_training_loop import make_args, shakespeare_data, shakespeare_on_disk  # noqa: E402,F401  (fixtures)
 
@@ -52,7 +52,7 @@ def one_process(tmp_path_factory, shakespeare_data):  # noqa: F811
     out = tmp_path_factory.mktemp("single")
     training = {k: v for k, v in RUN.items() if k != "block_size"}  # make_args packs 64-token blocks already
     model_args, data_args, args = make_args(out, **{**training, "gradient_accumulation_steps": 4, "output_dir": str(out / "run")})
-    return pretrain(model_args, data_args, args, data=shakespeare_data)
+    return pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
 
 
 @pytest.mark.parametrize("stage,port", [(2, 29561), (3, 29565)])

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from hfscratch.training import DataArguments, ModelConfig, TrainConfig, pretrain
+from hfscratch.options import parse_config
+from hfscratch.training import PretrainConfig, pretrain
 from hfscratch.training import checkpoint as ckpt
+from hfscratch.training.config import flat_config
 from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, shakespeare_on_disk  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_loss_sequence(tmp_path
     common = dict(max_steps=24, save_steps=8, per_device_train_batch_size=8, block_size=64)
     # The reference: an uninterrupted run (in process; same code path, same CPU fp32 arithmetic).
     model_args, data_args, args = make_args(tmp_path, max_steps=24, save_steps=8, per_device_train_batch_size=8, output_dir=str(tmp_path / "ref"))
-    reference = pretrain(model_args, data_args, args, data=shakespeare_data)
+    reference = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     ref_losses = [[s, v] for s, v in reference.loss_history]
 
     out = tmp_path / "killed"
@@ -81,7 +82,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, shakespeare_data, shakesp
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "micro 4 x accum 1 x 2 proc" in run.stdout
     model_args, data_args, args = make_args(tmp_path, max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=2, output_dir=str(tmp_path / "single"))
-    single = pretrain(model_args, data_args, args, data=shakespeare_data)
+    single = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     ddp_losses = _losses(out)
     assert len(ddp_losses) == 6
     for (s1, a), (s2, b) in zip(ddp_losses, single.loss_history):
@@ -145,7 +146,7 @@ def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):
     bad_yaml.write_text("max_stepz: 5\n")
     cases = [
         (["--max_stepz", "5"], "did you mean --max_steps"),
-        (["--config", str(bad_yaml)], "unknown key 'max_stepz'"),
+        (["--config", str(bad_yaml)], "unknown key 'max_stepz' in"),
         (["--learning_rate", "fast"], "learning_rate"),
     ]
     for argv, expected in cases:
@@ -156,10 +157,11 @@ def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):
 
 
 def test_default_yaml_matches_dataclass_defaults():
-    """`hfscratch pretrain` installed without the recipes folder behaves like the recipe's default run."""
-    config = yaml.safe_load((REPO / "recipes" / "configs" / "pretrain_tiny.yaml").read_text())
-    defaults = {**vars(ModelConfig()), **vars(DataArguments()), **vars(TrainConfig())}
-    differing = {k: (v, defaults[k]) for k, v in config.items() if defaults[k] != v and k != "max_steps"}
+    """A `PretrainConfig()` built in code trains what the recipe's default YAML trains (bar the step budget)."""
+    shipped = flat_config(parse_config(PretrainConfig, ["--config", "pretrain_tiny"], prog="test"))
+    defaults = flat_config(PretrainConfig())
+    assert shipped.keys() == defaults.keys()
+    differing = {k: (v, defaults[k]) for k, v in shipped.items() if defaults[k] != v and k != "train.max_steps"}
     assert not differing
 
 
@@ -170,7 +172,7 @@ def test_default_recipe_end_to_end_tiny(tmp_path):
     run = subprocess.run(
         [sys.executable, str(RECIPE), "--max_steps", "6", "--eval_steps", "0", "--save_steps", "0", "--per_device_train_batch_size", "4",
          "--hidden_size", "64", "--num_hidden_layers", "1", "--num_attention_heads", "2", "--block_size", "64", "--eval_max_batches", "2",
-         "--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")],
+         "--data.output_root", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")],
         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

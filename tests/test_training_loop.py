@@ -13,8 +13,9 @@ from datasets import Dataset, DatasetDict
 
 from hfscratch.errors import CheckpointError, ConfigError
 from hfscratch.training import (
-    DataArguments,
+    DataConfig,
     ModelConfig,
+    PretrainConfig,
     TrainConfig,
     TrainingData,
     TrainingDivergedError,
@@ -77,14 +78,14 @@ def make_args(tmp_path, **training):
         eval_max_batches=4, logging_steps=4, report_to="none", sample_max_new_tokens=8, spike_zscore=0.0,
     )
     defaults.update(training)
-    return ModelConfig(**TINY_MODEL), DataArguments(block_size=64), TrainConfig(**defaults)
+    return ModelConfig(**TINY_MODEL), DataConfig(block_size=64), TrainConfig(**defaults)
 
 
 def test_loss_falls_on_shakespeare_and_final_folder_loads(tmp_path, shakespeare_data, tiny_tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_args, data_args, args = make_args(tmp_path, max_steps=60, eval_steps=30, save_steps=30, report_to="tensorboard", sample_prompt="ROMEO:")
-    result = pretrain(model_args, data_args, args, data=shakespeare_data)
+    result = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     first = result.loss_history[0][1]
     assert first > math.log(len(tiny_tokenizer)) - 0.5  # starts near uniform
     assert result.metrics["val_loss"] < first - 1.2, (first, result.metrics)
@@ -111,7 +112,7 @@ def test_loss_falls_on_shakespeare_and_final_folder_loads(tmp_path, shakespeare_
 
 def _train_params(tmp_path, data, **training):
     model_args, data_args, args = make_args(tmp_path, **training)
-    trainer = loop_module.Pretrainer(model_args, data_args, args, data=data)
+    trainer = loop_module.Pretrainer(PretrainConfig(model_args, data_args, args), data=data)
     trainer.train()
     return {k: v.detach().clone() for k, v in trainer.unwrapped.state_dict().items()}, trainer
 
@@ -175,7 +176,7 @@ def test_nan_step_is_skipped_logged_and_never_saved(tmp_path, shakespeare_data, 
 
     monkeypatch.setattr(step_module, "compute_token_losses", poisoned)
     model_args, data_args, args = make_args(tmp_path, max_steps=8, save_steps=4)
-    result = pretrain(model_args, data_args, args, data=shakespeare_data)
+    result = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     assert [s for s, _ in result.skipped_steps] == [5]
     assert "non-finite loss" in result.skipped_steps[0][1]
     assert "step 5: skipped the update" in capsys.readouterr().out
@@ -198,7 +199,7 @@ def test_consecutive_bad_steps_stop_with_clear_error(tmp_path, shakespeare_data,
     monkeypatch.setattr(step_module, "compute_token_losses", always_nan)
     model_args, data_args, args = make_args(tmp_path, max_consecutive_skips=3)
     with pytest.raises(TrainingDivergedError, match="3 consecutive steps skipped"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
 
 
 def test_failed_checkpoint_write_keeps_previous_and_resume_works(tmp_path, shakespeare_data, monkeypatch):
@@ -217,64 +218,64 @@ def test_failed_checkpoint_write_keeps_previous_and_resume_works(tmp_path, shake
     monkeypatch.setattr(ckpt, "_write_trainer_state", disk_full_on_second)
     model_args, data_args, args = make_args(tmp_path, max_steps=8, save_steps=4)
     with pytest.raises(CheckpointError, match="disk full.*checkpoint-0000004 is intact"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     kept = ckpt.list_checkpoints(tmp_path / "run")
     assert [p.name for p in kept] == ["checkpoint-0000004"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*")), "temporary folder left behind"
     AutoModelForCausalLM.from_pretrained(kept[0] / "hf")  # the surviving checkpoint is loadable
     monkeypatch.setattr(ckpt, "_write_trainer_state", real)
     model_args, data_args, args = make_args(tmp_path, max_steps=8, save_steps=4, resume_from_checkpoint="latest")
-    result = pretrain(model_args, data_args, args, data=shakespeare_data)
+    result = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     assert result.metrics["steps"] == 8 and len(result.loss_history) == 8
 
 
 def test_output_dir_guard_and_overwrite(tmp_path, shakespeare_data):
     model_args, data_args, args = make_args(tmp_path, max_steps=2, warmup_steps=0)
-    pretrain(model_args, data_args, args, data=shakespeare_data)
+    pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     marker = (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(ConfigError, match="already holds a run.*--overwrite_output_dir"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     assert (tmp_path / "run" / "final" / "model.safetensors").stat().st_mtime_ns == marker  # nothing touched
     args.overwrite_output_dir = True
-    pretrain(model_args, data_args, args, data=shakespeare_data)
+    pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
 
 
 def test_resume_errors(tmp_path, shakespeare_data):
     model_args, data_args, args = make_args(tmp_path, max_steps=2, warmup_steps=0, resume_from_checkpoint="latest")
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     args.resume_from_checkpoint = str(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="does not exist"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     model_args, data_args, args = make_args(tmp_path, max_steps=2, warmup_steps=0, overwrite_output_dir=True)
-    pretrain(model_args, data_args, args, data=shakespeare_data)
+    pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     path = ckpt.list_checkpoints(tmp_path / "run")[-1]
     (path / "model.safetensors").write_bytes(b"not a safetensors file")
     model_args, data_args, args = make_args(tmp_path, max_steps=4, warmup_steps=0, resume_from_checkpoint=str(path))
     with pytest.raises(CheckpointError, match="corrupt"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
 
 
 def test_model_data_mismatches_are_config_errors(tmp_path, shakespeare_data):
     model_args, data_args, args = make_args(tmp_path)
     model_args.model_vocab_size = 100
     with pytest.raises(ConfigError, match="smaller than the tokenizer"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     model_args, data_args, args = make_args(tmp_path)
     model_args.max_position_embeddings = 32
     with pytest.raises(ConfigError, match="block_size 64 exceeds the model's max_position_embeddings 32"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     model_args, data_args, args = make_args(tmp_path, global_batch_size=12, per_device_train_batch_size=8)
     with pytest.raises(ConfigError, match="not divisible"):
-        pretrain(model_args, data_args, args, data=shakespeare_data)
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     bad = TrainingData(shakespeare_data.train.map(lambda r: {"input_ids": [5000] + r["input_ids"][1:]}), shakespeare_data.validation, shakespeare_data.tokenizer)
     with pytest.raises(ConfigError, match="tokenized with another tokenizer"):
-        pretrain(*make_args(tmp_path), data=bad)
+        pretrain(PretrainConfig(*make_args(tmp_path)), data=bad)
 
 
 def test_trainer_state_is_json_with_data_position(tmp_path, shakespeare_data):
     model_args, data_args, args = make_args(tmp_path, max_steps=3, warmup_steps=1, per_device_train_batch_size=4, gradient_accumulation_steps=2)
-    pretrain(model_args, data_args, args, data=shakespeare_data)
+    pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     state = json.loads((ckpt.list_checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
     assert state["step"] == 3 and state["sequences_consumed"] == 24 and state["tokens_seen"] == 24 * 64
 
@@ -282,7 +283,7 @@ def test_trainer_state_is_json_with_data_position(tmp_path, shakespeare_data):
 def test_bf16_with_activation_checkpointing_learns(tmp_path, shakespeare_data):
     """The CPU-available fast paths: bf16 autocast + activation checkpointing still train (loss falls, finite)."""
     model_args, data_args, args = make_args(tmp_path, max_steps=24, mixed_precision="bf16", gradient_checkpointing=True)
-    result = pretrain(model_args, data_args, args, data=shakespeare_data)
+    result = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     losses = [loss for _, loss in result.loss_history]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0] - 0.5, losses

@@ -115,23 +115,6 @@ def test_labels_skip_document_starts_and_padding():
     assert predicted_token_count(labels) == 5
 
 
-def test_cli_options_round_trip():
-    import argparse
-
-    from hfscratch.training.cli import add_arguments, namespace_to_argv
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--max_steps", "7", "--torch_compile", "--sources", "a.txt", "b.txt", "--hidden_size", "64"])
-    argv = namespace_to_argv(args)
-    assert argv == ["--hidden_size", "64", "--sources", "a.txt", "b.txt", "--max_steps", "7", "--torch_compile", "true"]
-    from hfscratch.recipe_args import parse_recipe_args
-    from hfscratch.training.cli import ARGUMENT_TYPES
-
-    model_args, data_args, training_args = parse_recipe_args(ARGUMENT_TYPES, argv)
-    assert (model_args.hidden_size, data_args.sources, training_args.max_steps, training_args.torch_compile) == (64, ["a.txt", "b.txt"], 7, True)
-
-
 class _EngineThatStepsItself(TrainingBackend):
     """Updates inside its own step, as DeepSpeed does: the verdict comes after the fact."""
 

@@ -1,10 +1,18 @@
-"""Recipe arguments shared by SFT, DPO and GRPO (the trainer settings come from TRL's SFT/DPO/GRPOConfig)."""
+"""The alignment stages' configuration trees: model (what to load, LoRA) + data (dataset, held-out metrics) + train
+(TRL's own SFTConfig / DPOConfig / GRPOConfig, every field of which works from YAML or the command line)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+import trl
+
 from ..data.synthetic_math import SyntheticMathConfig
+
+# TRL 1.16's configs default to `gradient_checkpointing=True`, a field transformers 5.24 renamed
+# (`activation_checkpointing`): every TRL config built warns, whatever the user wrote. The fix is TRL's.
+warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_CHECKPOINT = "outputs/pretrain-tiny/final"
 
@@ -55,3 +63,30 @@ class AlignmentDataConfig:
 
     def synthetic_styles(self) -> dict:
         return {"restated_fraction": self.synthetic_restated_fraction, "style_fraction": self.synthetic_style_fraction}
+
+
+@dataclass
+class SFTStageConfig:
+    """Supervised fine-tuning with TRL's SFTTrainer (held-out metrics before and after)."""
+
+    model: AlignmentModelConfig = field(default_factory=AlignmentModelConfig)
+    data: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
+    train: trl.SFTConfig = field(default_factory=trl.SFTConfig)
+
+
+@dataclass
+class DPOStageConfig:
+    """Direct preference optimisation with TRL's DPOTrainer (held-out margin and win rate before and after)."""
+
+    model: AlignmentModelConfig = field(default_factory=AlignmentModelConfig)
+    data: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
+    train: trl.DPOConfig = field(default_factory=trl.DPOConfig)
+
+
+@dataclass
+class GRPOStageConfig:
+    """GRPO with a verifiable math reward, TRL's GRPOTrainer (held-out reward and exact match before and after)."""
+
+    model: AlignmentModelConfig = field(default_factory=AlignmentModelConfig)
+    data: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
+    train: trl.GRPOConfig = field(default_factory=trl.GRPOConfig)

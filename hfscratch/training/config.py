@@ -1,9 +1,6 @@
-"""The pretraining recipe's arguments: model, data and training dataclasses, alignment-handbook style.
-
-`hfscratch.recipe_args.parse_recipe_args([ModelConfig, DataArguments, TrainConfig])` fills them
-from `--config recipes/configs/<name>.yaml` plus CLI overrides, so every field name here is unique across
-the three classes (they share one command line). Field defaults are the tiny CPU run; the YAML files in
-`recipes/configs/` repeat the values they rely on so a config reads on its own.
+"""The pretraining stage's configuration tree: `PretrainConfig` = model + data (the data stage's `DataConfig`,
+nested, not mirrored) + train. `hfscratch.options.parse_config` fills it from a YAML with one section each plus
+command-line overrides. Field defaults are the tiny CPU run; the shipped YAMLs spell out the values they rely on.
 """
 
 from __future__ import annotations
@@ -13,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.config import DataConfig
 from ..errors import ConfigError
 
 # Model size presets: (hidden, layers, heads, kv_heads, intermediate or None, max_positions, style).
@@ -66,49 +64,6 @@ class ModelConfig:
             raise ConfigError(f"architecture must be llama or gpt2, got {self.architecture!r}")
         if self.pad_vocab_to_multiple_of < 1:
             raise ConfigError("pad_vocab_to_multiple_of must be >= 1")
-
-
-@dataclass
-class DataArguments:
-    """Where the tokens come from; mapped onto `hfscratch.data.prepare.DataConfig` (or a packed dataset on disk)."""
-
-    data_name: str = field(default="synthetic_math", metadata={"help": "name of the prepared data set (folder under data_dir)"})
-    data_dir: str = field(default="data", metadata={"help": "root folder for prepared data (tokenizer + packed blocks)"})
-    sources: list[str] = field(default_factory=list, metadata={"help": "data sources for prepare_data (Hub ids, files, ...); empty = the embedded synthetic math corpus"})
-    vocab_size: int = field(default=2048, metadata={"help": "tokenizer vocabulary size when a tokenizer is trained"})
-    tokenizer_path: str | None = field(default=None, metadata={"help": "use this tokenizer instead of training one"})
-    block_size: int = field(default=256, metadata={"help": "tokens per packed training sequence"})
-    validation_fraction: float = 0.05
-    num_proc: int | None = field(default=None, metadata={"help": "processes for data preparation (None = by corpus size)"})
-    data_seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
-    text_field: str = field(default="text", metadata={"help": "field holding the text in json/jsonl/parquet/Hub rows"})
-    max_documents: int | None = field(default=None, metadata={"help": "read at most this many source documents"})
-    synthetic_problems: int = field(default=4000, metadata={"help": "synthetic math problems mixed in (0 = none)"})
-    clean: bool = field(default=True, metadata={"help": "run the datatrove cleaning pipeline on the sources"})
-    streaming: bool = field(default=False, metadata={"help": "stream Hub sources instead of downloading them whole"})
-    tokenizer_max_chars: int | None = field(default=None, metadata={"help": "train the tokenizer on at most this many characters"})
-    dataset_path: str | None = field(default=None, metadata={"help": "skip preparation: a DatasetDict.save_to_disk folder with train/validation splits of packed `input_ids` (+ `position_ids`); needs tokenizer_path"})
-
-    def __post_init__(self):
-        if self.block_size < 2:
-            raise ConfigError(f"block_size must be at least 2, got {self.block_size}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.dataset_path is not None and self.tokenizer_path is None:
-            raise ConfigError("dataset_path needs tokenizer_path (the tokenizer the blocks were encoded with)")
-
-    def to_data_config(self):
-        """The data engineer's `DataConfig`, passing only the fields it declares (its signature may grow)."""
-        from ..data.prepare import DataConfig
-
-        values = dict(
-            name=self.data_name, output_root=self.data_dir, sources=list(self.sources), vocab_size=self.vocab_size,
-            tokenizer_path=self.tokenizer_path, block_size=self.block_size, validation_fraction=self.validation_fraction,
-            num_proc=self.num_proc, seed=self.data_seed, text_field=self.text_field, max_documents=self.max_documents,
-            synthetic_problems=self.synthetic_problems, clean=self.clean, streaming=self.streaming, tokenizer_max_chars=self.tokenizer_max_chars,
-        )
-        known = {f.name for f in dataclasses.fields(DataConfig)}
-        return DataConfig(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass
@@ -207,6 +162,15 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Pretrain a causal LM from scratch: which model to build, which data to read, how to train."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
 class BatchPlan:
     """Batch arithmetic resolved against the world size; every number a log line or resume needs."""
 
@@ -259,13 +223,15 @@ def plan_batches(args: TrainConfig, world_size: int, block_size: int, train_sequ
     return BatchPlan(micro, accum, world_size, block_size, max_steps, warmup)
 
 
-def flat_config(*dataclass_instances) -> dict[str, Any]:
-    """All fields of the given dataclasses as one flat dict of JSON/tracker-friendly values."""
+def flat_config(config, prefix: str = "") -> dict[str, Any]:
+    """Every field of a config tree as {dotted name: JSON/tracker-friendly value}."""
     out: dict[str, Any] = {}
-    for instance in dataclass_instances:
-        for f in dataclasses.fields(instance):
-            value = getattr(instance, f.name)
-            out[f.name] = value if isinstance(value, (int, float, str, bool)) or value is None else (
-                list(value) if isinstance(value, (list, tuple)) else str(value)
-            )
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out.update(flat_config(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = value
+        else:
+            out[name] = list(value) if isinstance(value, (list, tuple)) else str(value)
     return out

@@ -16,8 +16,9 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
+from ..data.config import DataConfig
+from ..data.prepare import prepare_data_distributed
 from ..errors import DataError
-from .config import DataArguments
 
 IGNORE_INDEX = -100
 
@@ -116,26 +117,21 @@ class StepBatches(torch.utils.data.Dataset):
         return self.blocks.get([self._position_to_index(p) for p in range(base, base + self.micro)])
 
 
-def load_training_data(data_args: DataArguments, accelerator, max_position_embeddings: int | None) -> TrainingData:
-    """A packed dataset from disk, or `hfscratch.data.prepare.prepare_data` (main process first; cached)."""
-    if data_args.dataset_path:
-        try:
-            splits = load_from_disk(data_args.dataset_path)
-        except (FileNotFoundError, ValueError) as err:
-            raise DataError(f"dataset_path {data_args.dataset_path} is not a saved DatasetDict ({err}); write it with DatasetDict.save_to_disk") from None
-        missing = [s for s in ("train", "validation") if s not in splits]
-        if missing:
-            raise DataError(f"dataset_path {data_args.dataset_path} lacks split(s) {missing}; it needs train and validation")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(data_args.tokenizer_path)
-        except (OSError, ValueError) as err:
-            raise DataError(f"cannot load tokenizer {data_args.tokenizer_path} ({str(err).splitlines()[0]}); pass a tokenizer folder") from None
-        return TrainingData(splits["train"], splits["validation"], tokenizer, data_args.tokenizer_path, {"dataset_path": data_args.dataset_path})
-    try:  # lazily: data preparation pulls in the data-processing stack, not needed with --dataset_path
-        from ..data.prepare import prepare_data
-    except ImportError as err:
-        raise DataError(f"data preparation is unavailable ({err}); install hfscratch fully or pass --dataset_path") from None
-    config = data_args.to_data_config()
-    with accelerator.main_process_first():
-        prepared = prepare_data(config, max_position_embeddings=max_position_embeddings)
-    return TrainingData(prepared.train, prepared.validation, prepared.tokenizer, str(prepared.tokenizer_dir), dict(prepared.manifest or {}))
+def load_training_data(config: DataConfig, accelerator) -> TrainingData:
+    """A packed dataset from disk (`dataset_path`), or `prepare_data` on the main process first (cached)."""
+    if not config.dataset_path:
+        prepared = prepare_data_distributed(config, accelerator)
+        return TrainingData(prepared.train, prepared.validation, prepared.tokenizer, str(prepared.tokenizer_dir),
+                            dict(prepared.manifest or {}))
+    try:
+        splits = load_from_disk(config.dataset_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"dataset_path {config.dataset_path} is not a saved DatasetDict ({err}); write it with DatasetDict.save_to_disk") from None
+    missing = [s for s in ("train", "validation") if s not in splits]
+    if missing:
+        raise DataError(f"dataset_path {config.dataset_path} lacks split(s) {missing}; it needs train and validation")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot load tokenizer {config.tokenizer_path} ({str(err).splitlines()[0]}); pass a tokenizer folder") from None
+    return TrainingData(splits["train"], splits["validation"], tokenizer, config.tokenizer_path, {"dataset_path": config.dataset_path})

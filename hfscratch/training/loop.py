@@ -25,12 +25,13 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from ..data.config import check_block_size
 from ..errors import ConfigError, DataError
 from . import artifacts, hooks
 from . import checkpoint as ckpt
 from .artifacts import RUN_MARKER, card_data_summary, prepare_output_dir  # noqa: F401  (RUN_MARKER, card_data_summary: re-exported)
 from .backend import create_accelerator, make_backend, print_main
-from .config import MODEL_PRESETS, DataArguments, ModelConfig, TrainConfig, flat_config, plan_batches
+from .config import PretrainConfig, flat_config, plan_batches
 from .data import (  # noqa: F401  (labels: re-exported)
     IGNORE_INDEX,
     PackedBlocks,
@@ -41,7 +42,7 @@ from .data import (  # noqa: F401  (labels: re-exported)
     predicted_token_count,
 )
 from .metrics import flops_per_token, peak_flops_per_device
-from .model_factory import build_model
+from .model_factory import build_model, max_positions
 from .stability import SpikeDetector
 from .step import StepOutcome, TrainStep, compute_token_losses  # noqa: F401  (compute_token_losses: re-exported)
 
@@ -59,8 +60,9 @@ class PretrainResult:
 
 
 class Pretrainer:
-    def __init__(self, model_args: ModelConfig, data_args: DataArguments, args: TrainConfig, data: TrainingData | None = None):
-        self.model_args, self.data_args, self.args = model_args, data_args, args
+    def __init__(self, config: PretrainConfig, data: TrainingData | None = None):
+        self.config = config
+        self.model_args, self.data_args, self.args = model_args, data_args, args = config.model, config.data, config.train
         self.output_dir = Path(args.resolve_output_dir())
         self.accelerator, self.mixed_precision = create_accelerator(args, self.output_dir)
         acc = self.accelerator
@@ -69,19 +71,19 @@ class Pretrainer:
         acc.wait_for_everyone()
         set_seed(args.seed)
 
-        preset_positions = None if model_args.init_from else (model_args.max_position_embeddings or MODEL_PRESETS[model_args.model_size]["max_position_embeddings"])
-        self.data = data if data is not None else load_training_data(data_args, acc, preset_positions)
+        check_block_size(data_args.block_size, max_positions(model_args))  # before data preparation, which takes long
+        self.data = data if data is not None else load_training_data(data_args, acc)
         self.tokenizer = self.data.tokenizer
         self.train_blocks, self.val_blocks = PackedBlocks(self.data.train), PackedBlocks(self.data.validation)
-        self.block_size = self.train_blocks.block_size
-        if self.val_blocks.block_size != self.block_size:
-            raise DataError(f"train blocks hold {self.block_size} tokens but validation blocks {self.val_blocks.block_size}; prepare both with one block_size")
-        if data_args.dataset_path is None and data is None and self.block_size != data_args.block_size:
-            print_main(acc, f"note: prepared blocks hold {self.block_size} tokens (block_size {data_args.block_size} requested)")
+        self.block_size = data_args.block_size
+        for split, blocks in (("train", self.train_blocks), ("validation", self.val_blocks)):
+            if blocks.block_size != self.block_size:
+                raise DataError(f"the {split} blocks hold {blocks.block_size} tokens but block_size is {self.block_size}; "
+                                f"set data.block_size {blocks.block_size} or prepare the data again")
 
         set_seed(args.seed)  # the same initial weights whatever data preparation consumed
         with self.backend.model_init_context():
-            model = build_model(model_args, self.tokenizer, self.block_size)
+            model = build_model(model_args, self.tokenizer)
         max_id = max(self.train_blocks.max_token_id(), self.val_blocks.max_token_id())
         if max_id >= model.config.vocab_size or max_id >= len(self.tokenizer):
             raise ConfigError(
@@ -178,7 +180,7 @@ class Pretrainer:
             self.restore(ckpt.resolve_checkpoint(args.resume_from_checkpoint, self.output_dir))
         artifacts.write_run_config(self)
         if args.trackers():
-            acc.init_trackers(args.run_name, config={k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat_config(self.model_args, self.data_args, args).items() if v is not None})
+            acc.init_trackers(args.run_name, config={k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat_config(self.config).items() if v is not None})
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.unwrapped.parameters())  # ZeRO-3 leaves empty placeholders
         print_main(
             acc,
@@ -240,6 +242,6 @@ class Pretrainer:
         )
 
 
-def pretrain(model_args: ModelConfig, data_args: DataArguments, training_args: TrainConfig, data: TrainingData | None = None) -> PretrainResult:
+def pretrain(config: PretrainConfig, data: TrainingData | None = None) -> PretrainResult:
     """Run one pretraining job end to end; returns where things went and the final metrics."""
-    return Pretrainer(model_args, data_args, training_args, data=data).train()
+    return Pretrainer(config, data=data).train()

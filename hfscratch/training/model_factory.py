@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..configuration_hfscratch import HfscratchConfig
 from ..errors import ConfigError
@@ -17,14 +17,21 @@ def round_up(n: int, multiple: int) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
-def build_model(model_args: ModelConfig, tokenizer, block_size: int):
-    """A fresh `HfscratchForCausalLM` from a preset + overrides, or `init_from` a saved folder."""
-    tokenizer_size = len(tokenizer)
+def max_positions(model_args: ModelConfig) -> int:
+    """The longest sequence the model will take, known before the data is prepared or the model built."""
     if model_args.init_from:
         path = Path(model_args.init_from)
         if not (path / "config.json").is_file():
             raise ConfigError(f"init_from {path} is not a save_pretrained folder (no config.json); pass a model folder")
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=model_args.attn_implementation, dtype=torch.float32)
+        return AutoConfig.from_pretrained(path).max_position_embeddings
+    return model_args.max_position_embeddings or MODEL_PRESETS[model_args.model_size]["max_position_embeddings"]
+
+
+def build_model(model_args: ModelConfig, tokenizer):
+    """A fresh `HfscratchForCausalLM` from a preset + overrides, or `init_from` a saved folder."""
+    tokenizer_size = len(tokenizer)
+    if model_args.init_from:
+        model = AutoModelForCausalLM.from_pretrained(model_args.init_from, attn_implementation=model_args.attn_implementation, dtype=torch.float32)
         config = model.config
     else:
         preset = dict(MODEL_PRESETS[model_args.model_size])
@@ -66,10 +73,5 @@ def build_model(model_args: ModelConfig, tokenizer, block_size: int):
     if config.vocab_size < tokenizer_size:
         raise ConfigError(
             f"tokenizer has {tokenizer_size} tokens but the model's vocab_size is {config.vocab_size}; use the tokenizer the model was trained with"
-        )
-    if block_size > config.max_position_embeddings:
-        raise ConfigError(
-            f"block_size {block_size} exceeds the model's max_position_embeddings {config.max_position_embeddings}; "
-            "lower block_size or raise max_position_embeddings"
         )
     return model
