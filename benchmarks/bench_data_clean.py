@@ -155,9 +155,10 @@ def main(argv=None) -> int:
         sum_stages = sum(r[1] for r in rows)
         end_to_end = None
         if not args.skip_end_to_end:
-            config = CleanConfig(tasks=args.tasks, workers=args.workers, txt_mode=args.txt_mode, progress=False,
+            config = CleanConfig(tasks=args.tasks, workers=args.workers, progress=False,
                                  decontaminate_with=[args.eval_set] if args.eval_set else [])
-            end_to_end, result = timed(lambda: clean_corpus([str(f) for f in files], Path(tmp) / "out", config))
+            end_to_end, result = timed(lambda: clean_corpus([str(f) for f in files], Path(tmp) / "out", config,
+                                                            txt_mode=args.txt_mode))
             kept = result.stats["stages"][list(result.stats["stages"])[-1]]["docs_out"]
 
     lines = [

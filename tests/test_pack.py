@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from hfscratch.data.config import DataConfig, check_block_size
 from hfscratch.data.pack import count_bytes, pack_dataset, split_blocks, token_byte_lengths
 from hfscratch.errors import ConfigError, DataError
 
@@ -118,11 +119,12 @@ def test_corpus_smaller_than_one_block_and_empty_corpus(tiny_tokenizer, tmp_path
     assert not (tmp_path / "x.arrow").exists()
 
 
-def test_block_size_checks(tiny_tokenizer, tmp_path):
+def test_block_size_checks():
+    # pack_dataset trusts its caller: the block_size rules live with the data config.
     with pytest.raises(ConfigError, match="max_position_embeddings=128"):
-        pack_dataset(["text"], tiny_tokenizer, 256, tmp_path / "b.arrow", max_position_embeddings=128)
+        check_block_size(256, 128)
     with pytest.raises(ConfigError, match="at least 2"):
-        pack_dataset(["text"], tiny_tokenizer, 1, tmp_path / "b.arrow")
+        DataConfig(block_size=1)
 
 
 def test_split_blocks_is_disjoint_complete_and_seeded(tiny_tokenizer, docs, tmp_path):

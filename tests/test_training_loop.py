@@ -11,7 +11,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from hfscratch.errors import CheckpointError, ConfigError
+from hfscratch.errors import CheckpointError, ConfigError, DataError
 from hfscratch.training import (
     DataConfig,
     ModelConfig,
@@ -263,7 +263,11 @@ def test_model_data_mismatches_are_config_errors(tmp_path, shakespeare_data):
         pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     model_args, data_args, args = make_args(tmp_path)
     model_args.max_position_embeddings = 32
-    with pytest.raises(ConfigError, match="block_size 64 exceeds the model's max_position_embeddings 32"):
+    with pytest.raises(ConfigError, match="block_size=64 is larger than the model's max_position_embeddings=32"):
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
+    model_args, data_args, args = make_args(tmp_path)
+    data_args.block_size = 128  # the blocks on disk hold 64: the setting is never silently ignored
+    with pytest.raises(DataError, match="the train blocks hold 64 tokens but block_size is 128; set data.block_size 64"):
         pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     model_args, data_args, args = make_args(tmp_path, global_batch_size=12, per_device_train_batch_size=8)
     with pytest.raises(ConfigError, match="not divisible"):

@@ -10,8 +10,8 @@ from .clean import CleanConfig, CleanResult, clean_corpus
 from .config import DataConfig, check_block_size
 from .pack import pack_dataset, split_blocks
 from .prepare import PreparedData, prepare_data, prepare_data_distributed
-from .synthetic_math import SyntheticMathConfig
 from .sources import iter_documents, resolve_sources
+from .synthetic_math import SyntheticMathConfig
 
 __all__ = [
     "CleanConfig",

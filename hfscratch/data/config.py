@@ -12,9 +12,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .clean.config import CleanConfig
+from .sources import TXT_MODES
 from .synthetic_math import SyntheticMathConfig
-
-TXT_MODES = ("file", "paragraph", "line")
 
 
 @dataclass

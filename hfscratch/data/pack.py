@@ -24,11 +24,13 @@ Blocks are written as whole Arrow tables through `datasets`' `ArrowWriter` rathe
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pyarrow as pa
@@ -43,24 +45,9 @@ INPUT_IDS = "input_ids"
 POSITION_IDS = "position_ids"
 
 
-def check_block_size(block_size: int, max_position_embeddings: int | None = None) -> None:
-    if block_size < 2:
-        raise ConfigError(f"block_size={block_size} must be at least 2 (one input and one target token); use e.g. 256")
-    if max_position_embeddings is not None and block_size > max_position_embeddings:
-        raise ConfigError(
-            f"block_size={block_size} is larger than the model's max_position_embeddings={max_position_embeddings}; "
-            f"set block_size <= {max_position_embeddings} or raise max_position_embeddings in the model config"
-        )
-
-
 def block_features(block_size: int) -> Features:
     # Fixed-size lists: every row has exactly block_size ids, which `with_format("torch")` stacks without padding.
-    return Features(
-        {
-            INPUT_IDS: List(Value("int32"), length=block_size),
-            POSITION_IDS: List(Value("int32"), length=block_size),
-        }
-    )
+    return Features({name: List(Value("int32"), length=block_size) for name in (INPUT_IDS, POSITION_IDS)})
 
 
 @dataclass
@@ -88,8 +75,7 @@ class _Packer:
     def add(self, values: np.ndarray, offsets: np.ndarray) -> pa.Table | None:
         """Add a batch of documents given as flat token ids + offsets (Arrow list layout)."""
         values = np.asarray(values, dtype=np.int32)
-        offsets = np.asarray(offsets, dtype=np.int64)
-        offsets = offsets - offsets[0]
+        offsets = np.asarray(offsets, dtype=np.int64) - offsets[0]
         lengths = np.diff(offsets)
         starts = np.zeros(len(values), dtype=bool)
         starts[offsets[:-1][lengths > 0]] = True
@@ -99,27 +85,24 @@ class _Packer:
         flags = np.concatenate([self._starts, starts]) if len(self._starts) else starts
         full = (len(tokens) // self.block_size) * self.block_size
         self._tokens, self._starts = tokens[full:].copy(), flags[full:].copy()
-        if full == 0:
-            return None
-        return self._table(tokens[:full], flags[:full])
+        return self._table(tokens[:full], flags[:full]) if full else None
 
     def finish(self, drop_remainder: bool, pad_token_id: int | None) -> pa.Table | None:
-        rest = len(self._tokens)
+        tokens, flags, rest = self._tokens, self._starts, len(self._tokens)
+        self._tokens, self._starts = tokens[:0], flags[:0]
         if rest == 0:
             return None
         if drop_remainder or self.stats.blocks == 0:
             # A corpus below one block is an error the caller reports; never emit a mostly-padding block for it.
             self.stats.dropped_tokens += rest
-            self._tokens, self._starts = self._tokens[:0], self._starts[:0]
             return None
         if pad_token_id is None:
             raise ConfigError("drop_remainder=False pads the last block, but the tokenizer has no pad_token; set one")
         pad = self.block_size - rest
-        tokens = np.concatenate([self._tokens, np.full(pad, pad_token_id, dtype=np.int32)])
-        flags = np.concatenate([self._starts, np.zeros(pad, dtype=bool)])
+        tokens = np.concatenate([tokens, np.full(pad, pad_token_id, dtype=np.int32)])
+        flags = np.concatenate([flags, np.zeros(pad, dtype=bool)])
         flags[rest] = True  # padding is its own "document" so real tokens never attend to it
         self.stats.padded_tokens += pad
-        self._tokens, self._starts = self._tokens[:0], self._starts[:0]
         return self._table(tokens, flags)
 
     def _table(self, tokens: np.ndarray, flags: np.ndarray) -> pa.Table:
@@ -131,12 +114,8 @@ class _Packer:
         last_start = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
         positions = (index - last_start).astype(np.int32).reshape(-1)
         self.stats.blocks += rows
-        return pa.table(
-            {
-                INPUT_IDS: pa.FixedSizeListArray.from_arrays(pa.array(tokens, type=pa.int32()), size),
-                POSITION_IDS: pa.FixedSizeListArray.from_arrays(pa.array(positions, type=pa.int32()), size),
-            }
-        )
+        return pa.table({name: pa.FixedSizeListArray.from_arrays(pa.array(values, type=pa.int32()), size)
+                         for name, values in ((INPUT_IDS, tokens), (POSITION_IDS, positions))})
 
 
 def _special_ids(tokenizer, add_bos: bool, add_eos: bool) -> tuple[list[int], list[int]]:
@@ -180,22 +159,10 @@ class _TokenizeBatch:
         return pa.table({INPUT_IDS: ids, "text_bytes": text_bytes})
 
 
-@contextlib.contextmanager
 def _single_threaded_tokenizers(active: bool):
     """With num_proc>1 each worker should tokenize on one thread (the workers are the parallelism); this also
     silences the "process just got forked after parallelism has been used" warning from `tokenizers`."""
-    if not active:
-        yield
-        return
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    return mock.patch.dict(os.environ, {"TOKENIZERS_PARALLELISM": "false"}) if active else contextlib.nullcontext()
 
 
 def auto_num_proc(dataset: Dataset) -> int:
@@ -205,21 +172,12 @@ def auto_num_proc(dataset: Dataset) -> int:
     return max(1, min(os.cpu_count() or 1, size // (32 * 2**20)))
 
 
-def tokenize_dataset(
-    documents: Dataset,
-    tokenizer,
-    text_field: str = "text",
-    add_bos: bool = True,
-    add_eos: bool = True,
-    num_proc: int | None = None,
-    batch_size: int = 1000,
-    cache_dir: str | Path | None = None,
-) -> Dataset:
+def tokenize_dataset(documents: Dataset, tokenizer, text_field: str = "text", add_bos: bool = True, add_eos: bool = True,
+                     num_proc: int | None = None, batch_size: int = 1000, cache_dir: str | Path | None = None) -> Dataset:
     """`Dataset.map(batched=True, num_proc=N)` from a text column to `input_ids` (+ `text_bytes` per document)."""
     if text_field not in documents.column_names:
-        raise DataError(
-            f"documents have no {text_field!r} column (columns: {documents.column_names}); set text_field to the text column"
-        )
+        raise DataError(f"documents have no {text_field!r} column (columns: {documents.column_names}); "
+                        "set text_field to the text column")
     num_proc = auto_num_proc(documents) if num_proc is None else num_proc
     if num_proc < 1:
         raise ConfigError(f"num_proc={num_proc} must be >= 1")
@@ -230,14 +188,9 @@ def tokenize_dataset(
         kwargs["cache_file_name"] = str(Path(cache_dir) / "tokenized.arrow")
     with _single_threaded_tokenizers(num_proc > 1):
         return documents.with_format("arrow").map(
-            _TokenizeBatch(tokenizer, text_field, add_bos, add_eos),
-            batched=True,
-            batch_size=batch_size,
-            num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=documents.column_names,
-            desc=f"tokenizing ({num_proc} proc)",
-            load_from_cache_file=False,
-            **kwargs,
+            _TokenizeBatch(tokenizer, text_field, add_bos, add_eos), batched=True, batch_size=batch_size,
+            num_proc=num_proc if num_proc > 1 else None, remove_columns=documents.column_names,
+            desc=f"tokenizing ({num_proc} proc)", load_from_cache_file=False, **kwargs,
         ).with_format(None)
 
 
@@ -279,42 +232,27 @@ def _iter_streaming(documents, tokenizer, text_field, add_bos, add_eos, batch_si
         yield values, offsets, sum(len(t.encode("utf-8")) for t in texts if isinstance(t, str))
 
 
-def pack_dataset(
-    documents,
-    tokenizer,
-    block_size: int,
-    output_file: str | Path,
-    *,
-    text_field: str = "text",
-    add_bos: bool = True,
-    add_eos: bool = True,
-    drop_remainder: bool = True,
-    num_proc: int | None = None,
-    max_position_embeddings: int | None = None,
-    batch_size: int = 1000,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> tuple[Dataset, PackStats]:
+def pack_dataset(documents, tokenizer, block_size: int, output_file: str | Path, *, text_field: str = "text",
+                 add_bos: bool = True, add_eos: bool = True, drop_remainder: bool = True, num_proc: int | None = None,
+                 batch_size: int = 1000, cache_dir: str | Path | None = None, progress: bool = True,
+                 ) -> tuple[Dataset, PackStats]:
     """Tokenize and pack `documents` into `block_size` blocks written to the Arrow file `output_file`.
 
     `documents`: a `datasets.Dataset` (tokenized with `map(num_proc=N)`), or — streaming, bounded memory — a
     `datasets.IterableDataset` or any iterable of strings / dicts with `text_field`.
     Returns the memory-mapped `Dataset` of blocks (`input_ids`, `position_ids`) and the packing statistics.
+    `block_size` is trusted (>= 2, fits the model): `DataConfig` and `config.check_block_size` validate it.
     """
-    check_block_size(block_size, max_position_embeddings)
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(documents, Dataset):
         if len(documents) == 0:
             raise DataError("the corpus has no documents; check the sources (or the cleaning filters emptied it)")
-        tokenized = tokenize_dataset(
-            documents, tokenizer, text_field, add_bos, add_eos, num_proc, batch_size, cache_dir or output_file.parent
-        )
-        batches = _iter_tokenized_arrow(tokenized)
-        total = len(tokenized)
+        tokenized = tokenize_dataset(documents, tokenizer, text_field, add_bos, add_eos, num_proc, batch_size,
+                                     cache_dir or output_file.parent)
+        batches, total = _iter_tokenized_arrow(tokenized), len(tokenized)
     else:
-        batches = _iter_streaming(documents, tokenizer, text_field, add_bos, add_eos, batch_size)
-        total = None
+        batches, total = _iter_streaming(documents, tokenizer, text_field, add_bos, add_eos, batch_size), None
     packer = _Packer(block_size)
     bar = tqdm(total=total, unit="doc", desc=f"packing into {block_size}-token blocks", disable=not progress)
     with ArrowWriter(features=block_features(block_size), path=str(output_file)) as writer:
@@ -335,10 +273,8 @@ def pack_dataset(
         output_file.unlink(missing_ok=True)
         if stats.documents == 0:
             raise DataError("the corpus has no documents with text; check the sources (or the cleaning filters emptied it)")
-        raise DataError(
-            f"the corpus has only {stats.tokens} tokens, less than one block of block_size={block_size}; "
-            f"add more text or lower block_size (below {max(2, stats.tokens)})"
-        )
+        raise DataError(f"the corpus has only {stats.tokens} tokens, less than one block of block_size={block_size}; "
+                        f"add more text or lower block_size (below {max(2, stats.tokens)})")
     return Dataset.from_file(str(output_file)), stats
 
 
@@ -352,10 +288,8 @@ def split_blocks(blocks: Dataset, validation_fraction: float, seed: int = 0) -> 
     n = len(blocks)
     n_validation = 0 if validation_fraction == 0 else max(1, math.ceil(n * validation_fraction))
     if n - n_validation < 1:
-        raise DataError(
-            f"the corpus packs into only {n} block(s), too few to hold out a validation split; "
-            "add more text, lower block_size, or set validation_fraction=0"
-        )
+        raise DataError(f"the corpus packs into only {n} block(s), too few to hold out a validation split; "
+                        "add more text, lower block_size, or set validation_fraction=0")
     rng = np.random.default_rng(seed)
     validation_index = np.sort(rng.choice(n, size=n_validation, replace=False))
     mask = np.ones(n, dtype=bool)
@@ -370,13 +304,11 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     Exact for byte-level BPE (each character of a byte-level token is one byte); otherwise the length of the
     token decoded on its own, which is a close approximation.
     """
-    import json as _json
-
     backend = tokenizer.backend_tokenizer
     size = max(backend.get_vocab_size(with_added_tokens=True), len(tokenizer))
     lengths = np.zeros(size, dtype=np.int64)
     special = set(tokenizer.all_special_ids)
-    decoder = _json.loads(backend.to_str()).get("decoder") or {}
+    decoder = json.loads(backend.to_str()).get("decoder") or {}
     byte_level = decoder.get("type") == "ByteLevel"
     for token, index in backend.get_vocab(with_added_tokens=True).items():
         if index in special or index >= size:

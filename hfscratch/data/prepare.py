@@ -36,13 +36,29 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from hfscratch.errors import ConfigError, DataError
+from hfscratch.tokenizer import (
+    bytes_per_token,
+    check_vocab_size,
+    ensure_chat_template,
+    load_tokenizer,
+    tokenizer_fingerprint,
+    train_tokenizer,
+)
 
+from . import pack  # used as pack.pack_dataset etc., so a test can replace a packing step on the module
+from .clean import clean_corpus
 from .config import DataConfig
+from .sources import iter_documents, resolve_sources
+from .synthetic_math import iter_problems, problem_to_text
 
 FORMAT_VERSION = "hfscratch-data/1"
 SYNTHETIC_FILE = "synthetic_math.jsonl.gz"
@@ -68,10 +84,6 @@ class PreparedData:
         return self.root / "packed"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# fingerprints
-# ---------------------------------------------------------------------------------------------------------------
-
 
 def _sha256_json(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
@@ -79,8 +91,6 @@ def _sha256_json(value) -> str:
 
 def _describe_sources(sources: list[str]) -> list[dict]:
     """Size and mtime of every file each source expands to (Hub ids are recorded by name)."""
-    from .sources import resolve_sources
-
     described = []
     for source in sources:
         for kind, path in resolve_sources([source]):
@@ -96,50 +106,34 @@ def _describe_sources(sources: list[str]) -> list[dict]:
 
 def _tokenizer_source_hash(path: str) -> str:
     folder = Path(path)
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        for name in sorted(p.name for p in folder.iterdir() if p.is_file() and ("token" in p.name or p.suffix == ".jinja")):
-            digest.update(name.encode())
-            digest.update((folder / name).read_bytes())
-        return digest.hexdigest()
-    return f"hub:{path}"  # a Hub id: the name is all we know without a network call
+    if not folder.is_dir():
+        return f"hub:{path}"  # a Hub id: the name is all we know without a network call
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir() if p.is_file() and ("token" in p.name or p.suffix == ".jinja")):
+        digest.update(name.encode())
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
 
 
 def _stage_keys(config: DataConfig, sources: list[dict], clean_options: dict) -> dict[str, str]:
-    synthetic = {"problems": config.synthetic_problems, **dataclasses.asdict(config.synthetic)}
-    corpus = {
-        "version": FORMAT_VERSION,
-        "sources": sources,
-        "text_field": config.text_field,
-        "txt_mode": config.txt_mode,
-        "max_documents": config.max_documents,
-        "clean": config.clean and bool(config.sources),
+    corpus_key = _sha256_json({
+        "version": FORMAT_VERSION, "sources": sources, "text_field": config.text_field, "txt_mode": config.txt_mode,
+        "max_documents": config.max_documents, "clean": config.clean and bool(config.sources),
         "clean_options": clean_options,
-        "synthetic": synthetic,
-    }
-    corpus_key = _sha256_json(corpus)
+        "synthetic": {"problems": config.synthetic_problems, **dataclasses.asdict(config.synthetic)},
+    })
     tokenizer = {
-        "corpus": corpus_key,
-        "vocab_size": config.vocab_size,
-        "min_frequency": config.min_frequency,
-        "tokenizer_max_chars": config.tokenizer_max_chars,
-        "tokenizer_path": config.tokenizer_path,
+        "corpus": corpus_key, "vocab_size": config.vocab_size, "min_frequency": config.min_frequency,
+        "tokenizer_max_chars": config.tokenizer_max_chars, "tokenizer_path": config.tokenizer_path,
         "tokenizer_path_hash": _tokenizer_source_hash(config.tokenizer_path) if config.tokenizer_path else None,
     }
     if config.tokenizer_path:  # a reused tokenizer does not depend on the corpus
         tokenizer = {k: tokenizer[k] for k in ("tokenizer_path", "tokenizer_path_hash")}
     tokenizer_key = _sha256_json(tokenizer)
-    packed = {
-        "corpus": corpus_key,
-        "tokenizer": tokenizer_key,
-        **{k: getattr(config, k) for k in ("block_size", "add_bos", "drop_remainder", "validation_fraction", "split_seed")},
-    }
+    packed = {"corpus": corpus_key, "tokenizer": tokenizer_key, **{
+        k: getattr(config, k) for k in ("block_size", "add_bos", "drop_remainder", "validation_fraction", "split_seed")}}
     return {"corpus": corpus_key, "tokenizer": tokenizer_key, "packed": _sha256_json(packed)}
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# cache lookup and atomic swap
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -152,32 +146,18 @@ def _read_manifest(root: Path) -> dict | None:
 def _check_root_is_ours(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} exists and is a file; choose another name/output_root")
-    if root.is_dir() and any(root.iterdir()) and _read_manifest(root) is None:
-        if not (root / MARKER).exists():
-            raise DataError(
-                f"{root} exists, is not empty and was not written by hfscratch; choose another name or output_root "
-                "(it is never overwritten)"
-            )
+    if root.is_dir() and any(root.iterdir()) and _read_manifest(root) is None and not (root / MARKER).exists():
+        raise DataError(f"{root} exists, is not empty and was not written by hfscratch; choose another name or "
+                        "output_root (it is never overwritten)")
 
 
 def _load_prepared(root: Path, manifest: dict, reused: bool) -> PreparedData:
-    from datasets import load_from_disk
-
-    from hfscratch.tokenizer import load_tokenizer, tokenizer_fingerprint
-
     packed = load_from_disk(str(root / "packed"))
     tokenizer = load_tokenizer(root / "tokenizer")
     if tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{root}/tokenizer does not match its manifest (edited by hand?); rerun with force=True")
-    return PreparedData(
-        train=packed["train"],
-        validation=packed["validation"],
-        tokenizer=tokenizer,
-        tokenizer_dir=root / "tokenizer",
-        manifest=manifest,
-        root=root,
-        reused=reused,
-    )
+    return PreparedData(train=packed["train"], validation=packed["validation"], tokenizer=tokenizer,
+                        tokenizer_dir=root / "tokenizer", manifest=manifest, root=root, reused=reused)
 
 
 def _try_reuse(root: Path, keys: dict) -> PreparedData | None:
@@ -186,7 +166,7 @@ def _try_reuse(root: Path, keys: dict) -> PreparedData | None:
         return None
     try:
         return _load_prepared(root, manifest, reused=True)
-    except (OSError, FileNotFoundError, ValueError, KeyError, DataError):
+    except (OSError, ValueError, KeyError, DataError):
         return None
 
 
@@ -203,20 +183,17 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 def _swap_into_place(staging: Path, root: Path) -> None:
+    # Not atomic.replace_folder_atomically: the manifest is invalidated before the old folder moves aside, so a
+    # crash between the two renames leaves nothing that looks valid, and the temp names stay hidden (".name.*").
     old = None
     if root.exists():
         old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
-        # Invalidate before moving, so that a crash between the two renames leaves nothing that looks valid.
         (root / "manifest.json").unlink(missing_ok=True)
         root.rename(old)
     staging.rename(root)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# stages
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _write_jsonl_gz(path: Path, docs: Iterator[dict]) -> dict:
@@ -230,17 +207,13 @@ def _write_jsonl_gz(path: Path, docs: Iterator[dict]) -> dict:
 
 
 def _synthetic_docs(config: DataConfig) -> Iterator[dict]:
-    from tqdm.auto import tqdm
-
-    from .synthetic_math import iter_problems, problem_to_text
-
     stream = iter_problems("train", config.synthetic)
     for index in tqdm(range(config.synthetic_problems), desc="synthetic math problems", unit="problem"):
-        problem = next(stream)
-        yield {"text": problem_to_text(problem), "id": f"synthetic-math-{config.synthetic.seed}-{index}", "source": "synthetic_math"}
+        yield {"text": problem_to_text(next(stream)), "id": f"synthetic-math-{config.synthetic.seed}-{index}",
+               "source": "synthetic_math"}
 
 
-def _build_corpus(config: DataConfig, clean_dir: Path, clean_options: dict) -> tuple[list[Path], dict, bool]:
+def _build_corpus(config: DataConfig, clean_dir: Path) -> tuple[list[Path], dict, bool]:
     """Write the corpus under clean_dir. Returns (jsonl.gz files, stats, whether natural text is read from sources).
 
     Natural text that is not cleaned is not copied (a Hub corpus may not fit on disk): it is streamed from the
@@ -248,20 +221,16 @@ def _build_corpus(config: DataConfig, clean_dir: Path, clean_options: dict) -> t
     """
     stats: dict = {}
     files: list[Path] = []
-    stream_sources = False
-    if config.sources:
-        if config.clean:
-            from .clean import clean_corpus
-
-            clean_cfg = dataclasses.replace(config.cleaning, txt_mode=config.txt_mode, limit=config.max_documents)
-            # clean_corpus builds in a sibling temp folder and renames it to clean_dir when done.
-            result = clean_corpus(config.sources, clean_dir, clean_cfg, text_field=config.text_field)
-            files.extend(Path(f) for f in result.files)
-            stats["natural"] = {"cleaned": True, "stats_path": str(Path(result.stats_path).name),
-                                **{k: v for k, v in result.stats.items() if k != "datatrove_steps"}}
-        else:
-            stream_sources = True
-            stats["natural"] = {"cleaned": False, "sources": list(config.sources)}
+    stream_sources = bool(config.sources) and not config.clean
+    if stream_sources:
+        stats["natural"] = {"cleaned": False, "sources": list(config.sources)}
+    elif config.sources:
+        # clean_corpus builds in a sibling temp folder and renames it to clean_dir when done.
+        result = clean_corpus(config.sources, clean_dir, config.cleaning, text_field=config.text_field,
+                              txt_mode=config.txt_mode, limit=config.max_documents)
+        files.extend(Path(f) for f in result.files)
+        stats["natural"] = {"cleaned": True, "stats_path": str(Path(result.stats_path).name),
+                            **{k: v for k, v in result.stats.items() if k != "datatrove_steps"}}
     clean_dir.mkdir(parents=True, exist_ok=True)
     if config.synthetic_problems:
         path = clean_dir / SYNTHETIC_FILE
@@ -269,28 +238,18 @@ def _build_corpus(config: DataConfig, clean_dir: Path, clean_options: dict) -> t
         files.append(path)
     if not (clean_dir / "stats.json").exists():
         (clean_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str), encoding="utf-8")
-    if not files and not stream_sources:
-        raise DataError(
-            "the corpus is empty: no sources and synthetic_problems=0; give sources or set synthetic_problems > 0"
-        )
     return files, stats, stream_sources
 
 
 def _iter_corpus_docs(config: DataConfig, files: list[Path], stream_sources: bool) -> Iterator[dict]:
-    from .sources import iter_documents
-
     if stream_sources:
-        yield from iter_documents(
-            config.sources, text_field=config.text_field, txt_mode=config.txt_mode, limit=config.max_documents
-        )
-    if files:
-        # clean/ files always hold a "text" field (datatrove's JsonlWriter and ours).
+        yield from iter_documents(config.sources, text_field=config.text_field, txt_mode=config.txt_mode,
+                                  limit=config.max_documents)
+    if files:  # clean/ files always hold a "text" field (datatrove's JsonlWriter and ours)
         yield from iter_documents([str(f) for f in files], text_field="text")
 
 
 def _train_or_load_tokenizer(config: DataConfig, docs: Iterator[dict], out_dir: Path):
-    from hfscratch.tokenizer import bytes_per_token, ensure_chat_template, train_tokenizer
-
     held_out: list[str] = []
     held_chars = 0
     last_doc: list[str] = []
@@ -314,21 +273,17 @@ def _train_or_load_tokenizer(config: DataConfig, docs: Iterator[dict], out_dir: 
             yield text
 
     if config.tokenizer_path:
-        from transformers import AutoTokenizer
-
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)
         except (OSError, ValueError) as err:
-            raise DataError(
-                f"cannot load tokenizer_path={config.tokenizer_path!r} ({str(err).splitlines()[0]}); "
-                "give a folder written by save_pretrained or a Hub id"
-            ) from None
+            raise DataError(f"cannot load tokenizer_path={config.tokenizer_path!r} ({str(err).splitlines()[0]}); "
+                            "give a folder written by save_pretrained or a Hub id") from None
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(f"tokenizer_path={config.tokenizer_path!r} is a slow tokenizer; use a fast (tokenizer.json) one")
         ensure_chat_template(tokenizer)
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(out_dir)
-        for text in training_texts():  # only to collect held-out documents for bytes/token
+        for _ in training_texts():  # only to collect held-out documents for bytes/token
             if held_chars >= HELD_OUT_MAX_CHARS:
                 break
     else:
@@ -341,48 +296,32 @@ def _train_or_load_tokenizer(config: DataConfig, docs: Iterator[dict], out_dir: 
     return tokenizer, {"bytes_per_token": bpt, "bytes_per_token_measured_on": measured_on}
 
 
-def _pack(config: DataConfig, tokenizer, docs_factory, staging: Path):
-    from datasets import Dataset
-
-    from .pack import count_bytes, pack_dataset, split_blocks, token_byte_lengths
-
-    work = staging / "work"
-    if config.streaming:
-        documents = docs_factory()
-    else:
-        documents = Dataset.from_generator(
-            _materialize, gen_kwargs={"factory": docs_factory}, cache_dir=str(work / "documents"),
-            keep_in_memory=False,
-        )
-    blocks, stats = pack_dataset(
-        documents,
-        tokenizer,
-        config.block_size,
-        work / "blocks.arrow",
-        text_field="text",
-        add_bos=config.add_bos,
-        drop_remainder=config.drop_remainder,
-        num_proc=config.num_proc,
-        cache_dir=work / "tokenized",
-    )
-    splits = split_blocks(blocks, config.validation_fraction, seed=config.split_seed)
-    splits.save_to_disk(str(staging / "packed"))
-    byte_lengths = token_byte_lengths(tokenizer)
-    counts = {name: {"blocks": len(ds), **count_bytes(ds, byte_lengths)} for name, ds in splits.items()}
-    del blocks, splits, documents
-    shutil.rmtree(work, ignore_errors=True)
-    return stats.as_dict(), counts
-
-
 def _materialize(factory):
     for doc in factory():
         yield {"text": doc["text"]}
 
 
+def _pack_splits(config: DataConfig, tokenizer, docs_factory, staging: Path):
+    work = staging / "work"
+    if config.streaming:
+        documents = docs_factory()
+    else:
+        documents = Dataset.from_generator(_materialize, gen_kwargs={"factory": docs_factory},
+                                           cache_dir=str(work / "documents"), keep_in_memory=False)
+    blocks, stats = pack.pack_dataset(
+        documents, tokenizer, config.block_size, work / "blocks.arrow", text_field="text", add_bos=config.add_bos,
+        drop_remainder=config.drop_remainder, num_proc=config.num_proc, cache_dir=work / "tokenized")
+    splits = pack.split_blocks(blocks, config.validation_fraction, seed=config.split_seed)
+    splits.save_to_disk(str(staging / "packed"))
+    byte_lengths = pack.token_byte_lengths(tokenizer)
+    counts = {name: {"blocks": len(ds), **pack.count_bytes(ds, byte_lengths)} for name, ds in splits.items()}
+    del blocks, splits, documents
+    shutil.rmtree(work, ignore_errors=True)
+    return stats.as_dict(), counts
+
+
 def prepare_data(config: DataConfig | None = None) -> PreparedData:
     """Build (or reuse) `<output_root>/<name>/` and return the packed splits, tokenizer and manifest."""
-    from hfscratch.tokenizer import check_vocab_size, tokenizer_fingerprint
-
     config = config if config is not None else DataConfig()
     # Cheap checks first, so a typo fails in a second rather than after cleaning.
     if not config.tokenizer_path:
@@ -420,7 +359,7 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
             files = [staging / "clean" / f for f in corpus_stats["files"]]
             stream_sources = corpus_stats["stream_sources"]
         else:
-            files, stats, stream_sources = _build_corpus(config, staging / "clean", clean_options)
+            files, stats, stream_sources = _build_corpus(config, staging / "clean")
             clean_dir = (staging / "clean").resolve()
             relative = [str(Path(f).resolve().relative_to(clean_dir)) for f in files]
             corpus_stats = {"files": relative, "stream_sources": stream_sources, "stats": stats}
@@ -432,8 +371,6 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
         start = time.perf_counter()
         if previous_keys.get("tokenizer") == keys["tokenizer"] and (root / "tokenizer").is_dir():
             print("hfscratch data: tokenizer inputs unchanged, reusing tokenizer/ from the previous build", flush=True)
-            from hfscratch.tokenizer import load_tokenizer
-
             _link_tree(root / "tokenizer", staging / "tokenizer")
             tokenizer = load_tokenizer(staging / "tokenizer")
             tokenizer_stats = {k: previous["tokenizer"][k] for k in ("bytes_per_token", "bytes_per_token_measured_on")}
@@ -442,25 +379,16 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
         timings["tokenizer_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        pack_stats, counts = _pack(config, tokenizer, docs_factory, staging)
+        pack_stats, counts = _pack_splits(config, tokenizer, docs_factory, staging)
         timings["pack_s"] = time.perf_counter() - start
 
         manifest = {
-            "format": FORMAT_VERSION,
-            "name": config.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "stage_keys": keys,
-            "config": dataclasses.asdict(config),
-            "sources": sources,
-            "corpus": corpus_stats,
+            "format": FORMAT_VERSION, "name": config.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stage_keys": keys, "config": dataclasses.asdict(config), "sources": sources, "corpus": corpus_stats,
             "tokenizer": {
-                "path": "tokenizer",
-                "sha256": tokenizer_fingerprint(tokenizer),
-                "vocab_size": len(tokenizer),
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-                "pad_token_id": tokenizer.pad_token_id,
-                **tokenizer_stats,
+                "path": "tokenizer", "sha256": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id, **tokenizer_stats,
             },
             "pack": {"block_size": config.block_size, **pack_stats},
             "splits": counts,
@@ -477,12 +405,9 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     train, validation = counts["train"], counts["validation"]
-    print(
-        f"hfscratch data: wrote {root} — train {train['blocks']:,} blocks ({train['tokens']:,} tokens), "
-        f"validation {validation['blocks']:,} blocks, vocab {len(tokenizer):,}, "
-        f"bytes/token {tokenizer_stats['bytes_per_token'] or float('nan'):.2f}",
-        flush=True,
-    )
+    print(f"hfscratch data: wrote {root} — train {train['blocks']:,} blocks ({train['tokens']:,} tokens), "
+          f"validation {validation['blocks']:,} blocks, vocab {len(tokenizer):,}, "
+          f"bytes/token {tokenizer_stats['bytes_per_token'] or float('nan'):.2f}", flush=True)
     return _load_prepared(root, manifest, reused=False)
 
 
@@ -491,7 +416,6 @@ def prepare_data_distributed(config: DataConfig | None, accelerator, local: bool
 
     The others wait inside a collective barrier, which times out after the process group's timeout (30 min by
     default with NCCL): prepare a large corpus beforehand with `hfscratch data` (same config -> reused).
-
     `local=True` builds once per node (node-local disks); the default builds once in total and expects
     `output_root` on a filesystem every process can see.
     """

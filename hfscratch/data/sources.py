@@ -21,13 +21,19 @@ Undecodable bytes never stop a run: they are removed, counted per file and repor
 from __future__ import annotations
 
 import glob as globlib
+import io
+import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import fsspec
+import pyarrow.parquet as pq
+import zstandard
 from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.readers import HuggingFaceDatasetReader, ParquetReader
 from datatrove.pipeline.readers.base import BaseReader
 from tqdm.auto import tqdm
 
@@ -36,24 +42,17 @@ from hfscratch.errors import DataError
 logger = logging.getLogger("hfscratch.data")
 
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
-FORMAT_SUFFIXES = {
-    ".txt": "txt",
-    ".text": "txt",
-    ".md": "txt",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-}
+FORMAT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+                   ".parquet": "parquet"}
 TXT_MODES = ("file", "paragraph", "line")
 SUPPORTED_HINT = ".txt, .jsonl, .json, .parquet (text/json optionally .gz/.bz2/.zst)"
+DATASET_KINDS = ("hub", "saved")  # read through datatrove's HuggingFaceDatasetReader, sharded by rank
 
 # `owner/name`, optionally `:config` and `@split`; a local path that does not exist never gets here if it has a
 # file extension we know, starts with `/`, `.` or `~`, or contains glob characters.
 _HUB_ID = re.compile(r"^(?:hf:)?[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?(?:@[\w.\[\]:%+-]+)?$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
-_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
 def file_format(path: str | Path) -> str | None:
@@ -66,23 +65,10 @@ def file_format(path: str | Path) -> str | None:
     return FORMAT_SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
-def _compression(path: str) -> str | None:
-    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
-
-
-def _is_saved_dataset(folder: Path) -> bool:
-    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
-
-
 def _folder_files(folder: Path) -> list[tuple[str, str]]:
-    found = []
-    for file in sorted(folder.rglob("*")):
-        if not file.is_file() or any(part.startswith(".") for part in file.relative_to(folder).parts):
-            continue
-        kind = file_format(file)
-        if kind:
-            found.append((kind, str(file)))
-    return found
+    files = (f for f in sorted(folder.rglob("*"))
+             if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    return [(kind, str(f)) for f in files if (kind := file_format(f))]
 
 
 def resolve_sources(sources: list[str] | str) -> list[tuple[str, str]]:
@@ -99,23 +85,18 @@ def resolve_sources(sources: list[str] | str) -> list[tuple[str, str]]:
     resolved: list[tuple[str, str]] = []
     for source in sources:
         text = str(source)
+        path = Path(text).expanduser()
         if text.startswith("hf:"):
             resolved.append(("hub", text[3:]))
-            continue
-        path = Path(text).expanduser()
-        if path.is_file():
-            kind = file_format(path)
-            if kind is None:
-                raise DataError(
-                    f"unsupported file type: {text}; convert it to one of {SUPPORTED_HINT} or pass a folder of such files"
-                )
+        elif path.is_file():
+            if (kind := file_format(path)) is None:
+                raise DataError(f"unsupported file type: {text}; convert it to one of {SUPPORTED_HINT} or pass a "
+                                "folder of such files")
             resolved.append((kind, str(path)))
+        elif path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+            resolved.append(("saved", str(path)))  # a Dataset(Dict).save_to_disk folder
         elif path.is_dir():
-            if _is_saved_dataset(path):
-                resolved.append(("saved", str(path)))
-                continue
-            files = _folder_files(path)
-            if not files:
+            if not (files := _folder_files(path)):
                 raise DataError(f"folder {text} holds no supported files; put {SUPPORTED_HINT} files in it")
             resolved.extend(files)
         elif _GLOB_CHARS.search(text):
@@ -127,22 +108,10 @@ def resolve_sources(sources: list[str] | str) -> list[tuple[str, str]]:
         elif _HUB_ID.match(text) and file_format(text) is None and not text.startswith((".", "/", "~")):
             resolved.append(("hub", text))
         else:
-            raise DataError(
-                f"data source not found: {text}; pass an existing file, folder, glob (e.g. 'data/*.txt') "
-                "or a Hub dataset id ('owner/name')"
-            )
-    # the same file named twice (e.g. a folder and a glob inside it) is read once
-    seen, unique = set(), []
-    for item in resolved:
-        if item not in seen:
-            seen.add(item)
-            unique.append(item)
-    return unique
+            raise DataError(f"data source not found: {text}; pass an existing file, folder, glob (e.g. 'data/*.txt') "
+                            "or a Hub dataset id ('owner/name')")
+    return list(dict.fromkeys(resolved))  # the same file named twice (a folder and a glob inside it) is read once
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# decoding that never fails
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def decode_counting(raw: bytes) -> tuple[str, int]:
@@ -154,26 +123,22 @@ def decode_counting(raw: bytes) -> tuple[str, int]:
     try:
         return raw.decode("utf-8"), 0
     except UnicodeDecodeError:
-        escaped = raw.decode("utf-8", errors="surrogateescape")
-        cleaned, dropped = _ESCAPED_BYTES.subn("", escaped)
-        return cleaned, dropped
+        return _ESCAPED_BYTES.subn("", raw.decode("utf-8", errors="surrogateescape"))
 
 
 def _open_binary(path: str):
     """Open a local or fsspec path for binary reading, decompressing gz/bz2/zst transparently."""
-    import fsspec
-
-    compression = _compression(path)
-    if compression == "zstd":
-        # fsspec's zstd file object cannot iterate lines; zstandard's own reader wrapped in a buffer can
-        import io
-
-        import zstandard
-
-        raw = fsspec.open(path, "rb").open()
-        stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+    compression = COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
+    if compression == "zstd":  # fsspec's zstd file object cannot iterate lines; zstandard's reader in a buffer can
+        stream = zstandard.ZstdDecompressor().stream_reader(fsspec.open(path, "rb").open(), read_across_frames=True,
+                                                             closefd=True)
         return io.BufferedReader(stream)
     return fsspec.open(path, "rb", compression=compression).open()
+
+
+def _read_text(path: str) -> tuple[str, int]:
+    with _open_binary(path) as handle:
+        return decode_counting(handle.read())
 
 
 def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
@@ -184,30 +149,9 @@ def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _text_of(record, text_field: str, path: str, counters: dict) -> str | None:
-    if not isinstance(record, dict):
-        counters["bad_records"] += 1
-        return None
-    value = record.get(text_field)
-    if value is None:
-        counters["missing_field"] += 1
-        counters.setdefault("keys_seen", sorted(record.keys())[:20])
-        return None
-    if not isinstance(value, str):
-        counters["bad_records"] += 1
-        return None
-    return value
-
-
-def _record_id(record: dict, path: str, index: int) -> str:
-    value = record.get("id") if isinstance(record, dict) else None
-    return str(value) if isinstance(value, (str, int)) else f"{path}#{index}"
-
-
 def _iter_txt(path: str, txt_mode: str, counters: dict) -> Iterator[tuple[str, str]]:
     if txt_mode == "file":
-        with _open_binary(path) as handle:
-            text, dropped = decode_counting(handle.read())
+        text, dropped = _read_text(path)
         counters["undecodable_bytes"] += dropped
         yield text, path
     elif txt_mode == "line":
@@ -216,60 +160,58 @@ def _iter_txt(path: str, txt_mode: str, counters: dict) -> Iterator[tuple[str, s
     else:  # paragraph: lines are streamed so a huge file never sits in memory at once
         paragraph: list[str] = []
         index = 0
-        for _, line in _read_lines(path, counters):
+        for _, line in itertools.chain(_read_lines(path, counters), [(None, "")]):  # a final blank line ends the last
             if line.strip():
                 paragraph.append(line)
             elif paragraph:
                 yield "".join(paragraph).rstrip("\r\n"), f"{path}#{index}"
                 index += 1
                 paragraph = []
-        if paragraph:
-            yield "".join(paragraph).rstrip("\r\n"), f"{path}#{index}"
 
 
-def _iter_jsonl(path: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
-    # Hand-rolled instead of datatrove's JsonlReader: that reader opens files in text mode, so one undecodable
-    # byte ends the whole file with a warning (the rest is silently lost); here bad bytes are dropped per line.
+def iter_records(path: str, kind: str, counters: dict | None = None) -> Iterator[tuple[int, object]]:
+    """`(index, parsed JSON value)` of a .jsonl file or a .json array (a .json file that is not an array is read as
+    JSON Lines). Unparsable lines are skipped and counted as bad_records, undecodable bytes dropped and counted.
+
+    Hand-rolled instead of datatrove's JsonlReader: that reader opens files in text mode, so one undecodable byte
+    ends the whole file with a warning (the rest is silently lost); and datatrove has no reader for a JSON array.
+    """
+    counters = _new_counters() if counters is None else counters
+    if kind == "json":
+        content, dropped = _read_text(path)
+        if content.lstrip().startswith("["):
+            counters["undecodable_bytes"] += dropped
+            try:
+                records = json.loads(content)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); fix or re-export it") from None
+            yield from enumerate(records)
+            return
     for number, line in _read_lines(path, counters):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                counters["bad_records"] += 1
+                continue
+            yield number, record
+
+
+def _iter_record_texts(path: str, kind: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
+    for index, record in iter_records(path, kind, counters):
+        value = record.get(text_field) if isinstance(record, dict) else None
+        if isinstance(value, str):
+            doc_id = record.get("id")
+            yield value, str(doc_id) if isinstance(doc_id, (str, int)) else f"{path}#{index}"
+        elif isinstance(record, dict) and value is None:
+            counters["missing_field"] += 1
+            counters.setdefault("keys_seen", sorted(record.keys())[:20])
+        else:
             counters["bad_records"] += 1
-            continue
-        text = _text_of(record, text_field, path, counters)
-        if text is not None:
-            yield text, _record_id(record, path, number)
-
-
-def _iter_json(path: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
-    # datatrove has no reader for a JSON array file (only JSON Lines), hence this small one.
-    with _open_binary(path) as handle:
-        content, dropped = decode_counting(handle.read())
-    counters["undecodable_bytes"] += dropped
-    stripped = content.lstrip()
-    if not stripped.startswith("["):
-        yield from _iter_jsonl(path, text_field, counters)  # JSON Lines saved as .json
-        return
-    try:
-        records = json.loads(stripped)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); fix or re-export it") from None
-    for index, record in enumerate(records):
-        text = _text_of(record, text_field, path, counters)
-        if text is not None:
-            yield text, _record_id(record, path, index)
 
 
 def _iter_parquet(path: str, text_field: str, counters: dict) -> Iterator[tuple[str, str]]:
-    from datatrove.pipeline.readers import ParquetReader
-
-    parent, name = str(Path(path).parent), Path(path).name
-    reader = ParquetReader(parent, text_key=text_field, read_metadata=False)
     try:
-        import pyarrow.parquet as pq
-
         columns = pq.read_schema(path).names
     except Exception as error:  # noqa: BLE001 - any pyarrow failure means the same thing to the user
         raise DataError(f"cannot read parquet file {path} ({error}); check that it is a complete parquet file") from None
@@ -277,57 +219,31 @@ def _iter_parquet(path: str, text_field: str, counters: dict) -> Iterator[tuple[
         counters["missing_field"] += 1
         counters.setdefault("keys_seen", columns[:20])
         return
-    for document in reader.read_file(name):
+    reader = ParquetReader(str(Path(path).parent), text_key=text_field, read_metadata=False)
+    for document in reader.read_file(Path(path).name):
         yield document.text, str(document.id)
 
 
-def _hub_options(spec: str) -> tuple[str, dict]:
-    name, _, split = spec.partition("@")
-    name, _, config = name.partition(":")
-    options = {"split": split or "train"}
-    if config:
-        options["name"] = config
-    return name, options
-
-
-def _hub_reader(spec: str, text_field: str, limit: int = -1, saved: bool = False):
-    from datatrove.pipeline.readers import HuggingFaceDatasetReader
-
+def _iter_dataset(spec: str, text_field: str, saved: bool, rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, str]]:
     if saved:
-        return HuggingFaceDatasetReader(spec, load_from_disk=True, text_key=text_field, limit=limit)
-    name, options = _hub_options(spec)
-    return HuggingFaceDatasetReader(name, dataset_options=options, streaming=True, text_key=text_field, limit=limit)
-
-
-def _iter_dataset(
-    spec: str, text_field: str, counters: dict, saved: bool, rank: int = 0, world_size: int = 1
-) -> Iterator[tuple[str, str]]:
-    reader = _hub_reader(spec, text_field, saved=saved)
+        reader = HuggingFaceDatasetReader(spec, load_from_disk=True, text_key=text_field)
+    else:
+        name, _, split = spec.partition("@")
+        name, _, config = name.partition(":")
+        options = {"split": split or "train", **({"name": config} if config else {})}
+        reader = HuggingFaceDatasetReader(name, dataset_options=options, streaming=True, text_key=text_field)
     try:
         for document in reader.run(rank=rank, world_size=world_size):
             yield document.text, str(document.id)
-    except DataError:
-        raise
     except Exception as error:  # noqa: BLE001 - datasets raises many types for "cannot get this dataset"
-        where = "saved dataset folder" if saved else "Hub dataset"
-        fix = (
-            "check the folder was written by Dataset.save_to_disk"
-            if saved
-            else "check the id, your network (HF_HUB_OFFLINE must be unset) and `owner/name:config@split`"
-        )
+        where, fix = ("saved dataset folder", "check the folder was written by Dataset.save_to_disk") if saved else (
+            "Hub dataset", "check the id, your network (HF_HUB_OFFLINE must be unset) and `owner/name:config@split`")
         message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise DataError(f"cannot read {where} {spec} ({message}); {fix}") from None
 
 
-def iter_source_texts(
-    kind: str,
-    path: str,
-    text_field: str = "text",
-    txt_mode: str = "file",
-    counters: dict | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[tuple[str, str]]:
+def iter_source_texts(kind: str, path: str, text_field: str = "text", txt_mode: str = "file",
+                      counters: dict | None = None, rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, str]]:
     """Yield `(text, id)` for one resolved source; `counters` collects undecodable_bytes, missing_field, ...
 
     `rank`/`world_size` only shard Hub and saved datasets (files are sharded by the caller, one file per task).
@@ -335,14 +251,12 @@ def iter_source_texts(
     counters = _new_counters() if counters is None else counters
     if kind == "txt":
         yield from _iter_txt(path, txt_mode, counters)
-    elif kind == "jsonl":
-        yield from _iter_jsonl(path, text_field, counters)
-    elif kind == "json":
-        yield from _iter_json(path, text_field, counters)
+    elif kind in ("jsonl", "json"):
+        yield from _iter_record_texts(path, kind, text_field, counters)
     elif kind == "parquet":
         yield from _iter_parquet(path, text_field, counters)
-    elif kind in ("hub", "saved"):
-        yield from _iter_dataset(path, text_field, counters, saved=kind == "saved", rank=rank, world_size=world_size)
+    elif kind in DATASET_KINDS:
+        yield from _iter_dataset(path, text_field, saved=kind == "saved", rank=rank, world_size=world_size)
     else:
         raise DataError(f"unknown source kind {kind!r} for {path}; use one of txt, jsonl, json, parquet, saved, hub")
 
@@ -351,36 +265,33 @@ def _new_counters() -> dict:
     return {"undecodable_bytes": 0, "missing_field": 0, "bad_records": 0, "empty": 0}
 
 
-def _check_txt_mode(txt_mode: str) -> None:
+def check_txt_mode(txt_mode: str) -> None:
     if txt_mode not in TXT_MODES:
         raise DataError(f"unknown txt_mode {txt_mode!r}; use one of {', '.join(TXT_MODES)}")
 
 
-def _no_text_error(source: str, text_field: str, counters: dict) -> DataError:
-    if counters["missing_field"]:
-        keys = counters.get("keys_seen", [])
-        return DataError(
-            f"no documents in {source}: records have no {text_field!r} field (fields seen: {keys}); "
-            "set text_field to the field holding the text"
-        )
-    return DataError(f"no documents in {source}: it is empty or holds only blank text; point to a file with text")
+def _nonblank(texts: Iterable[tuple[str, str]], counters: dict, room: int | None) -> Iterator[tuple[str, str]]:
+    """The non-blank `(text, id)` pairs of `texts`, at most `room` of them (None = no cap); blank ones are counted."""
+    if room is not None and room <= 0:
+        return
+    for text, doc_id in texts:
+        if not text.strip():
+            counters["empty"] += 1
+            continue
+        yield text, doc_id
+        if room is not None and (room := room - 1) == 0:
+            return
 
 
-def iter_documents(
-    sources: list[str],
-    text_field: str = "text",
-    txt_mode: str = "file",
-    limit: int | None = None,
-    stats: dict | None = None,
-    progress: bool = False,
-) -> Iterator[dict]:
+def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str = "file", limit: int | None = None,
+                   stats: dict | None = None, progress: bool = False) -> Iterator[dict]:
     """Yield `{"text", "id", "source"}` for every non-blank document in `sources`, in order.
 
     `limit` caps the total number of documents. When `stats` is a dict it is filled with files, documents,
     undecodable_bytes, bad_records (unparsable JSON lines) and empty (blank documents skipped). A source argument
     that yields no document at all raises DataError (naming a wrong `text_field` when that is the cause).
     """
-    _check_txt_mode(txt_mode)
+    check_txt_mode(txt_mode)
     if isinstance(sources, (str, Path)):
         sources = [sources]
     # resolve everything first so a typo in the last source fails before any work is done
@@ -396,12 +307,8 @@ def iter_documents(
             counters = _new_counters()
             for kind, path in resolved:
                 before = dict(counters)
-                for text, doc_id in iter_source_texts(kind, path, text_field, txt_mode, counters):
-                    if limit is not None and produced >= limit:
-                        break
-                    if not text.strip():
-                        counters["empty"] += 1
-                        continue
+                texts = iter_source_texts(kind, path, text_field, txt_mode, counters)
+                for text, doc_id in _nonblank(texts, counters, None if limit is None else limit - produced):
                     found_in_source += 1
                     produced += 1
                     totals["documents"] += 1
@@ -409,17 +316,18 @@ def iter_documents(
                 totals["files"] += 1
                 for key in ("undecodable_bytes", "bad_records", "empty"):
                     totals[key] += counters[key] - before[key]
-                if counters["undecodable_bytes"] > before["undecodable_bytes"]:
-                    dropped = counters["undecodable_bytes"] - before["undecodable_bytes"]
-                    logger.warning("%s: skipped %d undecodable bytes (not UTF-8)", path, dropped)
-                if counters["bad_records"] > before["bad_records"]:
-                    bad = counters["bad_records"] - before["bad_records"]
-                    logger.warning("%s: skipped %d records that are not JSON objects with text", path, bad)
+                for key, what in (("undecodable_bytes", "undecodable bytes (not UTF-8)"),
+                                  ("bad_records", "records that are not JSON objects with text")):
+                    if counters[key] > before[key]:
+                        logger.warning("%s: skipped %d %s", path, counters[key] - before[key], what)
                 bar.update()
                 if limit is not None and produced >= limit:
                     return
             if found_in_source == 0:
-                raise _no_text_error(source, text_field, counters)
+                if counters["missing_field"]:
+                    raise DataError(f"no documents in {source}: records have no {text_field!r} field (fields seen: "
+                                    f"{counters.get('keys_seen', [])}); set text_field to the field holding the text")
+                raise DataError(f"no documents in {source}: it is empty or holds only blank text; point to a file with text")
     finally:
         bar.close()
 
@@ -435,16 +343,10 @@ class SourceReader(BaseReader):
 
     name = "📂 hfscratch sources"
 
-    def __init__(
-        self,
-        sources: list[str],
-        text_field: str = "text",
-        txt_mode: str = "file",
-        limit: int = -1,
-        file_progress: bool = True,
-    ):
+    def __init__(self, sources: list[str], text_field: str = "text", txt_mode: str = "file", limit: int = -1,
+                 file_progress: bool = True):
         super().__init__(limit=limit)
-        _check_txt_mode(txt_mode)
+        check_txt_mode(txt_mode)
         self.sources = [str(s) for s in sources]
         self.text_field = text_field
         self.txt_mode = txt_mode
@@ -454,22 +356,15 @@ class SourceReader(BaseReader):
         if data:
             yield from data
         resolved = resolve_sources(self.sources)
-        files = [item for item in resolved if item[0] not in ("hub", "saved")]
-        datasets_ = [item for item in resolved if item[0] in ("hub", "saved")]
-        my_files = files[rank::world_size]
+        my_files = [item for item in resolved if item[0] not in DATASET_KINDS][rank::world_size]
+        datasets_ = [item for item in resolved if item[0] in DATASET_KINDS]
         produced = 0
         bar = tqdm(total=len(my_files), unit="file", desc=f"read task {rank}", disable=not self.file_progress)
         try:
             for kind, path in my_files + datasets_:
                 counters = _new_counters()
-                for text, doc_id in iter_source_texts(
-                    kind, path, self.text_field, self.txt_mode, counters, rank=rank, world_size=world_size
-                ):
-                    if self.limit != -1 and produced >= self.limit:
-                        break
-                    if not text.strip():
-                        counters["empty"] += 1
-                        continue
+                texts = iter_source_texts(kind, path, self.text_field, self.txt_mode, counters, rank, world_size)
+                for text, doc_id in _nonblank(texts, counters, None if self.limit == -1 else self.limit - produced):
                     produced += 1
                     document = Document(text=text, id=doc_id, metadata={"source": path})
                     self.update_doc_stats(document)
@@ -479,7 +374,7 @@ class SourceReader(BaseReader):
                         self.stat_update(key, value=counters[key])
                 if counters["undecodable_bytes"]:
                     logger.warning("%s: skipped %d undecodable bytes", path, counters["undecodable_bytes"])
-                if kind not in ("hub", "saved"):
+                if kind not in DATASET_KINDS:
                     bar.update()
                     self.stat_update("input_files")
         finally:

@@ -25,11 +25,7 @@ requested split. Because the bucket depends on nothing but the question text, on
 exactly one split, whatever the seed, difficulty or process: a held-out question can never be produced
 by the training generator (``tests/test_synthetic_math.py`` checks it on 10k samples of each).
 
-Output formats: ``problem_to_text`` (pretraining text), ``to_chat`` (SFT ``messages``; ``restated=True``
-writes the same solution with a redundant closing sentence ``The answer is N.`` before ``#### N``),
-``to_preference`` (DPO ``prompt/chosen/rejected``; the chosen answer is the correct, concise GSM8K-format
-solution, the rejected one is either the solution with one arithmetic slip propagated to a wrong final answer
-(``kind="slip"``) or the same correct solution with the redundant closing sentence (``kind="style"``)) and
+Output formats: ``problem_to_text`` (pretraining text), ``to_chat`` (SFT), ``to_preference`` (DPO) and
 ``to_grpo`` (``prompt`` + verifiable ``answer``), all in TRL's conversational format.
 """
 
@@ -41,42 +37,26 @@ import json
 import operator
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Iterator
 
 from ..errors import ConfigError
+from .synthetic_math_themes import NAMES, PERCENTS, PRONOUNS, THEMES
 
-__all__ = [
-    "SyntheticMathConfig",
-    "HELDOUT_PERCENT",
-    "OPERATIONS",
-    "generate_problems",
-    "iter_problems",
-    "problem_split",
-    "problem_to_text",
-    "to_chat",
-    "restated_solution",
-    "to_preference",
-    "PREFERENCE_KINDS",
-    "to_grpo",
-    "rejected_answer",
-    "evaluate_expression",
-]
+__all__ = ["SyntheticMathConfig", "HELDOUT_PERCENT", "OPERATIONS", "generate_problems", "iter_problems", "problem_split",
+           "problem_to_text", "to_chat", "restated_solution", "to_preference", "PREFERENCE_KINDS", "to_grpo",
+           "rejected_answer", "evaluate_expression"]
 
 HELDOUT_PERCENT = 10  # share of the problem space (by question hash) reserved for the held-out split
 OPERATIONS = ("+", "-", "*", "/")
 SPLITS = ("train", "heldout")
 _MAX_ATTEMPTS = 2000  # consecutive failed draws before the difficulty settings are declared impossible
 
-# ---------------------------------------------------------------------------------------------------
-# Safe arithmetic: the only expressions ever evaluated are the ones this module writes.
-# ---------------------------------------------------------------------------------------------------
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-_SIMPLE = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*(?:([*/])\s*(\d+)\s*)?$")
+# --- Safe arithmetic: the only expressions ever evaluated are the ones this module writes. ---
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+_BINOPS = dict(zip((ast.Add, ast.Sub, ast.Mult, ast.Div), _APPLY.values()))
+_SIMPLE = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*(?:([*/])\s*(\d+)\s*)?$")
 
 
 def evaluate_expression(expr: str) -> Fraction:
@@ -103,138 +83,19 @@ def evaluate_expression(expr: str) -> Fraction:
     return walk(ast.parse(expr, mode="eval"))
 
 
-# ---------------------------------------------------------------------------------------------------
-# Story themes. Placeholders: {P} subject name, {p} he/she, {pos} his/her, {obj} him/her, {F} a friend,
-# {Q} a new person (ages), {unit}, {thing}; numbers {a} (current value), {b}, {k}, {m}, {pct};
-# results {c} (the new value) and {t} (an intermediate result) render as "x op y = <<x op y=r>>r".
-# Each event kind is a list of (question sentence, solution line) pairs.
-# ---------------------------------------------------------------------------------------------------
-_THEMES: dict[str, dict[str, Any]] = {
-    "collection": {
-        "units": ["marbles", "stickers", "trading cards", "seashells", "stamps", "apples", "pebbles", "comic books"],
-        "start": ["{P} has {a} {unit}.", "{P} collects {unit} and owns {a} of them.", "There are {a} {unit} in {P}'s box."],
-        "add": [("{P} finds {b} more {unit}.", "{P} now has {c} {unit}."),
-                ("{F} gives {obj} {b} {unit}.", "After the gift {p} has {c} {unit}."),
-                ("{P} buys another {b} {unit}.", "That makes {c} {unit}.")],
-        "sub": [("{P} gives {b} {unit} to {F}.", "{P} is left with {c} {unit}."),
-                ("{P} loses {b} of the {unit}.", "After losing some, {p} has {c} {unit}.")],
-        "mul": [("Later {pos} collection grows to {b} times its size.", "The collection grows to {c} {unit}."),
-                ("{F} then gives {obj} enough {unit} to make {b} times as many as {p} had.", "Now {p} has {c} {unit}.")],
-        "div": [("{P} splits the {unit} equally into {b} boxes and keeps only one box.", "One box holds {c} {unit}."),
-                ("{P} keeps only 1/{b} of the {unit} and donates the rest.", "{P} keeps {c} {unit}.")],
-        "groups_add": [("{P} buys {k} packs with {m} {unit} in each pack.", "The packs hold {t} {unit}, so {p} has {c} {unit}.")],
-        "groups_sub": [("{P} gives {k} friends {m} {unit} each.", "{P} gives away {t} {unit} and keeps {c} {unit}.")],
-        "pct_sub": [("{P} trades away {pct}% of the {unit}.", "{pct}% of {a} is {t} {unit}, so {p} keeps {c} {unit}.")],
-        "pct_add": [("{P}'s collection then grows by {pct}%.", "{pct}% of {a} is {t} {unit}, so {p} now has {c} {unit}.")],
-        "final_div": [("{P} shares all the {unit} equally among {b} friends. How many {unit} does each friend get?",
-                       "Each friend gets {c} {unit}.")],
-        "final": ["How many {unit} does {P} have now?", "How many {unit} does {P} have at the end?"],
-    },
-    "baking": {
-        "units": ["cookies", "muffins", "cupcakes", "bread rolls", "pancakes", "brownies"],
-        "start": ["{P} bakes {a} {unit}.", "{P} has a tray of {a} {unit}."],
-        "add": [("{P} bakes another batch of {b} {unit}.", "There are now {c} {unit}."),
-                ("{F} brings {b} more {unit}.", "Together they have {c} {unit}.")],
-        "sub": [("{P}'s family eats {b} of the {unit}.", "{c} {unit} are left."),
-                ("{P} sells {b} {unit} at the bake sale.", "After the sale {p} has {c} {unit}.")],
-        "mul": [("For a party, {P} bakes until there are {b} times as many {unit}.", "There are {c} {unit}.")],
-        "div": [("{P} packs the {unit} equally into {b} boxes and gives away all but one box.", "One box has {c} {unit}.")],
-        "groups_add": [("{P} bakes {k} more trays with {m} {unit} on each tray.", "The trays add {t} {unit}, making {c} {unit}.")],
-        "groups_sub": [("{k} neighbours each take {m} {unit}.", "The neighbours take {t} {unit}, leaving {c} {unit}.")],
-        "pct_sub": [("{pct}% of the {unit} are eaten at lunch.", "{pct}% of {a} is {t} {unit}, so {c} {unit} are left.")],
-        "final_div": [("{P} shares the {unit} equally among {b} friends. How many {unit} does each friend get?",
-                       "Each friend gets {c} {unit}.")],
-        "final": ["How many {unit} are there now?", "How many {unit} does {P} have at the end?"],
-    },
-    "money": {
-        "units": ["dollars"],
-        "things": ["a book", "a toy car", "lunch", "a puzzle", "a scarf", "a board game", "paint"],
-        "plural_things": ["notebooks", "pens", "tickets", "sandwiches", "T-shirts", "plants"],
-        "start": ["{P} has ${a} in {pos} wallet.", "{P} has saved ${a}.", "{P} starts the week with ${a}."],
-        "add": [("{P} earns ${b} mowing lawns.", "{P} now has {c} dollars."),
-                ("{F} pays {obj} back ${b}.", "That brings {pos} money to {c} dollars.")],
-        "sub": [("{P} spends ${b} on {thing}.", "{P} has {c} dollars left."),
-                ("{P} donates ${b} to a charity.", "After the donation {p} has {c} dollars.")],
-        "mul": [("By the end of the year {pos} savings have grown to {b} times as much.", "{P} then has {c} dollars.")],
-        "div": [("{P} splits the money equally into {b} envelopes and keeps one envelope in {pos} wallet.",
-                 "One envelope holds {c} dollars.")],
-        "groups_add": [("{P} walks {k} dogs and earns ${m} for each one.", "{P} earns {t} dollars and now has {c} dollars.")],
-        "groups_sub": [("{P} buys {k} {things} for ${m} each.", "The {things} cost {t} dollars, so {p} has {c} dollars left.")],
-        "pct_sub": [("{P} spends {pct}% of {pos} money on {thing}.", "{pct}% of {a} is {t} dollars, so {p} has {c} dollars left.")],
-        "pct_add": [("{P} gets a {pct}% bonus on {pos} money.", "The bonus is {t} dollars, so {p} has {c} dollars.")],
-        "final_div": [("{P} shares all of it equally among {b} cousins. How many dollars does each cousin get?",
-                       "Each cousin gets {c} dollars.")],
-        "final": ["How many dollars does {P} have now?", "How much money, in dollars, does {P} have at the end?"],
-    },
-    "store": {
-        "units": ["shirts", "toys", "books", "lamps", "chairs", "backpacks", "umbrellas"],
-        "start": ["A store has {a} {unit} in stock.", "A shop starts the day with {a} {unit}."],
-        "add": [("A delivery brings {b} more {unit}.", "The store now has {c} {unit}.")],
-        "sub": [("It sells {b} {unit} in the morning.", "After the morning it has {c} {unit}."),
-                ("{b} {unit} are returned to the factory.", "That leaves {c} {unit}.")],
-        "div": [("The {unit} are split equally among {b} branches and this store keeps one share.",
-                 "The store keeps {c} {unit}.")],
-        "groups_add": [("It receives {k} boxes with {m} {unit} in each.", "The boxes hold {t} {unit}, so it has {c} {unit}.")],
-        "groups_sub": [("{k} customers each buy {m} {unit}.", "The customers buy {t} {unit}, leaving {c} {unit}.")],
-        "pct_sub": [("During a sale, {pct}% of the {unit} are sold.", "{pct}% of {a} is {t} {unit}, so {c} {unit} remain.")],
-        "pct_add": [("The store increases its stock by {pct}%.", "{pct}% of {a} is {t} {unit}, so the stock becomes {c} {unit}.")],
-        "final_div": [("The remaining {unit} are packed equally into {b} crates. How many {unit} go in each crate?",
-                       "Each crate holds {c} {unit}.")],
-        "final": ["How many {unit} does the store have now?", "How many {unit} are left in the store?"],
-    },
-    "travel": {
-        "units": ["kilometers", "miles"],
-        "start": ["{P} is {a} {unit} from home."],
-        "start_groups": [("{P} drives away from home at {m} {unit} per hour for {k} hours.", "{P} covers {c} {unit}.")],
-        "add": [("{P} then drives {b} more {unit} away from home.", "{P} is now {c} {unit} from home.")],
-        "sub": [("{P} then drives {b} {unit} back toward home.", "{P} is now {c} {unit} from home.")],
-        "groups_add": [("Next {p} drives away from home for {k} hours at {m} {unit} per hour.",
-                        "That adds {t} {unit}, so {p} is {c} {unit} from home.")],
-        "groups_sub": [("Then {p} heads back toward home for {k} hours at {m} {unit} per hour.",
-                        "That brings {obj} {t} {unit} closer, so {p} is {c} {unit} from home.")],
-        "final_div": [("{P} wants to cover that distance back in {b} equal legs. How many {unit} long is each leg?",
-                       "Each leg is {c} {unit}.")],
-        "final": ["How many {unit} from home is {P} now?", "How far from home, in {unit}, is {P} at the end?"],
-    },
-    "ages": {
-        "units": ["years"],
-        "start": ["{P} is {a} years old."],
-        "max_result": 110,  # people's ages stay believable whatever max_value says
-        "new_subject": True,  # every step introduces a new person whose age depends on the previous one
-        "add": [("{Q} is {b} years older than {P}.", "{Q} is {c} years old.")],
-        "sub": [("{Q} is {b} years younger than {P}.", "{Q} is {c} years old.")],
-        "mul": [("{Q} is {b} times as old as {P}.", "{Q} is {c} years old.")],
-        "div": [("{P} is {b} times as old as {Q}.", "{Q} is {c} years old.")],
-        "final": ["How old is {P}?", "How many years old is {P}?"],
-    },
-    "reading": {
-        "units": ["pages"],
-        "start": ["{P}'s book has {a} pages left to read.", "{P} still has {a} pages of a novel to read."],
-        "add": [("{P}'s teacher adds a chapter of {b} pages to the reading.", "Now {c} pages are left.")],
-        "sub": [("{P} reads {b} pages on Monday.", "{c} pages are left."),
-                ("On the bus {p} reads {b} pages.", "That leaves {c} pages.")],
-        "groups_sub": [("Then {p} reads {m} pages a day for {k} days.", "{P} reads {t} pages, so {c} pages are left.")],
-        "pct_sub": [("Over the weekend {p} reads {pct}% of the remaining pages.", "{pct}% of {a} is {t} pages, so {c} pages are left.")],
-        "final_div": [("{P} wants to finish the rest in {b} days, reading the same number of pages each day. "
-                       "How many pages a day must {p} read?", "{P} must read {c} pages a day.")],
-        "final": ["How many pages does {P} still have to read?"],
-    },
-}
-
-_NAMES = [("Maya", "she"), ("Liam", "he"), ("Ava", "she"), ("Noah", "he"), ("Zoe", "she"), ("Omar", "he"),
-          ("Priya", "she"), ("Kenji", "he"), ("Elena", "she"), ("Mateo", "he"), ("Aisha", "she"), ("Lucas", "he"),
-          ("Grace", "she"), ("Tariq", "he"), ("Nora", "she"), ("Felix", "he"), ("Chloe", "she"), ("Samuel", "he"),
-          ("Ines", "she"), ("Jonah", "he"), ("Hana", "she"), ("Diego", "he"), ("Lena", "she"), ("Ravi", "he")]
-_PRONOUNS = {"she": ("she", "her", "her"), "he": ("he", "his", "him")}
-_PERCENTS = (5, 10, 20, 25, 30, 40, 50, 60, 75)
-
-# event kind -> (operators it needs, steps it costs, operator of the main step)
+# event kind -> (operators it needs, steps it costs)
 _EVENTS = {
     "add": ({"+"}, 1), "sub": ({"-"}, 1), "mul": ({"*"}, 1), "div": ({"/"}, 1), "final_div": ({"/"}, 1),
     "groups_add": ({"*", "+"}, 2), "groups_sub": ({"*", "-"}, 2),
     "pct_add": ({"*", "/", "+"}, 2), "pct_sub": ({"*", "/", "-"}, 2),
 }
 _EVENT_WEIGHTS = {"add": 3, "sub": 3, "mul": 2, "div": 2, "final_div": 2, "groups_add": 2, "groups_sub": 2, "pct_add": 1, "pct_sub": 2}
+_SIMPLE_OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "final_div": "/"}
+
+
+def _whole(value: Fraction) -> int | None:
+    """Every quantity in a problem is a non-negative whole number; None for anything else."""
+    return int(value) if value.denominator == 1 and value >= 0 else None
 
 
 class _Program:
@@ -249,50 +110,41 @@ class _Program:
 
     def literal(self, value: int) -> str:
         name = f"n{len(self.env)}"
-        self.env[name] = value
-        self.values[name] = value
+        self.env[name] = self.values[name] = value
         return "{" + name + "}"
 
-    def calc(self, expr: str) -> tuple[str, int] | None:
-        """Record a calculation; None if it is not a non-negative whole number."""
-        value = evaluate_expression(expr.format_map(self.values))
-        if value.denominator != 1 or value < 0:
+    def calc(self, expr: str) -> str | None:
+        """Record a calculation and return its result's name; None if the result is not a whole number >= 0."""
+        value = _whole(evaluate_expression(expr.format_map(self.values)))
+        if value is None:
             return None
         name = f"v{len(self.calcs)}"
         self.calcs.append((name, expr))
-        self.values[name] = int(value)
-        return name, int(value)
+        self.values[name] = value
+        return name
 
     def to_json(self) -> str:
         return json.dumps({"env": self.env, "calcs": self.calcs, "question": self.question, "solution": self.solution},
                           separators=(",", ":"))
 
 
-def _render_line(line: str, calcs: dict[str, str], values: dict[str, int]) -> str:
-    # "[[v3]]" -> "a * b = <<a*b=c>>c" with the expression as written by the builder.
-    def annotate(match):
-        name = match.group(1)
-        expr = calcs[name]
-        spaced = re.sub(r"\s*([-+*/])\s*", r" \1 ", expr).strip()
-        return f"{spaced} = <<{expr.replace(' ', '')}={{{name}}}>>{{{name}}}"
-
-    return re.sub(r"\[\[(v\d+)\]\]", annotate, line).format_map(values)
-
-
 def _render_solution(program: dict, values: dict[str, int]) -> tuple[str, int]:
     calcs = dict(program["calcs"])
-    lines = [_render_line(line, calcs, values) for line in program["solution"]]
+
+    def annotate(match):  # "[[v3]]" -> "a * b = <<a*b=c>>c" with the expression as written by the builder
+        name = match.group(1)
+        spaced = re.sub(r"\s*([-+*/])\s*", r" \1 ", calcs[name]).strip()
+        return f"{spaced} = <<{calcs[name].replace(' ', '')}={{{name}}}>>{{{name}}}"
+
+    lines = [re.sub(r"\[\[(v\d+)\]\]", annotate, line).format_map(values) for line in program["solution"]]
     final = values[program["calcs"][-1][0]]
     return "\n".join(lines) + f"\n#### {final}", final
 
 
-def _canonical(question: str) -> str:
-    return " ".join(question.lower().split())
-
-
 def problem_split(question: str) -> str:
     """The split a question text belongs to (a pure function of the text; see the module docstring)."""
-    digest = hashlib.sha256(_canonical(question).encode("utf-8")).digest()
+    canonical = " ".join(question.lower().split())
+    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
     return "heldout" if int.from_bytes(digest[:8], "big") % 100 < HELDOUT_PERCENT else "train"
 
 
@@ -318,43 +170,36 @@ class SyntheticMathConfig:
 
 
 class _Generator:
-    def __init__(self, rng: random.Random, split: str, min_steps: int, max_steps: int, max_value: int,
-                 operations: tuple[str, ...]):
-        self.split = split
-        self.rng, self.min_steps, self.max_steps, self.max_value = rng, min_steps, max_steps, max_value
-        self.ops = set(operations)
-        self.cap = 10 * max_value
-        self.small = max(2, min(10, max_value))  # multipliers, divisors and group counts stay small
+    def __init__(self, rng: random.Random, split: str, config: SyntheticMathConfig):
+        self.rng, self.split, self.min_steps, self.max_steps = rng, split, config.min_steps, config.max_steps
+        self.max_value, self.ops, self.cap = config.max_value, set(config.operations), 10 * config.max_value
+        self.small = max(2, min(10, config.max_value))  # multipliers, divisors and group counts stay small
 
     def one(self) -> dict | None:
         rng = self.rng
-        theme_name = rng.choice(list(_THEMES))
-        theme = _THEMES[theme_name]
+        theme_name = rng.choice(list(THEMES))
+        theme = THEMES[theme_name]
         target = rng.randint(self.min_steps, self.max_steps)
-        people = rng.sample(_NAMES, 6)  # people[0] is the subject, later ones join in ages problems, the last is a friend
+        people = rng.sample(NAMES, 6)  # people[0] is the subject, later ones join in ages problems, the last is a friend
         text = {"unit": rng.choice(theme["units"]), "F": people[-1][0]}
         if "things" in theme:
             text["thing"] = rng.choice(theme["things"])
             text["things"] = rng.choice(theme["plural_things"])
-        subject = 0
 
-        def persona(i):
+        def fields_of(i):
             name, gender = people[i]
-            p, pos, obj = _PRONOUNS[gender]
-            return {"P": name, "p": p, "pos": pos, "obj": obj}
+            p, pos, obj = PRONOUNS[gender]
+            return {**text, "P": name, "p": p, "pos": pos, "obj": obj}
 
         prog = _Program()
-        fields = {**text, **persona(subject)}
-        steps = 0
-        final_question = None
+        subject, steps, final_question, fields = 0, 0, None, fields_of(0)
         if "start_groups" in theme and "*" in self.ops and rng.random() < 0.5:
             k, m = rng.randint(2, self.small), rng.randint(2, self.max_value)
             kn, mn = prog.literal(k), prog.literal(m)
-            name, value = prog.calc(f"{mn}*{kn}")
+            current, steps = prog.calc(f"{mn}*{kn}"), 1
             q, s = rng.choice(theme["start_groups"])
             prog.question.append(q.format(**fields, k=kn, m=mn))
-            prog.solution.append(s.format(**fields, c=f"[[{name}]]"))
-            current, steps = name, 1
+            prog.solution.append(s.format(**fields, c=f"[[{current}]]"))
         else:
             current = prog.literal(rng.randint(2, self.max_value))[1:-1]
             prog.question.append(rng.choice(theme["start"]).format(**fields, a="{" + current + "}"))
@@ -372,7 +217,7 @@ class _Generator:
                     steps += cost
                     if kind == "final_div":
                         final_question = ""  # the event's sentence already asks the question
-                    fields = {**text, **persona(subject)}
+                    fields = fields_of(subject)
                     break
             else:
                 break
@@ -394,45 +239,28 @@ class _Generator:
         rng, a = self.rng, prog.values[current]
         cur = "{" + current + "}"
         q, s = rng.choice(theme[kind])
-        new_subject = theme.get("new_subject", False)
-        if new_subject:
+        nxt = subject
+        if theme.get("new_subject", False):
             nxt = subject + 1
             if nxt >= len(people) - 1:  # the last person is the friend; keep names distinct
                 return None
             fields = {**fields, "Q": people[nxt][0]}
-        else:
-            nxt = subject
-        calcs: list[str] = []
         extra = {}
         cap = min(self.cap, max(theme.get("max_result", self.cap), self.max_value))
-        if kind == "add":
-            b = rng.randint(1, self.max_value)
-            if a + b > cap:
-                return None
-            bn = prog.literal(b)
-            calcs.append(f"{cur}+{bn}")
-            extra["b"] = bn
-        elif kind == "sub":
-            if a < 2:
-                return None
-            b = rng.randint(1, min(a - 1, self.max_value))
-            bn = prog.literal(b)
-            calcs.append(f"{cur}-{bn}")
-            extra["b"] = bn
-        elif kind == "mul":
-            choices = [b for b in range(2, self.small + 1) if a * b <= cap]
+        if kind in _SIMPLE_OPS:
+            if kind == "add":
+                b = rng.randint(1, self.max_value)
+                choices = [b] if a + b <= cap else []
+            elif kind == "sub":
+                choices = [rng.randint(1, min(a - 1, self.max_value))] if a >= 2 else []
+            elif kind == "mul":
+                choices = [b for b in range(2, self.small + 1) if a * b <= cap]
+            else:
+                choices = [b for b in range(2, min(a, self.small) + 1) if a % b == 0 and (b < a or kind == "final_div")]
             if not choices:
                 return None
-            bn = prog.literal(rng.choice(choices))
-            calcs.append(f"{cur}*{bn}")
-            extra["b"] = bn
-        elif kind in ("div", "final_div"):
-            choices = [b for b in range(2, min(a, self.small) + 1) if a % b == 0 and (b < a or kind == "final_div")]
-            if not choices:
-                return None
-            bn = prog.literal(rng.choice(choices))
-            calcs.append(f"{cur}/{bn}")
-            extra["b"] = bn
+            extra["b"] = prog.literal(choices[0] if kind in ("add", "sub") else rng.choice(choices))
+            calcs = [f"{cur}{_SIMPLE_OPS[kind]}{extra['b']}"]
         elif kind in ("groups_add", "groups_sub"):
             k = rng.randint(2, self.small)
             limit = self.max_value if kind == "groups_add" else min(self.max_value, (a - 1) // k)
@@ -441,27 +269,23 @@ class _Generator:
             m = rng.randint(2, limit)
             if kind == "groups_add" and a + k * m > cap:
                 return None
-            kn, mn = prog.literal(k), prog.literal(m)
-            calcs += [f"{kn}*{mn}", f"{cur}{'+' if kind == 'groups_add' else '-'}" + "{T}"]
-            extra.update(k=kn, m=mn)
+            extra.update(k=prog.literal(k), m=prog.literal(m))
+            calcs = [f"{extra['k']}*{extra['m']}", f"{cur}{'+' if kind == 'groups_add' else '-'}" + "{T}"]
         else:  # pct_add / pct_sub
-            choices = [p for p in _PERCENTS if (a * p) % 100 == 0 and (kind == "pct_sub" or a + a * p // 100 <= cap)]
+            choices = [p for p in PERCENTS if (a * p) % 100 == 0 and (kind == "pct_sub" or a + a * p // 100 <= cap)]
             if not choices:
                 return None
-            pn = prog.literal(rng.choice(choices))
-            calcs += [f"{cur}*{pn}/100", f"{cur}{'+' if kind == 'pct_add' else '-'}" + "{T}"]
-            extra["pct"] = pn
+            extra["pct"] = prog.literal(rng.choice(choices))
+            calcs = [f"{cur}*{extra['pct']}/100", f"{cur}{'+' if kind == 'pct_add' else '-'}" + "{T}"]
         names = []
         for expr in calcs:
-            if names:
-                expr = expr.replace("{T}", "{" + names[0] + "}")
-            result = prog.calc(expr)
+            result = prog.calc(expr.replace("{T}", "{" + names[0] + "}") if names else expr)
             if result is None:
                 return None
-            names.append(result[0])
+            names.append(result)
+        prog.question.append(q.format(**fields, a=cur, **extra))
         if len(names) == 2:
             extra["t"] = f"[[{names[0]}]]"
-        prog.question.append(q.format(**fields, a=cur, **{k: v for k, v in extra.items() if k != "t"}))
         prog.solution.append(s.format(**fields, a=cur, c=f"[[{names[-1]}]]", **extra))
         return names[-1], nxt, len(names)
 
@@ -475,9 +299,7 @@ def iter_problems(split: str = "train", config: SyntheticMathConfig | None = Non
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     c = config or SyntheticMathConfig(**difficulty)
-    ops = tuple(c.operations)
-    rng = random.Random(f"hfscratch-synthetic-math:{split}:{c.seed}")
-    gen = _Generator(rng, split, c.min_steps, c.max_steps, c.max_value, ops)
+    gen = _Generator(random.Random(f"hfscratch-synthetic-math:{split}:{c.seed}"), split, c)
     failures = 0
     while True:
         problem = gen.one()
@@ -486,7 +308,7 @@ def iter_problems(split: str = "train", config: SyntheticMathConfig | None = Non
             if failures > _MAX_ATTEMPTS:
                 raise ConfigError(
                     f"cannot build problems with min_steps={c.min_steps}, max_steps={c.max_steps}, "
-                    f"max_value={c.max_value}, operations={ops}; allow more operations (e.g. '+' and '-') or raise max_value")
+                    f"max_value={c.max_value}, operations={tuple(c.operations)}; allow more operations (e.g. '+' and '-') or raise max_value")
             continue
         failures = 0
         yield problem
@@ -533,19 +355,15 @@ def rejected_answer(p: dict, rng: random.Random | int | None = None) -> tuple[st
         deltas = [d for d in range(-3, 4) if d] + [10, -10]
         rng.shuffle(deltas)
         for delta in deltas:
-            values: dict[str, int] = dict(program["env"])
-            ok = True
+            values: dict[str, int | None] = dict(program["env"])
             for i, (name, expr) in enumerate(calcs):
-                value = evaluate_expression(expr.format_map(values))
-                if i == slip_at:
-                    value += delta
-                if value.denominator != 1 or value < 0:
-                    ok = False
+                values[name] = _whole(evaluate_expression(expr.format_map(values)) + (delta if i == slip_at else 0))
+                if values[name] is None:
                     break
-                values[name] = int(value)
-            if ok and values[calcs[-1][0]] != correct:
-                text, final = _render_solution(program, values)
-                return text, str(final)
+            else:
+                if values[calcs[-1][0]] != correct:
+                    text, final = _render_solution(program, values)
+                    return text, str(final)
     raise ValueError(f"could not build a wrong solution for {p['question']!r}")  # unreachable: a +-1 slip on the last step works
 
 

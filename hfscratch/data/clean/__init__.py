@@ -28,19 +28,9 @@ Executors (`CleanConfig.executor`):
   filesystem all nodes share. `clean_corpus` returns right after submitting (`CleanResult.submitted=True`); once
   the jobs are done, `collect_clean_result(output_dir)` gathers files and stats.
 
-Example (YAML recipe fragment)::
+Example (YAML recipe fragment): `clean: {executor: slurm, tasks: 64, slurm_partition: cpu, slurm_time: "04:00:00",
+gopher_quality_options: {min_doc_words: 20}, decontaminate_with: [data/gsm8k/test.jsonl]}`.
 
-    clean:
-      executor: slurm            # or local / ray
-      tasks: 64
-      slurm_partition: cpu
-      slurm_time: "04:00:00"
-      gopher_quality_options: {min_doc_words: 20}
-      decontaminate_with: [data/gsm8k/test.jsonl, data/arc_easy.jsonl]
-
-Modules: `config` (`CleanConfig`, `CleanResult`), `steps` (pipeline blocks datatrove does not have),
-`decontamination` (eval sets -> N-gram index), `pipeline` (stages, executors, `clean_corpus`), `stats` (per-stage
-table, `stats.json`, `collect_clean_result`).
 """
 
 from .config import CleanConfig, CleanResult
@@ -49,13 +39,5 @@ from .pipeline import clean_corpus
 from .stats import collect_clean_result
 from .steps import EvalOverlapFilter, PIIScrubber, document_text
 
-__all__ = [
-    "CleanConfig",
-    "CleanResult",
-    "EvalOverlapFilter",
-    "PIIScrubber",
-    "build_decontamination_index",
-    "clean_corpus",
-    "collect_clean_result",
-    "document_text",
-]
+__all__ = ["CleanConfig", "CleanResult", "EvalOverlapFilter", "PIIScrubber", "build_decontamination_index", "clean_corpus",
+           "collect_clean_result", "document_text"]

@@ -17,12 +17,8 @@ from hfscratch.errors import ConfigError
 
 EXECUTORS = ("local", "slurm", "ray")
 DECONT_MODES = ("drop", "report")
-QUALITY_FILTERS = {
-    "gopher_repetition": GopherRepetitionFilter,
-    "gopher_quality": GopherQualityFilter,
-    "c4_quality": C4QualityFilter,
-    "fineweb_quality": FineWebQualityFilter,
-}
+QUALITY_FILTERS = {"gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
+                   "c4_quality": C4QualityFilter, "fineweb_quality": FineWebQualityFilter}
 # which threshold to name when a filter empties the corpus
 RELAX_HINT = {
     "exact_dedup": "every document is an exact copy of another; set exact_dedup: false to keep copies",
@@ -44,9 +40,7 @@ RELAX_HINT = {
 class CleanConfig:
     """Every switch and threshold of the cleaning pipeline (maps 1:1 to the `clean:` block of a recipe YAML)."""
 
-    # reading
-    txt_mode: str = "file"  # file | paragraph | line: how .txt files split into documents
-    limit: int | None = None  # max documents read per task (debugging)
+    # reading options (txt_mode, limit) are clean_corpus arguments: the data config owns them
     # exact dedup (whole-document text hash)
     exact_dedup: bool = True
     # MinHash near-dedup; default 5-gram shingles, 14 buckets x 8 hashes: ~0.72 Jaccard similarity threshold
@@ -114,16 +108,12 @@ class CleanConfig:
             raise ConfigError("minhash_ngrams, minhash_buckets and minhash_hashes_per_bucket must be >= 1")
         if self.executor == "slurm" and not self.slurm_partition:
             raise ConfigError("executor slurm needs slurm_partition; set it to your cluster's CPU partition")
-        if self.txt_mode not in ("file", "paragraph", "line"):
-            raise ConfigError(f"txt_mode {self.txt_mode!r} is unknown; use file, paragraph or line")
         for name, cls in QUALITY_FILTERS.items():
             options = getattr(self, f"{name}_options") or {}
             allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "exclusion_writer", "language"}
             unknown = sorted(set(options) - allowed)
             if unknown:
-                raise ConfigError(
-                    f"{name}_options has unknown keys {unknown}; valid thresholds: {', '.join(sorted(allowed))}"
-                )
+                raise ConfigError(f"{name}_options has unknown keys {unknown}; valid thresholds: {', '.join(sorted(allowed))}")
 
 
 @dataclass

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from datatrove.data import Document
 from datatrove.pipeline.decont import NGramsDecontConfig
 
-from hfscratch.data.sources import _open_binary, decode_counting, iter_source_texts, resolve_sources
+from hfscratch.data.sources import iter_records, iter_source_texts, resolve_sources
 from hfscratch.errors import DataError
 
 from .steps import LocalEvalIndexer
@@ -43,51 +42,27 @@ def iter_eval_items(eval_files: list[str], fields: list[str] | None = None) -> I
     blank-line separated block of a plain text file. metadata['task'] = '<folder>_<file stem>'."""
     for kind, path in resolve_sources(eval_files):
         if kind not in ("txt", "jsonl", "json"):
-            raise DataError(
-                f"eval set {path} is {kind}; give decontamination sets as .jsonl/.json (fields) or plain text files"
-            )
+            raise DataError(f"eval set {path} is {kind}; give decontamination sets as .jsonl/.json (fields) or plain text files")
         task = _task_name(Path(path))
-        produced = 0
         if kind == "txt":
-            for text, _ in iter_source_texts("txt", path, txt_mode="paragraph"):
-                produced += 1
-                yield Document(text=text, id=f"{task}/{produced}", metadata={"task": task})
+            texts = (text for text, _ in iter_source_texts("txt", path, txt_mode="paragraph"))
         else:
-            records = _iter_raw_records(path, kind)
-            for record in records:
-                for text in _record_strings(record, fields):
-                    produced += 1
-                    yield Document(text=text, id=f"{task}/{produced}", metadata={"task": task})
+            texts = (text for _, record in iter_records(path, kind) for text in _record_strings(record, fields))
+        produced = 0
+        for produced, text in enumerate(texts, 1):
+            yield Document(text=text, id=f"{task}/{produced}", metadata={"task": task})
         if produced == 0:
             wanted = f"fields {fields}" if fields else "string fields"
             raise DataError(f"eval set {path} has no {wanted}; check decontamination_fields")
 
 
-def _iter_raw_records(path: str, kind: str):
-    with _open_binary(path) as handle:
-        content, _ = decode_counting(handle.read())
-    if kind == "json" and content.lstrip().startswith("["):
-        yield from json.loads(content)
-        return
-    for line in content.splitlines():
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
-
-
-def build_decontamination_index(
-    eval_files: list[str], index_dir: str | Path, ngram: int = 13, fields: list[str] | None = None,
-    language: str = "en",
-) -> dict[str, int]:
+def build_decontamination_index(eval_files: list[str], index_dir: str | Path, ngram: int = 13,
+                                fields: list[str] | None = None, language: str = "en") -> dict[str, int]:
     """Write `<task>.index.hashes` for every eval file; returns {task: number of distinct N-grams}."""
     config = NGramsDecontConfig(n_grams=ngram, find_query_ngrams=True)
     indexer = LocalEvalIndexer(index_dir, config, language=language)
     counts = indexer.run(iter_eval_items(eval_files, fields))
     empty = [task for task, count in counts.items() if count == 0]
     if empty:
-        raise DataError(
-            f"eval sets {empty} have no {ngram}-gram (items shorter than {ngram} words); lower decontamination_ngram"
-        )
+        raise DataError(f"eval sets {empty} have no {ngram}-gram (items shorter than {ngram} words); lower decontamination_ngram")
     return counts

@@ -30,7 +30,7 @@ from datatrove.pipeline.dedup.minhash import (
 from datatrove.pipeline.writers import JsonlWriter
 from tqdm.auto import tqdm
 
-from hfscratch.data.sources import SourceReader, resolve_sources
+from hfscratch.data.sources import DATASET_KINDS, SourceReader, check_txt_mode, resolve_sources
 from hfscratch.errors import DataError
 
 from .config import QUALITY_FILTERS, CleanConfig, CleanResult
@@ -47,9 +47,7 @@ class _Stage:
 
 
 def _exclusion(config: CleanConfig, root: Path, stage: str):
-    if not config.save_removed:
-        return None
-    return JsonlWriter(str(root / "removed" / stage), output_filename="${rank}.jsonl.gz")
+    return JsonlWriter(str(root / "removed" / stage), output_filename="${rank}.jsonl.gz") if config.save_removed else None
 
 
 def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depends=None):
@@ -65,14 +63,11 @@ def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depend
             logging_dir=str(logging_dir), depends=depends, cpus_per_task=config.ray_cpus_per_task,
             mem_per_cpu_gb=config.ray_mem_per_cpu_gb, **config.ray_options,
         )
-    options = dict(
-        tasks=stage.tasks, time=config.slurm_time, partition=config.slurm_partition,
-        cpus_per_task=config.slurm_cpus_per_task, mem_per_cpu_gb=config.slurm_mem_per_cpu_gb,
-        job_name=f"hfscratch-clean-{stage.name}", logging_dir=str(logging_dir), depends=depends,
-        venv_path=config.slurm_venv_path,
-    )
-    options.update(config.slurm_options)
-    return SlurmPipelineExecutor(stage.pipeline, **options)
+    options = dict(tasks=stage.tasks, time=config.slurm_time, partition=config.slurm_partition,
+                   cpus_per_task=config.slurm_cpus_per_task, mem_per_cpu_gb=config.slurm_mem_per_cpu_gb,
+                   job_name=f"hfscratch-clean-{stage.name}", logging_dir=str(logging_dir), depends=depends,
+                   venv_path=config.slurm_venv_path)
+    return SlurmPipelineExecutor(stage.pipeline, **(options | config.slurm_options))
 
 
 def _quality_steps(config: CleanConfig, root: Path) -> list:
@@ -85,19 +80,16 @@ def _quality_steps(config: CleanConfig, root: Path) -> list:
     return steps
 
 
-def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, shard_tasks: int, totals=None):
+def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, shard_tasks: int, txt_mode: str = "file",
+                  limit: int | None = None) -> list[_Stage]:
     work = root / "work"
     stages: list[_Stage] = []
     ingest = str(work / "ingest")
     exact_cfg = ExactDedupConfig(content_getter=document_text)
-    minhash_cfg = MinhashConfig(
-        n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
-        hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.minhash_seed,
-    )
-    reader = SourceReader(
-        sources, text_field=text_field, txt_mode=config.txt_mode, limit=config.limit if config.limit else -1,
-        file_progress=config.progress,
-    )
+    minhash_cfg = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
+                                hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.minhash_seed)
+    reader = SourceReader(sources, text_field=text_field, txt_mode=txt_mode, limit=limit or -1,
+                          file_progress=config.progress)
     first = [reader, StageMeter("read"), JsonlWriter(ingest, output_filename="${rank}.jsonl.gz")]
     if config.exact_dedup:
         first.append(ExactDedupSignature(str(work / "exact_sigs"), config=exact_cfg))
@@ -105,17 +97,15 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
     if config.exact_dedup:
         stages.append(_Stage("exact_find", [
             ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), config=exact_cfg)], 1))
-    exact_steps = (
-        [ExactDedupFilter(str(work / "exact_dups"), config=exact_cfg,
-                          exclusion_writer=_exclusion(config, root, "exact_dedup")), StageMeter("exact_dedup")]
-        if config.exact_dedup else []
-    )
+    exact_steps = [ExactDedupFilter(str(work / "exact_dups"), config=exact_cfg,
+                                    exclusion_writer=_exclusion(config, root, "exact_dedup")),
+                   StageMeter("exact_dedup")] if config.exact_dedup else []
     final_input = ingest
     final_steps: list = []
     if config.minhash_dedup:
         dedup_folder = str(work / "exact_deduped")
         stages.append(_Stage("minhash_signatures", [
-            ShardReader(ingest, totals, config.progress), *exact_steps,
+            ShardReader(ingest, progress=config.progress), *exact_steps,
             JsonlWriter(dedup_folder, output_filename="${rank}.jsonl.gz"),
             MinhashDedupSignature(str(work / "minhash_sigs"), config=minhash_cfg, language=config.language),
         ], shard_tasks))
@@ -125,19 +115,15 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
         stages.append(_Stage("minhash_cluster", [
             MinhashDedupCluster(str(work / "minhash_buckets"), str(work / "minhash_remove"), config=minhash_cfg)], 1))
         final_input = dedup_folder
-        final_steps += [
-            MinhashDedupFilter(str(work / "minhash_remove"),
-                               exclusion_writer=_exclusion(config, root, "minhash_dedup")),
-            StageMeter("minhash_dedup"),
-        ]
+        final_steps += [MinhashDedupFilter(str(work / "minhash_remove"),
+                                           exclusion_writer=_exclusion(config, root, "minhash_dedup")),
+                        StageMeter("minhash_dedup")]
     else:
         final_steps += exact_steps
     final_steps += _quality_steps(config, root)
     if config.pii:
-        final_steps += [
-            PIIScrubber(config.pii_emails, config.pii_ips, config.pii_only_public_ips, config.pii_phones),
-            StageMeter("pii"),
-        ]
+        final_steps += [PIIScrubber(config.pii_emails, config.pii_ips, config.pii_only_public_ips, config.pii_phones),
+                        StageMeter("pii")]
     if config.decontaminate_with:
         decont_cfg = NGramsDecontConfig(n_grams=config.decontamination_ngram, find_query_ngrams=True)
         final_steps += [
@@ -146,7 +132,7 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
             StageMeter("decontamination"),
         ]
     final_steps.append(JsonlWriter(str(root / "data"), output_filename="${rank}.jsonl.gz"))
-    stages.append(_Stage("filter_and_write", [ShardReader(final_input, totals, config.progress), *final_steps],
+    stages.append(_Stage("filter_and_write", [ShardReader(final_input, progress=config.progress), *final_steps],
                          shard_tasks))
     return stages
 
@@ -178,9 +164,7 @@ def _write_input_documents(documents: Iterable[dict], folder: Path, text_field: 
     try:
         for index, doc in enumerate(documents):
             if not isinstance(doc, dict) or not isinstance(doc.get(text_field), str):
-                raise DataError(
-                    f"document {index} has no string {text_field!r} field; pass dicts with the text in text_field"
-                )
+                raise DataError(f"document {index} has no string {text_field!r} field; pass dicts with the text in text_field")
             record = {"text": doc[text_field], "id": str(doc.get("id", index))}
             handles[index % shards].write(json.dumps(record, ensure_ascii=False) + "\n")
             written += 1
@@ -192,19 +176,17 @@ def _write_input_documents(documents: Iterable[dict], folder: Path, text_field: 
     return [str(p) for p in paths[: min(shards, written)]]
 
 
-def clean_corpus(
-    sources: list[str] | Iterable[dict],
-    output_dir: str | Path,
-    config: CleanConfig | None = None,
-    text_field: str = "text",
-) -> CleanResult:
+def clean_corpus(sources: list[str] | Iterable[dict], output_dir: str | Path, config: CleanConfig | None = None,
+                 text_field: str = "text", txt_mode: str = "file", limit: int | None = None) -> CleanResult:
     """Run the cleaning pipeline on `sources` (paths/globs/Hub ids, or an iterable of dicts) into `output_dir`.
 
-    The run happens in `<output_dir>.partial` and is renamed to `output_dir` only when complete, so a crash
-    never leaves a half-written output (re-running resumes from the completed datatrove tasks).
+    `txt_mode` splits .txt files into documents (file | paragraph | line); `limit` caps the documents each read
+    task yields. The run happens in `<output_dir>.partial` and is renamed to `output_dir` only when complete, so a
+    crash never leaves a half-written output (re-running resumes from the completed datatrove tasks).
     """
     config = config or CleanConfig()
     config.validate()
+    check_txt_mode(txt_mode)
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not config.overwrite:
         raise DataError(f"output folder {output_dir} already exists and is not empty; choose another or set overwrite")
@@ -213,7 +195,8 @@ def clean_corpus(
     from_paths = isinstance(sources, (list, tuple)) and all(isinstance(s, (str, Path)) for s in sources)
     root = output_dir if config.executor == "slurm" else output_dir.with_name(output_dir.name + ".partial")
     config_record = json.dumps({"sources": [str(s) for s in sources] if from_paths else "<documents>",
-                                "config": asdict(config), "text_field": text_field}, sort_keys=True, default=str)
+                                "config": asdict(config), "text_field": text_field, "txt_mode": txt_mode,
+                                "limit": limit}, sort_keys=True, default=str)
     record_file = root / "clean_config.json"
     if root.exists() and (not from_paths or not record_file.is_file() or record_file.read_text() != config_record):
         shutil.rmtree(root)  # a partial run of another config (or of in-memory documents) cannot be resumed
@@ -223,10 +206,9 @@ def clean_corpus(
     started = time.perf_counter()
     if from_paths:
         source_list = [str(s) for s in sources]
-        resolved = resolve_sources(source_list)
-        has_datasets = any(kind in ("hub", "saved") for kind, _ in resolved)
-        n_files = sum(1 for kind, _ in resolved if kind not in ("hub", "saved"))
-        shard_tasks = config.tasks if has_datasets else max(1, min(config.tasks, n_files))
+        kinds = [kind for kind, _ in resolve_sources(source_list)]
+        n_files = sum(kind not in DATASET_KINDS for kind in kinds)
+        shard_tasks = config.tasks if n_files < len(kinds) else max(1, min(config.tasks, n_files))
     else:
         source_list = _write_input_documents(sources, root / "work" / "input", text_field, config.tasks)
         text_field = "text"
@@ -234,13 +216,12 @@ def clean_corpus(
 
     index_info = {}
     if config.decontaminate_with:
-        index_info = build_decontamination_index(
-            config.decontaminate_with, root / "work" / "decont_index", config.decontamination_ngram,
-            config.decontamination_fields, config.language,
-        )
+        index_info = build_decontamination_index(config.decontaminate_with, root / "work" / "decont_index",
+                                                 config.decontamination_ngram, config.decontamination_fields,
+                                                 config.language)
         (root / "decontamination_index.json").write_text(json.dumps(index_info))
 
-    stages = _build_stages(source_list, config, root, text_field, shard_tasks)
+    stages = _build_stages(source_list, config, root, text_field, shard_tasks, txt_mode, limit)
     (root / "stages.json").write_text(json.dumps({"stages": [s.name for s in stages], "blocks": _block_stages(stages)}))
     logs = root / "logs"
     if config.executor == "slurm":
@@ -269,12 +250,9 @@ def clean_corpus(
         if stage.name == "read":
             read_summary = summarize(_stage_stats(logs / "read"), {})
             if read_summary.get("read", {}).get("docs_out", 0) == 0:
-                raise DataError(
-                    f"no documents read from {', '.join(source_list)}; check the sources hold text "
-                    f"(text_field={text_field!r}, txt_mode={config.txt_mode!r})"
-                )
+                raise DataError(f"no documents read from {', '.join(source_list)}; check the sources hold text "
+                                f"(text_field={text_field!r}, txt_mode={txt_mode!r})")
     elapsed = time.perf_counter() - started
-
     if not config.keep_work_dir:
         shutil.rmtree(root / "work", ignore_errors=True)
     result = collect_clean_result(root, print_table=False)

@@ -46,24 +46,17 @@ def summarize(step_stats: list[dict], block_stages: dict[str, str]) -> dict:
     for meter in meters:
         stage = meter["name"].split(METER_PREFIX, 1)[1]
         docs_out, bytes_out = _total(meter["stats"], "documents"), _total(meter["stats"], "bytes")
-        row = {
-            "docs_in": previous_docs if previous_docs is not None else docs_out,
-            "docs_out": docs_out,
-            "bytes_in": previous_bytes if previous_bytes is not None else bytes_out,
-            "bytes_out": bytes_out,
-        }
-        row["dropped"] = row["docs_in"] - docs_out
-        row["details"] = {}
-        summary[stage] = row
+        docs_in = previous_docs if previous_docs is not None else docs_out
+        summary[stage] = {"docs_in": docs_in, "docs_out": docs_out, "bytes_in": bytes_out if previous_bytes is None
+                          else previous_bytes, "bytes_out": bytes_out, "dropped": docs_in - docs_out, "details": {}}
         previous_docs, previous_bytes = docs_out, bytes_out
     # why: the stats datatrove's own blocks recorded, attached to the stage they belong to
-    stage_of_block = block_stages
     skip = {"total", "forwarded", "dropped", "doc_len", "doc_len_tokens", "documents"}
     for name, stats in by_name.items():
-        stage = stage_of_block.get(name)
+        stage = block_stages.get(name)
         if stage is None or stage not in summary:
             continue
-        for key, value in stats.items():
+        for key in stats:
             if key not in skip:
                 summary[stage]["details"][key] = _total(stats, key)
     return summary
@@ -74,10 +67,8 @@ def format_table(summary: dict) -> str:
     lines = [header, "-" * len(header)]
     for stage, row in summary.items():
         details = ", ".join(f"{k}={v}" for k, v in sorted(row["details"].items()) if v)
-        lines.append(
-            f"{stage:<18} {row['docs_in']:>9} {row['docs_out']:>9} {row['dropped']:>8} "
-            f"{row['bytes_in'] / 1e6:>9.3f} {row['bytes_out'] / 1e6:>9.3f}  {details}"
-        )
+        lines.append(f"{stage:<18} {row['docs_in']:>9} {row['docs_out']:>9} {row['dropped']:>8} "
+                     f"{row['bytes_in'] / 1e6:>9.3f} {row['bytes_out'] / 1e6:>9.3f}  {details}")
     return "\n".join(lines)
 
 
@@ -85,9 +76,7 @@ def _check_not_emptied(summary: dict) -> None:
     for stage, row in summary.items():
         if row["docs_in"] > 0 and row["docs_out"] == 0:
             hint = RELAX_HINT.get(stage, "relax its thresholds")
-            raise DataError(
-                f"cleaning removed every document at stage '{stage}' ({row['docs_in']} in, 0 out); {hint}"
-            )
+            raise DataError(f"cleaning removed every document at stage '{stage}' ({row['docs_in']} in, 0 out); {hint}")
     if summary and next(iter(summary.values()))["docs_out"] == 0:
         raise DataError("cleaning read 0 documents; check the sources hold text (text_field, txt_mode)")
 
@@ -98,14 +87,11 @@ def collect_clean_result(output_dir: str | Path, print_table: bool = True) -> Cl
     logs = output_dir / "logs"
     if not logs.is_dir():
         raise DataError(f"{output_dir} has no logs/ folder; it is not the output of clean_corpus")
-    step_stats = []
     layout = json.loads((output_dir / "stages.json").read_text())
-    for stage in layout["stages"]:
-        step_stats += _stage_stats(logs / stage)
+    step_stats = [step for stage in layout["stages"] for step in _stage_stats(logs / stage)]
     summary = summarize(step_stats, layout["blocks"])
-    index_info = {}
-    if (output_dir / "decontamination_index.json").is_file():
-        index_info = json.loads((output_dir / "decontamination_index.json").read_text())
+    index_file = output_dir / "decontamination_index.json"
+    index_info = json.loads(index_file.read_text()) if index_file.is_file() else {}
     stats = {"stages": summary, "decontamination_index_ngrams": index_info, "datatrove_steps": step_stats}
     stats_path = output_dir / "stats.json"
     stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False))

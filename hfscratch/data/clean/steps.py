@@ -71,8 +71,7 @@ class ShardReader(JsonlReader):
         filename = f"{rank:05d}.jsonl.gz"
         if not self.data_folder.exists(filename):
             return
-        total = self.totals.get(rank)
-        with tqdm(total=total, unit="doc", desc=f"task {rank}", disable=not self.progress) as bar:
+        with tqdm(total=self.totals.get(rank), unit="doc", desc=f"task {rank}", disable=not self.progress) as bar:
             for doc in self.read_file(filename):
                 bar.update()
                 yield doc
@@ -90,10 +89,7 @@ PHONE_REGEX = (
 
 def looks_like_phone(match: str) -> bool:
     """Accept 7-15 digits; space-only separated numbers need a `+` or `(`: '1200 300 400' is a table, not a phone."""
-    digits = sum(c.isdigit() for c in match)
-    if not 7 <= digits <= 15:
-        return False
-    return match.startswith(("+", "(")) or any(sep in match for sep in "-.")
+    return 7 <= sum(c.isdigit() for c in match) <= 15 and (match.startswith(("+", "(")) or any(sep in match for sep in "-."))
 
 
 class PIIScrubber(PIIFormatter):
@@ -105,37 +101,22 @@ class PIIScrubber(PIIFormatter):
 
     name = "📞 PII (emails, IPs, phones)"
 
-    def __init__(
-        self,
-        remove_emails: bool = True,
-        remove_ips: bool = True,
-        only_remove_public_ips: bool = True,
-        remove_phones: bool = True,
-    ):
-        super().__init__(
-            remove_emails=remove_emails, remove_ips=remove_ips, only_remove_public_ips=only_remove_public_ips
-        )
+    def __init__(self, remove_emails: bool = True, remove_ips: bool = True, only_remove_public_ips: bool = True,
+                 remove_phones: bool = True):
+        super().__init__(remove_emails=remove_emails, remove_ips=remove_ips, only_remove_public_ips=only_remove_public_ips)
         self.remove_phones = remove_phones
-        self.phone_replacer = PIIReplacer(
-            PHONE_REGEX, replacements=("555-0100", "555-0199", "+1 555-0123"), validator=looks_like_phone
-        )
-
-    def _scrub(self, text: str, replacer: PIIReplacer, label: str) -> str:
-        new_text = replacer.replace(text)
-        if new_text != text:
-            found = sum(
-                1 for m in replacer.regex.finditer(text) if not replacer.validator or replacer.validator(m.group(0))
-            )
-            self.stat_update(f"{label}_replaced", value=found, unit="doc")
-        return new_text
+        self.phone_replacer = PIIReplacer(PHONE_REGEX, replacements=("555-0100", "555-0199", "+1 555-0123"),
+                                          validator=looks_like_phone)
 
     def format(self, text: str) -> str:
-        if self.remove_emails:
-            text = self._scrub(text, self.emails_replacer, "emails")
-        if self.remove_ips:
-            text = self._scrub(text, self.ip_replacer, "ips")
-        if self.remove_phones:
-            text = self._scrub(text, self.phone_replacer, "phones")
+        for active, replacer, label in ((self.remove_emails, self.emails_replacer, "emails"),
+                                        (self.remove_ips, self.ip_replacer, "ips"),
+                                        (self.remove_phones, self.phone_replacer, "phones")):
+            new_text = replacer.replace(text) if active else text
+            if new_text != text:
+                found = sum(1 for m in replacer.regex.finditer(text) if not replacer.validator or replacer.validator(m.group(0)))
+                self.stat_update(f"{label}_replaced", value=found, unit="doc")
+            text = new_text
         return text
 
 
@@ -186,8 +167,7 @@ class EvalOverlapFilter(NGramsDecontFilter):
     metadata and is counted (`reported_<task>`), so users can measure overlap before deciding to drop.
     """
 
-    def __init__(self, index_folder, config: NGramsDecontConfig, mode: str = "drop", exclusion_writer=None,
-                 language: str = "en"):
+    def __init__(self, index_folder, config: NGramsDecontConfig, mode: str = "drop", exclusion_writer=None, language="en"):
         super().__init__(index_folder, config=config, exclusion_writer=exclusion_writer, language=language)
         self.mode = mode
 
