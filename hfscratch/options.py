@@ -205,14 +205,12 @@ def _number(value: Any) -> int | float | None:
         return None
     if isinstance(value, (int, float)):
         return value
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        pass
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    for parse in (int, float):
+        try:
+            return parse(value)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def _is_flag(leaf: Leaf) -> bool:
@@ -249,7 +247,7 @@ def _split_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, list[str]]
     """(--config value, [(option name, its values)]) from argv; `--name=value` works too."""
     config, options = None, []
     for token in argv:
-        if token.startswith("--") and len(token) > 2 and not _is_number(token):
+        if token.startswith("--") and len(token) > 2 and _number(token) is None:
             name, eq, value = token[2:].partition("=")
             options.append((name, [value] if eq else []))
         elif options:
@@ -262,14 +260,6 @@ def _split_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, list[str]]
                 raise ConfigError("--config needs one YAML file or shipped config name, e.g. --config pretrain_tiny")
             config = values[0]
     return config, [(n, v) for n, v in options if n != "config"]
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-        return True
-    except ValueError:
-        return False
 
 
 def _build(cls, prefix: tuple[str, ...], values: dict[tuple[str, ...], Any]):

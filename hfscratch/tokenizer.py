@@ -18,12 +18,13 @@ without hfscratch installed). Design choices:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from .errors import ConfigError, DataError
 
@@ -67,36 +68,22 @@ CHAT_TEMPLATE = (
 
 def check_vocab_size(vocab_size: int) -> None:
     if vocab_size < MIN_VOCAB_SIZE:
-        raise ConfigError(
-            f"vocab_size={vocab_size} is too small: a byte-level BPE needs {BYTE_ALPHABET_SIZE} byte symbols + "
-            f"{len(SPECIAL_TOKENS)} special tokens = {MIN_VOCAB_SIZE}; set vocab_size >= {MIN_VOCAB_SIZE} "
-            "(a few thousand for small corpora, 32k-64k for large ones)"
-        )
+        raise ConfigError(f"vocab_size={vocab_size} is too small: a byte-level BPE needs {BYTE_ALPHABET_SIZE} byte symbols + "
+                          f"{len(SPECIAL_TOKENS)} special tokens = {MIN_VOCAB_SIZE}; set vocab_size >= {MIN_VOCAB_SIZE} "
+                          "(a few thousand for small corpora, 32k-64k for large ones)")
 
 
 def _wrap(tokenizer_object: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer_object,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN,
-        extra_special_tokens=list(ROLE_TOKENS),
-        chat_template=CHAT_TEMPLATE,
-        # Exact round trips: never "clean up" spaces before punctuation on decode.
-        clean_up_tokenization_spaces=False,
-        # The model takes no token_type_ids; do not produce them.
-        model_input_names=["input_ids", "attention_mask"],
-        padding_side="right",
+        tokenizer_object=tokenizer_object, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+        extra_special_tokens=list(ROLE_TOKENS), chat_template=CHAT_TEMPLATE, padding_side="right",
+        clean_up_tokenization_spaces=False,  # exact round trips: never "clean up" spaces before punctuation on decode
+        model_input_names=["input_ids", "attention_mask"],  # the model takes no token_type_ids; do not produce them
     )
 
 
-def train_tokenizer(
-    texts: Iterable[str],
-    vocab_size: int,
-    output_dir: str | Path | None = None,
-    min_frequency: int = 2,
-    show_progress: bool = True,
-) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Path | None = None, min_frequency: int = 2,
+                    show_progress: bool = True) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` and return it as a `PreTrainedTokenizerFast`.
 
     With `output_dir`, the tokenizer is saved there (`save_pretrained`) and reloaded from disk, so what is
@@ -109,37 +96,28 @@ def train_tokenizer(
     # GPT-2/Llama-3 style split (letters, numbers, punctuation, spaces) over raw bytes; no normalizer.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=show_progress,
-    )
-    seen = {"docs": 0, "chars": 0}
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    seen = [0]  # characters trained on
 
     def counted(stream):
         for text in stream:
             if text:
-                seen["docs"] += 1
-                seen["chars"] += len(text)
+                seen[0] += len(text)
                 yield text
 
     tokenizer.train_from_iterator(counted(texts), trainer=trainer)
-    if seen["chars"] == 0:
+    if seen[0] == 0:
         raise DataError("cannot train a tokenizer on an empty corpus; give sources that contain text")
     fast = _wrap(tokenizer)
     if output_dir is None:
         return fast
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(output_dir)
     return load_tokenizer(output_dir)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    from transformers import AutoTokenizer
-
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise DataError(f"no tokenizer.json in {path}; point tokenizer_path at a folder written by save_pretrained")
@@ -156,10 +134,8 @@ def ensure_chat_template(tokenizer):
     if getattr(tokenizer, "chat_template", None):
         return tokenizer
     if tokenizer.eos_token is None:
-        raise ConfigError(
-            "the tokenizer has no eos_token, which the chat template needs to end each turn; "
-            "set one (tokenizer.eos_token = ...) or use a tokenizer trained by hfscratch"
-        )
+        raise ConfigError("the tokenizer has no eos_token, which the chat template needs to end each turn; "
+                          "set one (tokenizer.eos_token = ...) or use a tokenizer trained by hfscratch")
     missing = [t for t in ROLE_TOKENS if t not in tokenizer.get_vocab()]
     special: dict = {}
     if missing:
@@ -175,25 +151,11 @@ def ensure_chat_template(tokenizer):
 
 def bytes_per_token(tokenizer, texts: Iterable[str]) -> float:
     """UTF-8 bytes per token over `texts` (no special tokens): the compression ratio on held-out text."""
-    total_bytes = 0
-    total_tokens = 0
-    batch: list[str] = []
-
-    def flush():
-        nonlocal total_tokens
-        encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
-        total_tokens += sum(len(ids) for ids in encoded)
-        batch.clear()
-
-    for text in texts:
-        if not text:
-            continue
-        total_bytes += len(text.encode("utf-8"))
-        batch.append(text)
-        if len(batch) >= 256:
-            flush()
-    if batch:
-        flush()
+    total_bytes = total_tokens = 0
+    texts = iter(t for t in texts if t)
+    while batch := list(itertools.islice(texts, 256)):  # batches of 256: fast, and memory stays bounded
+        total_bytes += sum(len(text.encode("utf-8")) for text in batch)
+        total_tokens += sum(len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"])
     if total_tokens == 0:
         raise DataError("bytes_per_token needs non-empty texts")
     return total_bytes / total_tokens
@@ -202,11 +164,6 @@ def bytes_per_token(tokenizer, texts: Iterable[str]) -> float:
 def tokenizer_fingerprint(tokenizer) -> str:
     """SHA-256 of what decides the token ids: the serialized tokenizer, special tokens and chat template."""
     backend = tokenizer.backend_tokenizer.to_str()
-    extra = json.dumps(
-        {
-            "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-            "chat_template": tokenizer.chat_template,
-        },
-        sort_keys=True,
-    )
+    extra = json.dumps({"special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+                        "chat_template": tokenizer.chat_template}, sort_keys=True)
     return hashlib.sha256((backend + extra).encode("utf-8")).hexdigest()

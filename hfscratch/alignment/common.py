@@ -9,24 +9,17 @@ import warnings
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from ..atomic import replace_folder_atomically, save_figure_atomically, write_file_atomically
 from ..devices import resolve_dtype
 from ..errors import CheckpointError, ConfigError, DataError
 from ..tokenizer import CHAT_TEMPLATE, ensure_chat_template
-from .checkpoints import check_checkpoint_path
+from . import lora
 from .config import AlignmentDataConfig, AlignmentModelConfig
 from .datasets import SYNTHETIC, load_stage_dataset
-from .lora import build_lora_config, check_base_fingerprint, quantization_config, write_base_fingerprint
+from .lora import check_checkpoint_path
 from .merge import merge_adapter
-from .metrics import (
-    answer_loglik,
-    generation_metrics,
-    gsm8k_format_metrics,
-    preference_metrics,
-    sampled_generation_metrics,
-)
 
 # TRL 1.16 reads `model.is_gradient_checkpointing` before generating, which transformers 5.24 deprecates in favour of
 # `is_activation_checkpointing`: one FutureWarning per run that no hfscratch user can act on (the fix is TRL's).
@@ -40,8 +33,7 @@ def is_main_process() -> bool:
 def check_chat_template(tokenizer, fix: bool) -> bool:
     """Make sure the tokenizer has a chat template with {% generation %} markers; returns True if one was added."""
     template = getattr(tokenizer, "chat_template", None)
-    has_markers = bool(template) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
-    if has_markers:
+    if template and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}"):
         return False
     if not fix:
         problem = "has no chat template" if not template else "has a chat template without {% generation %} markers"
@@ -68,16 +60,13 @@ def load_alignment_tokenizer(model_args: AlignmentModelConfig, trust_remote_code
 
 def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False):
     """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
-
     `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
     check_checkpoint_path(model_args.model_name_or_path)
     tokenizer = load_alignment_tokenizer(model_args, trust_remote_code)
     added = check_chat_template(tokenizer, model_args.use_hfscratch_chat_template)
-    kwargs = {"dtype": resolve_dtype(model_args.dtype), "trust_remote_code": trust_remote_code}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if model_args.load_in_4bit:
-        kwargs["quantization_config"] = quantization_config()
+    kwargs = {"dtype": resolve_dtype(model_args.dtype), "trust_remote_code": trust_remote_code,
+              **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
+              **({"quantization_config": lora.quantization_config()} if model_args.load_in_4bit else {})}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except (OSError, ValueError) as err:
@@ -85,12 +74,11 @@ def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = 
     if added or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if (gen := model.generation_config) is not None:
+        gen.pad_token_id, gen.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     if model_args.adapter_name_or_path:
         check_checkpoint_path(model_args.adapter_name_or_path, "adapter")
-        check_base_fingerprint(model_args.adapter_name_or_path, model, model_args.model_name_or_path)
+        lora.check_base_fingerprint(model_args.adapter_name_or_path, model, model_args.model_name_or_path)
         try:
             model = PeftModel.from_pretrained(model, model_args.adapter_name_or_path, is_trainable=training)
         except RuntimeError as err:  # size mismatch: the adapter belongs to another architecture
@@ -106,8 +94,8 @@ def peft_config_for(model, model_args: AlignmentModelConfig):
         return None
     if model_args.adapter_name_or_path:
         return None  # training continues on the loaded adapter
-    return build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
-                             model_args.lora_dropout, model_args.lora_modules_to_save)
+    return lora.build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
+                                  model_args.lora_dropout, model_args.lora_modules_to_save)
 
 
 def parse_column_map(text: str | None) -> dict | None:
@@ -116,13 +104,21 @@ def parse_column_map(text: str | None) -> dict | None:
     try:
         mapping = json.loads(text)
     except json.JSONDecodeError:
-        raise ConfigError(f'dataset_column_map must be JSON like {{"query": "question"}}, got {text!r}') from None
+        mapping = None
     if not isinstance(mapping, dict):
         raise ConfigError(f'dataset_column_map must be a JSON object like {{"query": "question"}}, got {text!r}')
     return mapping
 
 
-def load_train_and_eval(stage: str, script_args: AlignmentDataConfig, seed: int):
+def start_stage(stage: str, model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None):
+    """Seed; the model and tokenizer (unless given); the stage's training and held-out rows."""
+    set_seed(training_args.seed)
+    if model is None:
+        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
+    return model, tokenizer, *load_train_and_eval(stage, script_args)
+
+
+def load_train_and_eval(stage: str, script_args: AlignmentDataConfig):
     """Training rows in `stage` format and held-out rows (``eval`` rows: prompt + answer; ``dpo`` rows: pairs)."""
     column_map = parse_column_map(script_args.dataset_column_map)
     synthetic, styles = script_args.synthetic, script_args.synthetic_styles()
@@ -132,8 +128,7 @@ def load_train_and_eval(stage: str, script_args: AlignmentDataConfig, seed: int)
         train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
     if script_args.eval_samples <= 0:
         return train, None
-    eval_name = script_args.eval_dataset_name or script_args.dataset_name
-    eval_stage = "dpo" if stage == "dpo" else "eval"
+    eval_name, eval_stage = script_args.eval_dataset_name or script_args.dataset_name, "dpo" if stage == "dpo" else "eval"
     if eval_name == SYNTHETIC:
         held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
                                   script_args.eval_samples, synthetic, styles)
@@ -147,19 +142,22 @@ def load_train_and_eval(stage: str, script_args: AlignmentDataConfig, seed: int)
     return train, held
 
 
+def _compared_keys(before: dict, after: dict) -> list[str]:
+    return [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+
+
 def write_alignment_results(output_dir: str | Path, stage: str, before: dict | None, after: dict | None, extra: dict | None = None) -> dict:
     """`<output_dir>/alignment_results.json` and a before/after bar chart PNG."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     result = {"stage": stage, "before": before, "after": after, **(extra or {})}
     write_file_atomically(output_dir / "alignment_results.json", json.dumps(result, indent=2, default=str) + "\n")
     if before and after:
-        import matplotlib
+        import matplotlib  # lazily: slow to import, and the headless Agg backend must be chosen before pyplot loads
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        keys = [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+        keys = _compared_keys(before, after)
         fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.5))
         xs = range(len(keys))
         ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
@@ -178,47 +176,17 @@ def print_comparison(stage: str, before: dict | None, after: dict | None) -> Non
     if not before or not after:
         return
     print(f"\n{stage} held-out metrics (n={after.get('n')}):")
-    keys = [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+    keys = _compared_keys(before, after)
     width = max([len("metric"), *map(len, keys)]) + 2
     print(f"  {'metric':<{width}}{'before':>10}{'after':>10}{'change':>10}")
     for key in keys:
         print(f"  {key:<{width}}{before[key]:>10.4f}{after[key]:>10.4f}{after[key] - before[key]:>+10.4f}")
 
 
-def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
-                 gsm8k_format: bool = False):
-    """The held-out measurement for `stage`, as a function of the model (same code before and after training).
-
-    ``num_samples`` > 0 adds the mean reward / exact-match of that many temperature-1 samples per prompt;
-    ``gsm8k_format`` adds exact-match on the same questions as plain-text ``Question: ...\nAnswer:`` prompts."""
-    if held is None:
-        return None
-
-    def measure(model) -> dict:
-        if stage == "dpo":
-            result = preference_metrics(model, tokenizer, held)
-            if "answer" in held.column_names:  # verifiable pairs (synthetic math): greedy exact-match must not fall
-                greedy = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
-                result.update({k: v for k, v in greedy.items() if k not in ("n", "samples")})
-            return result
-        result = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
-        if "messages" in held.column_names:
-            result["answer_loglik"] = answer_loglik(model, tokenizer, held)
-        if gsm8k_format:
-            result.update(gsm8k_format_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens))
-        if num_samples > 0:
-            result.update(sampled_generation_metrics(model, tokenizer, held, num_samples=num_samples, temperature=1.0,
-                                                     max_new_tokens=max_new_tokens, format_weight=format_weight))
-        return result
-
-    return measure
-
-
 def finish_training(trainer, tokenizer, model_args: AlignmentModelConfig, training_args, stage: str, before, measure, extra=None) -> dict | None:
     """Save `<output_dir>/final` atomically (adapter or full model + tokenizer), merge if asked, measure, write results."""
-    final = Path(training_args.output_dir) / "final"
+    final, accelerator = Path(training_args.output_dir) / "final", trainer.accelerator
     tmp = final.with_name("final.tmp")
-    accelerator = trainer.accelerator
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -227,13 +195,10 @@ def finish_training(trainer, tokenizer, model_args: AlignmentModelConfig, traini
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(trainer.model)
         tokenizer.save_pretrained(tmp)
-        is_adapter = isinstance(model, PeftModel)
-        if is_adapter:
-            write_base_fingerprint(tmp, model, model_args.model_name_or_path)
+        if is_adapter := isinstance(model, PeftModel):
+            lora.write_base_fingerprint(tmp, model, model_args.model_name_or_path)
         replace_folder_atomically(lambda out: tmp.rename(out), final)
-        merged = None
-        if is_adapter and model_args.merge_lora:
-            merged = merge_adapter(final, final.parent / "merged", base_model=model_args.model_name_or_path)
+        merged = merge_adapter(final, final.parent / "merged", base_model=model_args.model_name_or_path) if is_adapter and model_args.merge_lora else None
         after = measure(model) if measure else None
         result = write_alignment_results(training_args.output_dir, stage, before, after,
                                {"final": str(final), "merged": str(merged) if merged else None, "adapter": is_adapter,

@@ -4,12 +4,7 @@ Stage formats (TRL conversational, so the tokenizer's chat template is applied b
   * SFT : ``messages`` (list of {role, content}); plain ``prompt``/``completion`` strings are kept as they are.
   * DPO : ``prompt`` (messages) + ``chosen`` / ``rejected`` (one assistant message each).
   * GRPO: ``prompt`` (messages) + ``answer`` (the verifiable final answer).
-
-Shapes recognised by their columns (rename others with ``column_map={"old": "new"}``):
-  messages | prompt+completion | prompt+response (Dolly, Alpaca-templated prompt) |
-  instruction+[input|context]+[response|output] (GPTeacher, Alpaca, databricks-dolly) | question+answer (GSM8K) |
-  prompt+chosen+rejected | chosen+rejected transcripts (hh-rlhf) | instruction+input+response1+response2+annotator*
-  (PandaLM, mapped by the human majority label) | prompt+answer.
+Shapes are recognised by their columns (the *_SHAPES below; rename others with ``column_map={"old": "new"}``);
 ``synthetic_math`` names the embedded generator (hfscratch.data.synthetic_math).
 """
 
@@ -29,6 +24,9 @@ from ..errors import ConfigError, DataError
 from .rewards import extract_final_answer
 
 SYNTHETIC = "synthetic_math"
+_ALPACA = re.compile(r"### Instruction:\s*(?P<instruction>.*?)\s*(?:### Input:\s*(?P<input>.*?)\s*)?### Response:\s*$", re.S)
+_TURN = re.compile(r"\n\n(Human|Assistant):\s?")  # a speaker change in an hh-rlhf transcript
+_NO_PAIR = {"prompt": None, "chosen": None, "rejected": None}  # a row the DPO converters drop after their map
 
 SFT_SHAPES = ("messages", "prompt+completion", "prompt+response (Dolly)", "instruction+input+response/output (GPTeacher/Alpaca)",
               "question+answer (GSM8K)")
@@ -38,13 +36,8 @@ GRPO_SHAPES = ("prompt+answer", "question+answer (GSM8K)", "messages ending with
 
 
 def _shape_error(name: str, found, stage: str, shapes) -> DataError:
-    return DataError(
-        f"dataset {name} has columns {sorted(found)}, but {stage} expects one of: {'; '.join(shapes)}; "
-        "rename columns with dataset_column_map (e.g. --dataset_column_map '{\"query\": \"question\"}')"
-    )
-
-
-# ------------------------------------------------------------------------------------------------ loading
+    return DataError(f"dataset {name} has columns {sorted(found)}, but {stage} expects one of: {'; '.join(shapes)}; "
+                     "rename columns with dataset_column_map (e.g. --dataset_column_map '{\"query\": \"question\"}')")
 
 
 def load_raw_dataset(name: str, split: str = "train", config: str | None = None, column_map: dict | None = None):
@@ -61,8 +54,7 @@ def load_raw_dataset(name: str, split: str = "train", config: str | None = None,
             raise DataError(f"could not load Hub dataset {name!r} (split {split!r}): {str(err).splitlines()[0]}; "
                             "check the id/split, or pass a local path when offline") from None
     if column_map:
-        missing = [c for c in column_map if c not in ds.column_names]
-        if missing:
+        if missing := [c for c in column_map if c not in ds.column_names]:
             raise DataError(f"dataset_column_map renames {missing}, which {name} lacks (it has {ds.column_names})")
         ds = ds.rename_columns(dict(column_map))
     if len(ds) == 0:
@@ -72,23 +64,18 @@ def load_raw_dataset(name: str, split: str = "train", config: str | None = None,
 
 def _load_local(path: Path, split: str):
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        if any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
             loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DataError(f"{path} has splits {list(loaded)}, not {split!r}; set dataset_train_split")
-                return loaded[split]
-            return loaded
+            if isinstance(loaded, datasets.DatasetDict) and split not in loaded:
+                raise DataError(f"{path} has splits {list(loaded)}, not {split!r}; set dataset_train_split")
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet", ".csv", ".gz"))
         if not files:
             raise DataError(f"folder {path} holds no .jsonl/.json/.parquet/.csv files or save_to_disk dataset")
         return datasets.concatenate_datasets([_load_local(f, split) for f in files])
-    suffixes = "".join(path.suffixes[-2:])
-    if path.suffix == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    if path.suffix == ".csv":
-        return datasets.Dataset.from_csv(str(path))
-    if path.suffix in (".json", ".jsonl") or suffixes in (".json.gz", ".jsonl.gz"):
+    if path.suffix in (".parquet", ".csv"):
+        return (datasets.Dataset.from_parquet if path.suffix == ".parquet" else datasets.Dataset.from_csv)(str(path))
+    if path.suffix in (".json", ".jsonl") or "".join(path.suffixes[-2:]) in (".json.gz", ".jsonl.gz"):
         try:
             return datasets.load_dataset("json", data_files=str(path), split="train")
         except Exception:  # a single JSON array/object that pyarrow's reader rejects: read it ourselves
@@ -104,18 +91,17 @@ def _load_local(path: Path, split: str):
     raise DataError(f"unsupported dataset file {path}; use .jsonl, .json(.gz), .parquet, .csv or a save_to_disk folder")
 
 
-# ------------------------------------------------------------------------------------------------ SFT
-
-_ALPACA = re.compile(r"### Instruction:\s*(?P<instruction>.*?)\s*(?:### Input:\s*(?P<input>.*?)\s*)?### Response:\s*$", re.S)
-
-
 def _user_text(instruction: str, extra: str | None) -> str:
     instruction, extra = (instruction or "").strip(), (extra or "").strip()
     return f"{instruction}\n\n{extra}" if extra else instruction
 
 
+def _user(content: str) -> list[dict]:
+    return [{"role": "user", "content": content}]
+
+
 def _chat(user: str, assistant: str) -> list[dict]:
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return _user(user) + [{"role": "assistant", "content": assistant}]
 
 
 def _sharegpt_to_messages(turns) -> list[dict]:
@@ -151,18 +137,15 @@ def to_sft_format(ds, name: str = "dataset"):
 
 
 def check_assistant_turns(ds, name: str = "dataset") -> None:
-    """SFT's assistant-only loss learns from the assistant turns only: every conversation must have one.
-
-    TRL would stop at the first such row with a RuntimeError about chat templates; this names the rows and the fix
-    before the trainer is built. Prompt/completion rows (no ``messages``) are not checked."""
+    """SFT's assistant-only loss learns from the assistant turns only, so every conversation must have one. TRL would
+    stop at the first such row with a RuntimeError about chat templates; this names the rows and the fix up front."""
     if "messages" not in ds.column_names:
         return
     missing = [i for i, messages in enumerate(ds["messages"])
                if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages or [])]
     if not missing:
         return
-    first = ds[missing[0]]["messages"] or []
-    roles = [m.get("role") for m in first if isinstance(m, dict)]
+    roles = [m.get("role") for m in ds[missing[0]]["messages"] or [] if isinstance(m, dict)]
     which = (f"no conversation in {name} has an assistant turn" if len(missing) == len(ds)
              else f"{len(missing)} of {len(ds)} conversations in {name} have no assistant turn")
     raise DataError(f"{which} (first: row {missing[0]}, roles {roles}), so the assistant-only loss has nothing to learn "
@@ -170,59 +153,47 @@ def check_assistant_turns(ds, name: str = "dataset") -> None:
                     "or pass --assistant_only_loss false to train on the whole conversation")
 
 
-# ------------------------------------------------------------------------------------------------ DPO
-
-_TURN = re.compile(r"\n\n(Human|Assistant):\s?")
-
-
 def split_transcript(text: str) -> list[dict]:
     """hh-rlhf transcript ``\\n\\nHuman: ..\\n\\nAssistant: ..`` -> chat messages."""
     parts = _TURN.split(text)
-    messages = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        messages.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
-    return messages
+    return [{"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+            for speaker, content in zip(parts[1::2], parts[2::2])]
 
 
 def _hh_pair(row):
     chosen, rejected = split_transcript(row["chosen"]), split_transcript(row["rejected"])
-    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        return {"prompt": None, "chosen": None, "rejected": None}
-    prompt = chosen[:-1]
-    if rejected[:-1] != prompt:  # the two transcripts must share the conversation before the last answer
-        return {"prompt": None, "chosen": None, "rejected": None}
-    return {"prompt": prompt, "chosen": chosen[-1:], "rejected": rejected[-1:]}
+    # Both must end with an answer and share the conversation before it.
+    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant" or rejected[:-1] != chosen[:-1]:
+        return _NO_PAIR
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
 
 
 def pandalm_label(row) -> int | None:
     """Majority human label: 1 = response1 better, 2 = response2 better; None for ties and no majority."""
     labels = [row[k] for k in sorted(row) if k.startswith("annotator") and row[k] is not None]
-    if not labels:
-        return None
-    label, count = Counter(labels).most_common(1)[0]
+    label, count = Counter(labels).most_common(1)[0] if labels else (None, 0)
     return label if label in (1, 2) and count * 2 > len(labels) else None
 
 
 def _pandalm_pair(row):
     label = pandalm_label(row)
     if label is None:
-        return {"prompt": None, "chosen": None, "rejected": None}
+        return _NO_PAIR
     # A few PandaLM responses are JSON literals (true/false/numbers), not strings: keep them as their text.
-    first, second = (str(row["response1"]) if row["response1"] is not None else ""), (str(row["response2"]) if row["response2"] is not None else "")
+    first, second = ("" if row[k] is None else str(row[k]) for k in ("response1", "response2"))
     good, bad = (first, second) if label == 1 else (second, first)
-    return {"prompt": [{"role": "user", "content": _user_text(row["instruction"], row.get("input"))}],
-            "chosen": [{"role": "assistant", "content": good.strip()}],
+    return {"prompt": _user(_user_text(row["instruction"], row.get("input"))), "chosen": [{"role": "assistant", "content": good.strip()}],
             "rejected": [{"role": "assistant", "content": bad.strip()}]}
 
 
 def to_dpo_format(ds, name: str = "dataset"):
     cols = set(ds.column_names)
+    pandalm = {"instruction", "response1", "response2"} <= cols and any(c.startswith("annotator") for c in cols)
     if {"prompt", "chosen", "rejected"} <= cols:
         out = ds.select_columns(["prompt", "chosen", "rejected"])
-    elif {"chosen", "rejected"} <= cols:
-        out = ds.map(_hh_pair, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
-    elif {"instruction", "response1", "response2"} <= cols and any(c.startswith("annotator") for c in cols):
-        out = ds.map(_pandalm_pair, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
+    elif {"chosen", "rejected"} <= cols or pandalm:
+        pair = _hh_pair if {"chosen", "rejected"} <= cols else _pandalm_pair
+        out = ds.map(pair, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
     else:
         raise _shape_error(name, cols, "DPO", DPO_SHAPES)
     if len(out) == 0:
@@ -231,58 +202,41 @@ def to_dpo_format(ds, name: str = "dataset"):
     return out
 
 
-# ------------------------------------------------------------------------------------------------ GRPO
-
-
 def _gsm8k_answer(answer: str) -> str:
     return extract_final_answer(answer) or answer.strip()
 
 
-def to_eval_format(ds, name: str = "dataset"):
-    """GRPO rows (prompt + answer) that also keep the reference solution as ``messages`` when the source has one."""
+def to_grpo_format(ds, name: str = "dataset", keep_messages: bool = False):
+    """Rows of ``prompt`` (messages) + ``answer``; with ``keep_messages`` (held-out rows) also the reference solution
+    as ``messages`` when the source has one (a question+answer pair or a conversation)."""
     cols = set(ds.column_names)
-    if {"question", "answer"} <= cols:
-        return ds.map(lambda r: {"prompt": [{"role": "user", "content": r["question"].strip()}], "answer": _gsm8k_answer(r["answer"]),
-                                 "messages": _chat(r["question"].strip(), r["answer"].strip())}, remove_columns=ds.column_names)
-    if "messages" in cols and "prompt" not in cols:
-        ended = ds.filter(lambda r: bool(r["messages"]) and r["messages"][-1]["role"] == "assistant")
-        if len(ended) == 0:
-            raise DataError(f"no rows of {name} end with an assistant answer to measure against")
-        return ended.map(lambda r: {"prompt": r["messages"][:-1], "answer": _gsm8k_answer(r["messages"][-1]["content"]),
-                                    "messages": r["messages"]}, remove_columns=ds.column_names)
-    return to_grpo_format(ds, name)
-
-
-def to_grpo_format(ds, name: str = "dataset"):
-    cols = set(ds.column_names)
-    if {"prompt", "answer"} <= cols:
-        return ds.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"],
+    if {"prompt", "answer"} <= cols and not (keep_messages and "question" in cols):
+        return ds.map(lambda r: {"prompt": _user(r["prompt"]) if isinstance(r["prompt"], str) else r["prompt"],
                                  "answer": _gsm8k_answer(str(r["answer"]))}, remove_columns=ds.column_names)
     if {"question", "answer"} <= cols:
-        return ds.map(lambda r: {"prompt": [{"role": "user", "content": r["question"].strip()}], "answer": _gsm8k_answer(r["answer"])},
+        return ds.map(lambda r: {"prompt": _user(r["question"].strip()), "answer": _gsm8k_answer(r["answer"]),
+                                 **({"messages": _chat(r["question"].strip(), r["answer"].strip())} if keep_messages else {})},
                       remove_columns=ds.column_names)
     if "messages" in cols:
-        def from_messages(r):
-            if not r["messages"] or r["messages"][-1]["role"] != "assistant":
-                return {"prompt": None, "answer": None}
-            return {"prompt": r["messages"][:-1], "answer": _gsm8k_answer(r["messages"][-1]["content"])}
-
-        out = ds.map(from_messages, remove_columns=ds.column_names).filter(lambda r: r["prompt"] is not None)
+        keep = keep_messages and "prompt" not in cols
+        out = ds.filter(lambda r: bool(r["messages"]) and r["messages"][-1]["role"] == "assistant")
         if len(out) == 0:
-            raise DataError(f"no rows of {name} end with an assistant answer to take as the GRPO target")
-        return out
+            raise DataError(f"no rows of {name} end with an assistant answer {'to measure against' if keep_messages else 'to take as the GRPO target'}")
+        return out.map(lambda r: {"prompt": r["messages"][:-1], "answer": _gsm8k_answer(r["messages"][-1]["content"]),
+                                  **({"messages": r["messages"]} if keep else {})}, remove_columns=ds.column_names)
     raise _shape_error(name, cols, "GRPO", GRPO_SHAPES)
 
 
-# ------------------------------------------------------------------------------------------------ synthetic
+def to_eval_format(ds, name: str = "dataset"):
+    """Held-out rows: GRPO rows that also keep the reference solution as ``messages`` when the source has one."""
+    return to_grpo_format(ds, name, keep_messages=True)
 
 
 def _mixed_flags(n: int, fraction: float, rng: random.Random) -> list[bool]:
     """Exactly round(n * fraction) True values in a seeded random order (a mix that does not drift with n)."""
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"a synthetic style fraction must be between 0 and 1, got {fraction}")
-    k = round(n * fraction)
-    flags = [True] * k + [False] * (n - k)
+    flags = [True] * round(n * fraction) + [False] * (n - round(n * fraction))
     rng.shuffle(flags)
     return flags
 
@@ -296,18 +250,14 @@ def synthetic_dataset(stage: str, n: int, split: str = "train", synthetic: Synth
     with that line (``pair_kind`` "style"); the rest reject a solution with an arithmetic slip ("slip").
     DPO rows also carry the verifiable ``answer`` so the held-out set can measure exact-match after DPO."""
     synthetic = synthetic or SyntheticMathConfig()
-    seed = synthetic.seed
-    problems = generate_problems(n, split, synthetic)
+    seed, problems = synthetic.seed, generate_problems(n, split, synthetic)
     if stage == "sft":
         restated = _mixed_flags(len(problems), restated_fraction, random.Random(f"sft-style:{split}:{seed}"))
         rows = [to_chat(p, restated=r) for p, r in zip(problems, restated)]
     elif stage == "dpo":
         rng = random.Random(f"dpo:{split}:{seed}")
-        style = _mixed_flags(len(problems), style_fraction, random.Random(f"dpo-kind:{split}:{seed}"))
-        rows = []
-        for p, is_style in zip(problems, style):
-            kind = "style" if is_style else "slip"
-            rows.append({**to_preference(p, rng, kind=kind), "pair_kind": kind, "answer": p["final_answer"]})
+        kinds = ["style" if s else "slip" for s in _mixed_flags(len(problems), style_fraction, random.Random(f"dpo-kind:{split}:{seed}"))]
+        rows = [{**to_preference(p, rng, kind=kind), "pair_kind": kind, "answer": p["final_answer"]} for p, kind in zip(problems, kinds)]
     elif stage == "grpo":
         rows = [to_grpo(p) for p in problems]
     elif stage == "eval":  # prompt + answer for generation metrics, messages for the reference answer's likelihood
@@ -320,17 +270,15 @@ def synthetic_dataset(stage: str, n: int, split: str = "train", synthetic: Synth
 def load_stage_dataset(stage: str, name: str, split: str = "train", config: str | None = None, column_map: dict | None = None,
                        max_samples: int | None = None, synthetic_size: int = 2000, synthetic: SyntheticMathConfig | None = None,
                        synthetic_styles: dict | None = None):
-    """Load `name` (a path, Hub id or ``synthetic_math``) and convert it to `stage`'s TRL format.
-
-    ``synthetic_styles``: ``restated_fraction`` / ``style_fraction`` for the synthetic set (see `synthetic_dataset`)."""
+    """Load `name` (a path, Hub id or ``synthetic_math``) and convert it to `stage`'s TRL format; ``synthetic_styles``
+    holds ``restated_fraction`` / ``style_fraction`` for the synthetic set (see `synthetic_dataset`)."""
     if name == SYNTHETIC:
         ds = synthetic_dataset(stage, synthetic_size if max_samples is None else max_samples,
                                split="heldout" if split in ("test", "heldout", "validation") else "train",
                                synthetic=synthetic, **(synthetic_styles or {}))
     else:
-        raw = load_raw_dataset(name, split, config, column_map)
         convert = {"sft": to_sft_format, "dpo": to_dpo_format, "grpo": to_grpo_format, "eval": to_eval_format}[stage]
-        ds = convert(raw, name)
+        ds = convert(load_raw_dataset(name, split, config, column_map), name)
         if max_samples is not None:
             ds = ds.select(range(min(max_samples, len(ds))))
     if len(ds) == 0:

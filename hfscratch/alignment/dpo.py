@@ -9,30 +9,18 @@ from __future__ import annotations
 import copy
 
 from peft import PeftModel
-from transformers import set_seed
 from trl import DPOTrainer
 
-from .common import (
-    finish_training,
-    is_main_process,
-    load_model_and_tokenizer,
-    load_train_and_eval,
-    make_measure,
-    peft_config_for,
-)
+from .common import finish_training, is_main_process, peft_config_for, start_stage
 from .config import AlignmentDataConfig, AlignmentModelConfig
+from .metrics import make_measure
 
 
 def run_dpo(model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None) -> dict | None:
-    set_seed(training_args.seed)
-    if model is None:
-        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
-    train, held = load_train_and_eval("dpo", script_args, training_args.seed)
+    model, tokenizer, train, held = start_stage("dpo", model_args, script_args, training_args, model, tokenizer)
     peft_config = peft_config_for(model, model_args)
     implicit_reference = peft_config is not None or isinstance(model, PeftModel)
-    ref_model = None
-    if not implicit_reference:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    ref_model = None if implicit_reference else copy.deepcopy(model).eval().requires_grad_(False)
     measure = make_measure("dpo", tokenizer, held, script_args.eval_max_new_tokens)
     before = measure(model) if measure and is_main_process() else None
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=train, processing_class=tokenizer,

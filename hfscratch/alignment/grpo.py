@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from transformers import set_seed
 from trl import GRPOTrainer
 
-from .common import (
-    finish_training,
-    is_main_process,
-    load_model_and_tokenizer,
-    load_train_and_eval,
-    make_measure,
-    peft_config_for,
-)
+from .common import finish_training, is_main_process, peft_config_for, start_stage
 from .config import AlignmentDataConfig, AlignmentModelConfig
+from .metrics import make_measure
 from .rewards import correctness_reward, format_reward
 
 DEFAULT_REWARD_WEIGHTS = [1.0, 0.2]  # correctness dominates; format only breaks ties among wrong answers
 
 
 def run_grpo(model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None) -> dict | None:
-    set_seed(training_args.seed)
-    if model is None:
-        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
-    train, held = load_train_and_eval("grpo", script_args, training_args.seed)
+    model, tokenizer, train, held = start_stage("grpo", model_args, script_args, training_args, model, tokenizer)
     if training_args.reward_weights is None:
         training_args.reward_weights = list(DEFAULT_REWARD_WEIGHTS)
     format_weight = training_args.reward_weights[1] / training_args.reward_weights[0]

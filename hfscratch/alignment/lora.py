@@ -1,4 +1,5 @@
-"""LoRA / QLoRA configuration with PEFT, and a fingerprint that ties an adapter to the base it was trained on."""
+"""LoRA / QLoRA configuration with PEFT, and the checks before a model or adapter is loaded: its path (with a hint
+naming the stage that writes it) and a fingerprint that ties an adapter to the base it was trained on."""
 
 from __future__ import annotations
 
@@ -7,38 +8,56 @@ import json
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
+from transformers import BitsAndBytesConfig
 
+from ..atomic import write_file_atomically
 from ..errors import CheckpointError, ConfigError
+from .config import DEFAULT_CHECKPOINT
 
 BASE_FINGERPRINT_FILE = "hfscratch_base.json"
-LLAMA_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Config keys that change with the save, not with the model's identity.
+_VOLATILE = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "auto_map", "use_cache",
+             "quantization_config", "_commit_hash")
+# The default chain (pretrain -> SFT -> DPO -> GRPO): each stage's default input is the previous stage's default output.
+# The hint names the `hfscratch` command (same options as recipes/<stage>.py), which also exists for a wheel install.
+DEFAULT_CHAIN = {DEFAULT_CHECKPOINT: "hfscratch pretrain", "outputs/sft-synthetic-math/final": "hfscratch sft",
+                 "outputs/dpo-synthetic-math/final": "hfscratch dpo"}
+
+
+def looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and not name.startswith(("outputs", ".", "/", "~"))
+
+
+def check_checkpoint_path(name: str, what: str = "model") -> None:
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not any((path / f).exists() for f in ("config.json", "adapter_config.json")):
+            raise CheckpointError(f"{name} has no config.json: point the {what} at a save_pretrained folder (e.g. outputs/<run>/final)")
+    elif producer := DEFAULT_CHAIN.get(Path(name).as_posix()):
+        raise CheckpointError(f"no checkpoint at {name}; run `{producer}` first (or pass --model_name_or_path)")
+    elif not looks_like_hub_id(name):  # a Hub id: from_pretrained reports what is wrong with it
+        raise CheckpointError(f"{what} {name} not found; pass an existing checkpoint folder or a Hub id")
 
 
 def linear_module_names(model) -> list[str]:
     """Short names of the Linear layers LoRA can wrap (lm_head excluded, as PEFT's all-linear does)."""
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    names.discard("lm_head")
-    return sorted(names)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)} - {"lm_head"})
 
 
 def build_lora_config(model, target_modules=("all-linear",), r: int = 16, alpha: int = 32, dropout: float = 0.05,
-                      modules_to_save=None):
-    from peft import LoraConfig
-
+                      modules_to_save=None) -> LoraConfig:
     targets = list(target_modules)
     if targets != ["all-linear"]:
         available = linear_module_names(model)
-        unknown = [t for t in targets if t not in available]
-        if unknown:
-            raise ConfigError(f"lora_target_modules {unknown} are not Linear layers of this model; "
-                              f"choose from {available} or use all-linear")
+        if unknown := [t for t in targets if t not in available]:
+            raise ConfigError(f"lora_target_modules {unknown} are not Linear layers of this model; choose from {available} or use all-linear")
     if r < 1:
         raise ConfigError(f"lora_r must be >= 1, got {r}")
-    return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        modules_to_save=list(modules_to_save) if modules_to_save else None,
-    )
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else targets,
+                      modules_to_save=list(modules_to_save) if modules_to_save else None)
 
 
 def qlora_unavailable_reason() -> str | None:
@@ -46,33 +65,25 @@ def qlora_unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "QLoRA (load_in_4bit) needs a CUDA GPU, and none is visible; train plain LoRA (use_peft without load_in_4bit)"
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (an optional package: only its presence is checked)
     except ImportError:
         return "QLoRA (load_in_4bit) needs bitsandbytes: pip install bitsandbytes (or drop load_in_4bit)"
     return None
 
 
-def quantization_config():
-    reason = qlora_unavailable_reason()
-    if reason:
+def quantization_config() -> BitsAndBytesConfig:
+    if reason := qlora_unavailable_reason():
         raise ConfigError(reason)
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def base_fingerprint(model) -> str:
-    """Cheap identity of a base model: its architecture config plus a sample of its weights.
-
-    Hashing every weight of a multi-GB base would take minutes; the config plus the first rows of the
-    embedding, the first attention projection and the last norm already differ between any two trainings.
-    """
+    """Cheap identity of a base model: its architecture config plus a sample of its weights. Hashing every weight of a
+    multi-GB base would take minutes; the config plus the first rows of the embedding, the first attention projection
+    and the last norm already differ between any two trainings."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "auto_map",
-                     "use_cache", "quantization_config", "_commit_hash"):
-        config.pop(volatile, None)
+    config = {k: v for k, v in base.config.to_dict().items() if k not in _VOLATILE}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     sampled = 0
     for name, param in base.named_parameters():
@@ -88,8 +99,8 @@ def base_fingerprint(model) -> str:
 
 
 def write_base_fingerprint(adapter_dir: str | Path, model, base_path: str) -> None:
-    Path(adapter_dir, BASE_FINGERPRINT_FILE).write_text(
-        json.dumps({"base_model": str(base_path), "fingerprint": base_fingerprint(model)}, indent=2) + "\n")
+    record = {"base_model": str(base_path), "fingerprint": base_fingerprint(model)}
+    write_file_atomically(Path(adapter_dir, BASE_FINGERPRINT_FILE), json.dumps(record, indent=2) + "\n")
 
 
 def check_base_fingerprint(adapter_dir: str | Path, base_model, base_path: str) -> None:
@@ -98,6 +109,5 @@ def check_base_fingerprint(adapter_dir: str | Path, base_model, base_path: str) 
         return  # an adapter trained elsewhere: PEFT's shape checks are all we have
     recorded = json.loads(path.read_text())
     if recorded["fingerprint"] != base_fingerprint(base_model):
-        raise CheckpointError(
-            f"adapter {adapter_dir} was trained on base {recorded['base_model']}, but {base_path} is a different model "
-            "(config/weights differ); pass the base it was trained on with --base")
+        raise CheckpointError(f"adapter {adapter_dir} was trained on base {recorded['base_model']}, but {base_path} is a different "
+                              "model (config/weights differ); pass the base it was trained on with --base")

@@ -1,8 +1,7 @@
 """`hfscratch merge ADAPTER OUT`: fold a LoRA adapter into its base and write a standalone checkpoint.
 
-The result loads with `AutoModelForCausalLM.from_pretrained(OUT)` (no PEFT needed) and, checked here by
-default, greedy-generates token for token what base + adapter generated. An adapter trained on another base
-(recorded fingerprint or tensor shapes differ) is refused with a one-line error.
+The result loads with `AutoModelForCausalLM.from_pretrained(OUT)` (no PEFT needed) and, checked by default,
+greedy-generates token for token what base + adapter generated. An adapter of another base is refused.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..atomic import replace_folder_atomically
 from ..errors import CheckpointError
-from .checkpoints import check_checkpoint_path
-from .lora import check_base_fingerprint
+from .lora import check_base_fingerprint, check_checkpoint_path
 
 VERIFY_PROMPTS = [
     "Maya has 3 apples. She finds 4 more apples. How many apples does Maya have now?",
@@ -30,11 +28,9 @@ VERIFY_PROMPTS = [
 def _greedy(model, tokenizer, max_new_tokens: int) -> list[list[int]]:
     outputs = []
     for prompt in VERIFY_PROMPTS:
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                tokenize=True, return_dict=False)
-        else:
-            ids = tokenizer(prompt)["input_ids"]
+        chat = [{"role": "user", "content": prompt}]
+        ids = (tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+               if getattr(tokenizer, "chat_template", None) else tokenizer(prompt)["input_ids"])
         input_ids = torch.tensor([ids], device=next(model.parameters()).device)
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -56,8 +52,8 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base_model: s
     if not base:
         raise CheckpointError(f"{config_file} names no base model; pass it with --base")
     check_checkpoint_path(base, "base model")
-    tokenizer_source = adapter_dir if (adapter_dir / "tokenizer.json").is_file() or (adapter_dir / "tokenizer_config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    has_tokenizer = any((adapter_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -79,8 +75,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base_model: s
     replace_folder_atomically(write, output_dir)
     if verify:
         reloaded = AutoModelForCausalLM.from_pretrained(output_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
-        got = _greedy(reloaded.eval(), tokenizer, verify_tokens)
-        if got != expected:
+        if _greedy(reloaded.eval(), tokenizer, verify_tokens) != expected:
             print(f"warning: the merged model in {output_dir} greedy-generates differently from base + adapter "
                   "(numerical rounding in a low-precision merge); compare outputs before relying on it")
         else:

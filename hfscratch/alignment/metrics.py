@@ -1,20 +1,9 @@
-"""Held-out measurements for the alignment stages, computed the same way before and after training.
-
-* ``generation_metrics``: greedy generation through the chat template -> exact-match of the final answer,
-  the share of answers that end with eos (the model stops by itself), the share in ``#### N`` format and the
-  mean GRPO reward (correctness + weighted format), on prompts with a verifiable ``answer``.
-* ``gsm8k_format_metrics``: exact-match on the same questions as plain ``Question: ...\nAnswer:`` prompts (lm-eval's
-  gsm8k prompt, no chat template).
-* ``sampled_generation_metrics``: the same reward and exact-match over ``k`` *sampled* completions per prompt
-  (temperature 1, seeded): the quantity GRPO optimises, which greedy decoding only shows at its argmax.
-* ``completion_logprobs``: summed log-probability of an assistant completion given its prompt.
-* ``preference_metrics``: DPO's chosen-minus-rejected log-probability margin and win rate on held-out pairs
-  (win rate = share of pairs with log p(chosen) > log p(rejected); also per ``pair_kind`` when rows have one).
-* ``answer_loglik``: mean per-token log-likelihood of reference assistant answers (eos included).
-"""
+"""Held-out measurements for the alignment stages, computed the same way before and after training: greedy and
+sampled generation on verifiable answers, GSM8K-format prompts, DPO preference margins, answer likelihood."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -23,72 +12,81 @@ from .rewards import MARKER, answers_match, extract_final_answer, format_reward
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")  # a GSM8K calculator annotation <<a+b=c>>
 _RESTATED = re.compile(r"^The answer is [^\n]*\.$", re.MULTILINE)  # the redundant closing line DPO's style pairs reject
+GSM8K_PROMPT = "Question: {question}\nAnswer:"  # lm-eval's gsm8k doc_to_text (eval/tasks/gsm8k_local.yaml), zero-shot
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
+@contextlib.contextmanager
+def _evaluating(model):
+    """The unwrapped model in eval mode, then back in the mode it was in (a caller may be mid-training)."""
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _prompt_ids(tokenizer, prompt_messages) -> list[int]:
     return tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
+def _pad(batch: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask); left padding for generation, so every prompt ends where generation starts."""
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, ids in enumerate(batch):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[i, span], attention_mask[i, span] = torch.tensor(ids), 1
+    return input_ids, attention_mask
+
+
+def _scores(texts: list[str], answers: list[str], format_weight: float):
+    """(correct, formatted, reward) per completion, the reward as GRPO computes it."""
+    correct = [float(answers_match(extract_final_answer(t), a)) for t, a in zip(texts, answers)]
+    formatted = format_reward(texts)
+    return correct, formatted, [c + format_weight * f for c, f in zip(correct, formatted)]
+
+
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts, max_new_tokens: int = 128, batch_size: int = 32, num_samples: int = 0,
-                         temperature: float = 1.0, seed: int = 0) -> list[tuple[str, bool]]:
-    """Completions for chat prompts: (text without special tokens, whether generation ended with eos).
-
-    Greedy when ``num_samples`` is 0; otherwise ``num_samples`` completions per prompt (prompt-major order), sampled
-    from the full distribution at ``temperature`` with a private seeded RNG (the caller's RNG state is untouched)."""
-    model = _unwrap(model)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    results: list[tuple[str, bool]] = []
+                         temperature: float = 1.0, seed: int = 0, encode=_prompt_ids) -> list[tuple[str, bool]]:
+    """Completions for chat prompts (``encode(tokenizer, prompt)`` makes their token ids): (text without special tokens,
+    whether generation ended with eos). Greedy when ``num_samples`` is 0; otherwise ``num_samples`` completions per
+    prompt (prompt-major order), sampled at ``temperature`` with a private seeded RNG (the caller's RNG is untouched)."""
     sampling = {"do_sample": False} if num_samples <= 0 else {
         "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, "num_return_sequences": num_samples}
     if num_samples > 0:
         batch_size = max(1, batch_size // num_samples)
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            batch = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-            results += _generate_batch(model, tokenizer, batch, device, max_new_tokens, sampling)
-    model.train(was_training)
+    results: list[tuple[str, bool]] = []
+    with _evaluating(model) as model:
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), batch_size):
+                batch = [encode(tokenizer, p) for p in prompts[start : start + batch_size]]
+                results += _generate_batch(model, tokenizer, batch, max_new_tokens, sampling)
     return results
 
 
-def _generate_batch(model, tokenizer, batch: list[list[int]], device, max_new_tokens, sampling) -> list[tuple[str, bool]]:
-    eos_id = tokenizer.eos_token_id
-    width = max(len(ids) for ids in batch)
-    # Left padding so every prompt ends where generation starts.
-    input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[i, width - len(ids) :] = 1
+def _generate_batch(model, tokenizer, batch: list[list[int]], max_new_tokens, sampling) -> list[tuple[str, bool]]:
+    eos_id, device = tokenizer.eos_token_id, next(model.parameters()).device
+    input_ids, attention_mask = _pad(batch, tokenizer.pad_token_id, left=True)
     out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
                          eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, **sampling)
-    results = []
-    for row in out[:, width:].tolist():
-        stopped = eos_id in row
-        if stopped:
-            row = row[: row.index(eos_id)]
-        results.append((tokenizer.decode(row, skip_special_tokens=True), stopped))
-    return results
+    rows = out[:, input_ids.shape[1] :].tolist()
+    return [(tokenizer.decode(row[: row.index(eos_id)] if eos_id in row else row, skip_special_tokens=True), eos_id in row) for row in rows]
 
 
 def generation_metrics(model, tokenizer, examples, max_new_tokens: int = 128, format_weight: float = 0.2,
                        batch_size: int = 32) -> dict:
-    """Exact match, calculator-annotation and restated-line rates, eos-stop rate, format rate and mean reward (greedy decoding) over rows
-    with ``prompt`` (messages) and ``answer``."""
-    prompts = [row["prompt"] for row in examples]
-    answers = [str(row["answer"]) for row in examples]
+    """Greedy decoding through the chat template, over rows with ``prompt`` (messages) and ``answer``: exact-match, the
+    shares that end with eos, carry calculator annotations / a restated line, are in ``#### N`` format; mean reward."""
+    prompts, answers = [row["prompt"] for row in examples], [str(row["answer"]) for row in examples]
     outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     texts = [text for text, _ in outputs]
-    correct = [float(answers_match(extract_final_answer(t), a)) for t, a in zip(texts, answers)]
-    formatted = format_reward(texts)
+    correct, formatted, rewards = _scores(texts, answers, format_weight)
     n = max(len(examples), 1)
     return {
         "exact_match": sum(correct) / n,
@@ -96,61 +94,46 @@ def generation_metrics(model, tokenizer, examples, max_new_tokens: int = 128, fo
         "restated_rate": sum(bool(_RESTATED.search(t)) for t in texts) / n,
         "eos_rate": sum(stopped for _, stopped in outputs) / n,
         "format_rate": sum(formatted) / n,
-        "mean_reward": sum(c + format_weight * f for c, f in zip(correct, formatted)) / n,
+        "mean_reward": sum(rewards) / n,
         "n": len(examples),
         "samples": [{"prompt": p[-1]["content"], "completion": t, "answer": a} for p, t, a in list(zip(prompts, texts, answers))[:3]],
     }
-
-
-GSM8K_PROMPT = "Question: {question}\nAnswer:"  # lm-eval's gsm8k doc_to_text (eval/tasks/gsm8k_local.yaml), zero-shot
 
 
 @torch.no_grad()
 def gsm8k_format_metrics(model, tokenizer, examples, max_new_tokens: int = 128, batch_size: int = 32) -> dict:
     """Exact-match on the same questions as plain-text GSM8K prompts (``Question: ...\nAnswer:``, no chat template).
 
-    This is the prompt lm-eval's gsm8k task uses (zero-shot here: the tiny checkpoints have 256-token contexts),
-    and the format of the pretraining corpus. Greedy; the answer is cut at eos or at the next ``Question:`` (lm-eval's
-    stop sequence); ``strict`` needs a ``#### N`` line, ``flexible`` also takes the last number."""
-    model = _unwrap(model)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    This is lm-eval's gsm8k prompt (zero-shot here: the tiny checkpoints have 256-token contexts) and the format of
+    the pretraining corpus. Greedy; the answer is cut at eos or at the next ``Question:`` (lm-eval's stop sequence);
+    ``strict`` needs a ``#### N`` line, ``flexible`` also takes the last number."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    questions = [row["prompt"][-1]["content"] for row in examples]
-    texts = []
-    for start in range(0, len(questions), batch_size):
-        batch = [bos + tokenizer(GSM8K_PROMPT.format(question=q), add_special_tokens=False)["input_ids"]
-                 for q in questions[start : start + batch_size]]
-        texts += [text.split("Question:")[0] for text, _ in _generate_batch(model, tokenizer, batch, device, max_new_tokens,
-                                                                             {"do_sample": False})]
-    model.train(was_training)
-    answers = [str(row["answer"]) for row in examples]
+
+    def encode(tokenizer, prompt) -> list[int]:
+        return bos + tokenizer(GSM8K_PROMPT.format(question=prompt[-1]["content"]), add_special_tokens=False)["input_ids"]
+
+    outputs = generate_completions(model, tokenizer, [row["prompt"] for row in examples], max_new_tokens, batch_size, encode=encode)
+    texts = [text.split("Question:")[0] for text, _ in outputs]
+    matches = [answers_match(extract_final_answer(t), str(row["answer"])) for t, row in zip(texts, examples)]
     n = max(len(examples), 1)
-    strict = sum(bool(MARKER.search(t)) and answers_match(extract_final_answer(t), a) for t, a in zip(texts, answers))
-    flexible = sum(answers_match(extract_final_answer(t), a) for t, a in zip(texts, answers))
-    return {"gsm8k_format_exact_match": strict / n, "gsm8k_format_flexible_match": flexible / n}
+    strict = sum(bool(MARKER.search(t)) and match for t, match in zip(texts, matches))
+    return {"gsm8k_format_exact_match": strict / n, "gsm8k_format_flexible_match": sum(matches) / n}
 
 
 def sampled_generation_metrics(model, tokenizer, examples, num_samples: int = 8, temperature: float = 1.0,
                                max_new_tokens: int = 128, format_weight: float = 0.2, seed: int = 0, batch_size: int = 128) -> dict:
     """Mean reward and exact-match over ``num_samples`` sampled completions per prompt (what RL optimises)."""
-    prompts = [row["prompt"] for row in examples]
     answers = [str(row["answer"]) for row in examples for _ in range(num_samples)]
-    outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   num_samples=num_samples, temperature=temperature, seed=seed)
-    texts = [text for text, _ in outputs]
-    correct = [float(answers_match(extract_final_answer(t), a)) for t, a in zip(texts, answers)]
-    formatted = format_reward(texts)
-    n = max(len(texts), 1)
-    tag = f"t{temperature:g}".replace(".", "")
-    return {f"sampled_reward_{tag}": sum(c + format_weight * f for c, f in zip(correct, formatted)) / n,
-            f"sampled_exact_match_{tag}": sum(correct) / n}
+    outputs = generate_completions(model, tokenizer, [row["prompt"] for row in examples], max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, num_samples=num_samples, temperature=temperature, seed=seed)
+    correct, _, rewards = _scores([text for text, _ in outputs], answers, format_weight)
+    n, tag = max(len(outputs), 1), f"t{temperature:g}".replace(".", "")
+    return {f"sampled_reward_{tag}": sum(rewards) / n, f"sampled_exact_match_{tag}": sum(correct) / n}
 
 
 def _completion_token_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> list[torch.Tensor]:
     """Per-token log-probs of each assistant completion (its eos included), conditioned on the prompt."""
-    model = _unwrap(model)
+    model = getattr(model, "module", model)
     device = next(model.parameters()).device
     pieces = []
     for prompt, completion in zip(prompts, completions):
@@ -162,16 +145,10 @@ def _completion_token_logprobs(model, tokenizer, prompts, completions, batch_siz
     out = []
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, (ids, _) in enumerate(batch):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            attention_mask[i, : len(ids)] = 1
+        input_ids, attention_mask = _pad([ids for ids, _ in batch], tokenizer.pad_token_id, left=False)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-        for i, (ids, prompt_len) in enumerate(batch):
-            out.append(logprobs[i, prompt_len - 1 : len(ids) - 1].cpu())
+        out += [logprobs[i, prompt_len - 1 : len(ids) - 1].cpu() for i, (ids, prompt_len) in enumerate(batch)]
     return out
 
 
@@ -183,32 +160,55 @@ def completion_logprobs(model, tokenizer, prompts, completions, batch_size: int 
 
 @torch.no_grad()
 def preference_metrics(model, tokenizer, pairs, batch_size: int = 32) -> dict:
-    """Mean chosen-minus-rejected log-prob margin and the share of pairs where chosen is more likely."""
-    was_training = _unwrap(model).training
-    _unwrap(model).eval()
+    """Mean chosen-minus-rejected log-prob margin and the win rate (share of pairs where chosen is more likely),
+    also per ``pair_kind`` when rows have one (synthetic: "slip" = correctness, "style" = annotations)."""
     prompts = [row["prompt"] for row in pairs]
-    chosen = completion_logprobs(model, tokenizer, prompts, [row["chosen"] for row in pairs], batch_size)
-    rejected = completion_logprobs(model, tokenizer, prompts, [row["rejected"] for row in pairs], batch_size)
-    _unwrap(model).train(was_training)
+    with _evaluating(model) as model:
+        chosen = completion_logprobs(model, tokenizer, prompts, [row["chosen"] for row in pairs], batch_size)
+        rejected = completion_logprobs(model, tokenizer, prompts, [row["rejected"] for row in pairs], batch_size)
     margin = chosen - rejected
     result = {"margin": margin.mean().item(), "win_rate": (margin > 0).float().mean().item(),
               "chosen_logp": chosen.mean().item(), "rejected_logp": rejected.mean().item(), "n": len(pairs)}
-    if "pair_kind" in pairs.column_names:  # per kind of pair (synthetic: "slip" = correctness, "style" = annotations)
-        kinds = pairs["pair_kind"]
-        for kind in sorted(set(kinds)):
-            mask = torch.tensor([k == kind for k in kinds])
-            result[f"win_rate_{kind}"] = (margin[mask] > 0).float().mean().item()
-            result[f"margin_{kind}"] = margin[mask].mean().item()
+    kinds = pairs["pair_kind"] if "pair_kind" in pairs.column_names else []
+    for kind in sorted(set(kinds)):
+        mask = torch.tensor([k == kind for k in kinds])
+        result[f"win_rate_{kind}"], result[f"margin_{kind}"] = (margin[mask] > 0).float().mean().item(), margin[mask].mean().item()
     return result
 
 
 @torch.no_grad()
 def answer_loglik(model, tokenizer, chats, batch_size: int = 32) -> float:
     """Mean per-token log-likelihood of the final assistant message (eos included) of each chat."""
-    was_training = _unwrap(model).training
-    _unwrap(model).eval()
-    prompts = [row["messages"][:-1] for row in chats]
-    answers = [row["messages"][-1:] for row in chats]
-    token_lps = _completion_token_logprobs(model, tokenizer, prompts, answers, batch_size)
-    _unwrap(model).train(was_training)
+    with _evaluating(model) as model:
+        token_lps = _completion_token_logprobs(model, tokenizer, [row["messages"][:-1] for row in chats],
+                                               [row["messages"][-1:] for row in chats], batch_size)
     return (torch.cat(token_lps).sum() / sum(len(t) for t in token_lps)).item()
+
+
+def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
+                 gsm8k_format: bool = False):
+    """The held-out measurement for `stage`, as a function of the model (same code before and after training).
+
+    ``num_samples`` > 0 adds the mean reward / exact-match of that many temperature-1 samples per prompt;
+    ``gsm8k_format`` adds exact-match on the same questions as plain-text ``Question: ...\nAnswer:`` prompts."""
+    if held is None:
+        return None
+
+    def measure(model) -> dict:
+        if stage == "dpo":
+            result = preference_metrics(model, tokenizer, held)
+            if "answer" in held.column_names:  # verifiable pairs (synthetic math): greedy exact-match must not fall
+                greedy = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
+                result.update({k: v for k, v in greedy.items() if k not in ("n", "samples")})
+            return result
+        result = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
+        if "messages" in held.column_names:
+            result["answer_loglik"] = answer_loglik(model, tokenizer, held)
+        if gsm8k_format:
+            result.update(gsm8k_format_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens))
+        if num_samples > 0:
+            result.update(sampled_generation_metrics(model, tokenizer, held, num_samples=num_samples, temperature=1.0,
+                                                     max_new_tokens=max_new_tokens, format_weight=format_weight))
+        return result
+
+    return measure

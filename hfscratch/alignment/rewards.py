@@ -1,12 +1,9 @@
 """Verifiable rewards for math answers (GRPO) and the answer extraction the metrics share.
 
-The final answer is read from the GSM8K marker ``#### N`` (last one wins) and otherwise from the last number
-in the text. Two answers match when they are the same number (commas, ``$`` and a trailing ``.`` ignored);
-anything that is not a plain number (``3/4``, ``\\frac{3}{4}``, ``0.75`` vs ``3/4``) is compared with
-``math-verify``, which handles symbolic and LaTeX equivalence we should not hand-roll.
-
-Reward functions follow TRL's signature ``f(prompts, completions, **dataset_columns) -> list[float]`` and
-accept both plain-text and conversational completions.
+The final answer is read from the GSM8K marker ``#### N`` (last one wins), else from the last number in the text.
+Two answers match when they are the same number (commas, ``$`` and a trailing ``.`` ignored); anything else
+(``3/4``, ``\\frac{3}{4}``, ``0.75`` vs ``3/4``) is compared with ``math-verify`` (symbolic and LaTeX equivalence).
+Reward functions follow TRL's signature ``f(prompts, completions, **dataset_columns) -> list[float]``.
 """
 
 from __future__ import annotations
@@ -32,18 +29,14 @@ def completion_text(completion) -> str:
 
 
 def _normalise(answer: str) -> str:
-    answer = answer.strip().replace(",", "").replace("$", "").rstrip(".").strip()
-    return answer
+    return answer.strip().replace(",", "").replace("$", "").rstrip(".").strip()
 
 
 def extract_final_answer(text: str) -> str | None:
     """The answer after the last ``####``, else the last number in the text, normalised; None if neither."""
-    marked = MARKER.findall(text)
-    if marked:
-        answer = _normalise(marked[-1])
-        if answer:
-            number = NUMBER.match(answer)
-            return _normalise(number.group(0)) if number and number.end() == len(answer) else answer
+    if (marked := MARKER.findall(text)) and (answer := _normalise(marked[-1])):
+        number = NUMBER.match(answer)
+        return _normalise(number.group(0)) if number and number.end() == len(answer) else answer
     numbers = NUMBER.findall(text)
     return _normalise(numbers[-1]) if numbers else None
 
@@ -58,6 +51,7 @@ def answers_match(predicted: str | None, gold: str) -> bool:
 
 
 def _math_verify_equal(pred: str, ref: str) -> bool:
+    # lazily: math-verify pulls in sympy, seconds to import, and most answers never need it
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
     # math-verify times out with signal.alarm, which only works on the main thread.
@@ -80,5 +74,3 @@ def format_reward(completions, **kwargs) -> list[float]:
     """1.0 for worked lines followed by a last line ``#### <number>`` (the format that makes answers checkable)."""
     return [float(FORMAT.match(completion_text(c).strip()) is not None) for c in completions]
 
-
-REWARD_FUNCTIONS = {"correctness": correctness_reward, "format": format_reward}

@@ -1,12 +1,8 @@
 """The engine under the step: one object per engine, so the step itself never asks which one runs.
 
-`AccelerateBackend` covers one process, DDP and FSDP2 (Accelerate wraps the model; the loop clips and steps
-the optimizer and skips bad updates itself). `DeepSpeedBackend` covers ZeRO-2/3: `deepspeed.initialize` takes
-model, optimizer and schedule together, the engine reduces gradients at the accumulation boundary, clips and
-updates inside `engine.step()`. Both expose `prepare`, `no_sync`, `backward`, `step` and `unwrapped_model`.
-
-The Accelerator is created here too, with the environment workarounds it needs (DeepSpeed on CPU, one
-process-wide Accelerate state across runs).
+`AccelerateBackend` covers one process, DDP and FSDP2 (the loop clips, steps and skips bad updates itself);
+`DeepSpeedBackend` covers ZeRO-2/3 (the engine reduces, clips and updates inside `engine.step()`). The Accelerator
+is created here too, with the environment workarounds it needs.
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs
 from transformers.utils import logging as hf_logging
 
+from ..devices import resolve_dtype
 from .config import BatchPlan, TrainConfig
 from .optim import build_optimizer, build_scheduler
 
@@ -32,17 +29,11 @@ def print_main(accelerator, *args) -> None:
         print(*args, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- accelerator
-
-
 def resolve_mixed_precision(value: str) -> str:
-    if value == "fp32":
-        return "no"
-    if value != "auto":
-        return value
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    """"fp32" -> "no"; "auto" -> "bf16" where the device has it (devices.py's rule), else "no"."""
+    if value == "auto":
+        return "bf16" if resolve_dtype("auto") == torch.bfloat16 else "no"
+    return "no" if value == "fp32" else value
 
 
 def _env_flag(name: str) -> bool:
@@ -50,25 +41,16 @@ def _env_flag(name: str) -> bool:
 
 
 def deepspeed_on_cpu_requested() -> bool:
-    """A distributed DeepSpeed launch (accelerate launch / torchrun) on a machine without a GPU.
-
-    Accelerate then asks DeepSpeed for the process group with backend None, finds no device backend and
-    quietly runs one process. DeepSpeed itself runs on CPU (its CPU accelerator, torch optimizers, no
-    compiled ops), so the loop hands it the gloo backend explicitly.
-    """
+    """A distributed DeepSpeed launch on a machine without a GPU. Accelerate would then ask for the process group
+    with backend None, find no device backend and quietly run one process, so the loop hands DeepSpeed gloo."""
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1
     has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     return _env_flag("ACCELERATE_USE_DEEPSPEED") and launched and not _env_flag("ACCELERATE_USE_CPU") and not has_accelerator
 
 
 def skip_deepspeed_shm_comm_op() -> None:
-    """Keep DeepSpeed on CPU free of compiled ops.
-
-    Its CPU communication backend JIT-compiles a shared-memory all-reduce kernel (minutes on a small CPU,
-    and a crash without a C++ toolchain) that only its inference all-reduce uses; training collectives go
-    through torch.distributed (gloo) either way. `deepspeed.ops.__compatible_ops__` is the switch DeepSpeed
-    reads before building it (a module-level dict that stays edited).
-    """
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (minutes, or a crash without a C++ toolchain)
+    that only its inference uses; `__compatible_ops__` is the module-level switch it reads before building it."""
     import deepspeed.ops  # lazily: DeepSpeed is an optional extra
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -77,61 +59,40 @@ def skip_deepspeed_shm_comm_op() -> None:
 def quiet_library_progress_bars() -> None:
     """One progress bar (ours): transformers' per-save shard bars and accelerate's tied-weight notes are noise here."""
     hf_logging.disable_progress_bar()
-    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-    logging.getLogger("accelerate.checkpointing").setLevel(logging.ERROR)
+    for name in ("accelerate.utils.other", "accelerate.checkpointing"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def warn_on_silent_fallback(accelerator) -> None:
     """Accelerate drops FSDP/DeepSpeed without a word when it cannot use them (CPU): say it loudly once."""
+    running = f"Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type}"
     if _env_flag("ACCELERATE_USE_FSDP") and accelerator.distributed_type != DistributedType.FSDP:
-        print_main(accelerator, f"WARNING: FSDP was requested but Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type} (FSDP needs GPUs): every process holds the full model.")
+        print_main(accelerator, f"WARNING: FSDP was requested but {running} (FSDP needs GPUs): every process holds the full model.")
     if _env_flag("ACCELERATE_USE_DEEPSPEED") and accelerator.distributed_type != DistributedType.DEEPSPEED:
-        print_main(
-            accelerator,
-            f"WARNING: DeepSpeed was requested but Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type}: "
-            "no ZeRO sharding is applied (DeepSpeed needs a distributed launch, and on CPU no --cpu / ACCELERATE_USE_CPU).",
-        )
+        print_main(accelerator, f"WARNING: DeepSpeed was requested but {running}: no ZeRO sharding is applied "
+                   "(DeepSpeed needs a distributed launch, and on CPU no --cpu / ACCELERATE_USE_CPU).")
 
 
 def create_accelerator(args: TrainConfig, output_dir: Path) -> tuple[Accelerator, str]:
     """The run's Accelerator and its resolved mixed precision ("no", "bf16", "fp16")."""
     if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mixed_precision = resolve_mixed_precision(args.mixed_precision)
     state = AcceleratorState._shared_state
     if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
         # Accelerate keeps one process-wide state and refuses a second run (a notebook, a sweep) with another
         # precision; clearing it keeps the process group (PartialState) and is what Accelerate's tests do.
         AcceleratorState._reset_state(reset_partial_state=False)
-    deepspeed_on_cpu = deepspeed_on_cpu_requested()
-    if deepspeed_on_cpu:
+    if deepspeed_on_cpu := deepspeed_on_cpu_requested():
         skip_deepspeed_shm_comm_op()
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
-        log_with=args.trackers() or None,
-        project_dir=str(output_dir / "logs"),  # tensorboard: <output_dir>/logs/<run_name>
-        step_scheduler_with_optimizer=False,  # we step the schedule once per update ourselves
-        dataloader_config=DataLoaderConfiguration(split_batches=False),
+    accelerator = Accelerator(  # tensorboard logs go to <output_dir>/logs/<run_name>; the loop steps the schedule itself
+        mixed_precision=mixed_precision, log_with=args.trackers() or None, project_dir=str(output_dir / "logs"),
+        step_scheduler_with_optimizer=False, dataloader_config=DataLoaderConfiguration(split_batches=False),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
     )
     quiet_library_progress_bars()
     warn_on_silent_fallback(accelerator)
     return accelerator, mixed_precision
-
-
-# ---------------------------------------------------------------------------------------------- engines
-
-
-def make_optimizer(model, args: TrainConfig):
-    return build_optimizer(model, args.learning_rate, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
-
-
-def make_scheduler(optimizer, plan: BatchPlan, args: TrainConfig):
-    return build_scheduler(
-        optimizer, max_steps=plan.max_steps, warmup_steps=plan.warmup_steps, schedule=args.lr_schedule,
-        min_lr_ratio=args.min_lr_ratio, wsd_decay_ratio=args.wsd_decay_ratio,
-    )
 
 
 class TrainingBackend:
@@ -149,6 +110,12 @@ class TrainingBackend:
         """Where the model is built (some engines partition it as it is created)."""
         return contextlib.nullcontext()
 
+    def make_optimizer_and_scheduler(self, model, plan: BatchPlan):
+        a = self.args
+        optimizer = build_optimizer(model, a.learning_rate, a.weight_decay, (a.adam_beta1, a.adam_beta2), a.adam_epsilon)
+        return optimizer, build_scheduler(optimizer, max_steps=plan.max_steps, warmup_steps=plan.warmup_steps, schedule=a.lr_schedule,
+                                          min_lr_ratio=a.min_lr_ratio, wsd_decay_ratio=a.wsd_decay_ratio)
+
     def prepare(self, model, plan: BatchPlan):
         """Wrap the model and build its optimizer and schedule; returns (model, optimizer, scheduler)."""
         raise NotImplementedError
@@ -164,11 +131,9 @@ class TrainingBackend:
         raise NotImplementedError
 
     def step(self, approve: Callable[[float | None], bool]) -> tuple[float | None, bool]:
-        """Clip and update; returns (gradient norm, whether the update was applied).
-
-        `approve(grad_norm)` is called exactly once. Engines that can still hold the update back apply it only
-        if it returns True; engines that update inside their own step call it afterwards, for the record.
-        """
+        """Clip and update; returns (gradient norm, whether the update was applied). `approve(grad_norm)` is called
+        exactly once: engines that can still hold the update back apply it only if it returns True; engines that
+        update inside their own step call it afterwards, for the record."""
         raise NotImplementedError
 
 
@@ -178,10 +143,8 @@ class AccelerateBackend(TrainingBackend):
     name = "Accelerate"
 
     def prepare(self, model, plan: BatchPlan):
-        acc = self.accelerator
-        self.model = acc.prepare(model)  # before the optimizer: FSDP2 shards the parameters it will own
-        optimizer = make_optimizer(self.model, self.args)
-        self.optimizer, self.scheduler = acc.prepare(optimizer, make_scheduler(optimizer, plan, self.args))
+        self.model = self.accelerator.prepare(model)  # before the optimizer: FSDP2 shards the parameters it will own
+        self.optimizer, self.scheduler = self.accelerator.prepare(*self.make_optimizer_and_scheduler(self.model, plan))
         return self.model, self.optimizer, self.scheduler
 
     def no_sync(self, last: bool):
@@ -213,20 +176,14 @@ class DeepSpeedBackend(TrainingBackend):
 
     @contextlib.contextmanager
     def model_init_context(self):
-        """Build the model whole unless the DeepSpeed config asks for `zero3_init_flag`.
-
-        Accelerate registers the ZeRO-3 config with transformers whatever that flag says, and transformers then
-        builds every model partitioned (deepspeed.zero.Init, initialised on rank 0 with another RNG order).
-        Built whole, ZeRO-3 starts from the same weights as 1 process or DDP; the flag is for models too big
-        to build whole on one rank.
-        """
+        """Build the model whole unless the DeepSpeed config asks for `zero3_init_flag`: Accelerate registers the ZeRO-3
+        config with transformers whatever that flag says, and transformers would then build it partitioned (with another
+        RNG order). Built whole, ZeRO-3 starts from the weights 1 process or DDP get; the flag is for models too big."""
         plugin = self.plugin
         if plugin is None or plugin.zero3_init_flag or plugin.deepspeed_config.get("zero_optimization", {}).get("stage") != 3:
             yield
             return
-        from transformers.integrations.deepspeed import (
-            unset_hf_deepspeed_config,  # lazily: DeepSpeed is an optional extra
-        )
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # lazily: DeepSpeed is optional
 
         unset_hf_deepspeed_config()
         try:
@@ -235,24 +192,16 @@ class DeepSpeedBackend(TrainingBackend):
             plugin.set_deepspeed_weakref()  # generate() and saving under ZeRO-3 need it back
 
     def configure(self, plan: BatchPlan) -> None:
-        """Batch sizes, accumulation and clipping come from the recipe (one source of truth), not the DeepSpeed config.
-
-        The loop feeds DeepSpeed `per_device_train_batch_size` sequences per backward and marks the accumulation boundary
-        itself; DeepSpeed clips and steps inside `engine.step()`. ZeRO-3 must gather full weights at save time
-        because every checkpoint holds a `save_pretrained` folder.
-        """
-        acc = self.accelerator
-        config = self.plugin.deepspeed_config
-        wanted = {
-            "train_micro_batch_size_per_gpu": plan.per_device_train_batch_size, "gradient_accumulation_steps": plan.gradient_accumulation_steps,
-            "train_batch_size": plan.sequences_per_step, "gradient_clipping": float(self.args.max_grad_norm),
-        }
+        """Batch sizes, accumulation and clipping come from the recipe (one source of truth), not the DeepSpeed config;
+        ZeRO-3 must gather full weights at save time, as every checkpoint holds a `save_pretrained` folder."""
+        acc, config = self.accelerator, self.plugin.deepspeed_config
+        wanted = {"train_micro_batch_size_per_gpu": plan.per_device_train_batch_size, "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+                  "train_batch_size": plan.sequences_per_step, "gradient_clipping": float(self.args.max_grad_norm)}
         for key, value in wanted.items():
             if config.get(key, "auto") not in ("auto", value):
                 print_main(acc, f"note: DeepSpeed {key} {config[key]} replaced by the recipe's {value}")
             config[key] = value
-        zero = config.setdefault("zero_optimization", {})
-        if zero.get("stage") == 3:
+        if (zero := config.setdefault("zero_optimization", {})).get("stage") == 3:
             zero["stage3_gather_16bit_weights_on_model_save"] = True
         acc.gradient_accumulation_steps = plan.gradient_accumulation_steps  # what Accelerate checks against the config
 
@@ -260,9 +209,7 @@ class DeepSpeedBackend(TrainingBackend):
         # deepspeed.initialize takes model, optimizer and schedule together; ZeRO then owns the optimizer.
         self.configure(plan)
         self.accumulation_divisor = plan.gradient_accumulation_steps  # DeepSpeed divides by its accumulation steps itself
-        optimizer = make_optimizer(model, self.args)
-        scheduler = make_scheduler(optimizer, plan, self.args)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, *self.make_optimizer_and_scheduler(model, plan))
         return self.model, self.optimizer, self.scheduler
 
     def no_sync(self, last: bool):
@@ -274,23 +221,17 @@ class DeepSpeedBackend(TrainingBackend):
         self.model.backward(loss)
 
     def step(self, approve: Callable[[float | None], bool]) -> tuple[float | None, bool]:
-        """DeepSpeed's `engine.step()` clips, checks the gradients and updates in one call.
-
-        The gradient norm is only known inside that call, so the stability verdict comes after it: non-finite
-        gradients are skipped by DeepSpeed itself (its overflow check leaves weights and Adam moments as they
-        were); a finite loss or grad-norm spike is logged and counted towards `max_consecutive_skips`, but the
-        update it judged has already been applied.
-        """
-        engine = self.model
-        engine.step()
-        applied = engine.was_step_applied()
-        grad_norm = engine.get_global_grad_norm()
+        """`engine.step()` clips, checks and updates in one call and only then knows the norm, so the verdict comes after:
+        DeepSpeed skips non-finite gradients itself; a finite spike is logged and counts towards `max_consecutive_skips`,
+        but the update it judged has already been applied."""
+        self.model.step()
+        grad_norm = self.model.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
         approve(grad_norm)
-        return grad_norm, applied
+        return grad_norm, self.model.was_step_applied()
 
 
 def make_backend(accelerator, args: TrainConfig) -> TrainingBackend:
-    if accelerator.distributed_type.value == "DEEPSPEED":
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
         return DeepSpeedBackend(accelerator, args)
     return AccelerateBackend(accelerator, args)

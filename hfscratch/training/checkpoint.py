@@ -6,9 +6,8 @@ Layout of `<output_dir>/checkpoints/checkpoint-0000100/`:
   hf/                      save_pretrained folder (loads with AutoModelForCausalLM) + tokenizer
   trainer_state.json       step, tokens seen, data position, loss history, stability statistics
 
-A checkpoint is written to `.tmp-checkpoint-…` and renamed when complete; `trainer_state.json` is the last
-file written, so a folder without it is never treated as a checkpoint. A kill or a full disk during the
-write leaves the previous checkpoint untouched.
+A checkpoint is written to `.tmp-checkpoint-…` and renamed when complete, `trainer_state.json` last (a folder
+without it is never treated as a checkpoint): a kill or a full disk mid-write leaves the previous one untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_file_atomically
 from ..errors import CheckpointError
 from .stability import TrainingDivergedError
 
@@ -38,25 +38,16 @@ def checkpoint_name(step: int) -> str:
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints under `output_dir/checkpoints`, oldest first."""
     root = Path(output_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _NAME.match(path.name)
-        if match and (path / TRAINER_STATE).is_file():
-            found.append((int(match.group(1)), path))
+    found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else ()) if (m := _NAME.match(p.name)) and (p / TRAINER_STATE).is_file()]
     return [p for _, p in sorted(found)]
 
 
 def resolve_checkpoint(spec: str, output_dir: str | Path) -> Path:
     """`latest` -> newest complete checkpoint of this run; otherwise an explicit folder, validated."""
     if spec == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            raise CheckpointError(
-                f"--resume_from_checkpoint latest: no complete checkpoint in {Path(output_dir) / CHECKPOINT_DIR}; "
-                "drop the flag to start a new run or pass a checkpoint PATH"
-            )
+        if not (checkpoints := list_checkpoints(output_dir)):
+            raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint in {Path(output_dir) / CHECKPOINT_DIR}; "
+                                  "drop the flag to start a new run or pass a checkpoint PATH")
         return checkpoints[-1]
     path = Path(spec)
     if not path.is_dir():
@@ -73,48 +64,39 @@ def read_trainer_state(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} has an unreadable {TRAINER_STATE} ({err}); resume from an earlier checkpoint") from None
 
 
-def first_nonfinite(state_dict: dict) -> str | None:
-    """Name of the first weight holding NaN/Inf, if any."""
-    for name, tensor in state_dict.items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor).all():
-            return name
-    return None
-
-
 def drop_tied_copies(model, state_dict: dict) -> dict:
-    """Leave tied weights (lm_head = embed_tokens) out of a gathered state dict.
-
-    `save_pretrained` recognises a tie by shared storage; DeepSpeed's and FSDP's gathers return separate
-    copies, which would store the embedding twice. Loading re-ties them from the config.
-    """
+    """Leave tied weights (lm_head = embed_tokens) out of a gathered state dict: `save_pretrained` recognises a tie
+    by shared storage, but DeepSpeed's and FSDP's gathers return separate copies. Loading re-ties them."""
     tied = getattr(model, "_tied_weights_keys", None)
     if not isinstance(tied, dict) or not getattr(model.config, "tie_word_embeddings", False):
         return state_dict
     return {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}
 
 
-def assert_finite(accelerator, state_dict: dict) -> None:
-    """Never write NaN/Inf weights: a checkpoint must always be a safe point to resume from.
+def any_rank(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on any process, so that every rank takes the same decision (none waits at a barrier)."""
+    total = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return (accelerator.reduce(total, reduction="sum") if accelerator.num_processes > 1 else total).item() > 0
 
-    Checked on the gathered full state dict (ZeRO-3/FSDP ranks hold only shards or empty placeholders), and
-    every rank learns the answer so all of them stop together.
-    """
-    bad = first_nonfinite(state_dict) if accelerator.is_main_process else None
-    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, reduction="sum")
-    if flag.item() > 0:
+
+def assert_finite(accelerator, state_dict: dict) -> None:
+    """Never write NaN/Inf weights: a checkpoint must always be a safe point to resume from. Checked on the gathered
+    full state dict (ZeRO-3/FSDP ranks hold only shards or empty placeholders)."""
+    bad = None
+    if accelerator.is_main_process:
+        bad = next((name for name, t in state_dict.items()
+                    if torch.is_tensor(t) and t.is_floating_point() and t.numel() and not torch.isfinite(t).all()), None)
+    if any_rank(accelerator, bad is not None):
         where = f"parameter {bad}" if bad else "a parameter"
         raise TrainingDivergedError(f"{where} holds NaN/Inf; refusing to write a checkpoint. Resume from the last good checkpoint with a lower learning_rate")
 
 
 def _write_trainer_state(folder: Path, state: dict) -> None:
-    tmp = folder / (TRAINER_STATE + ".part")
-    tmp.write_text(json.dumps(state, indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, folder / TRAINER_STATE)
+    write_file_atomically(folder / TRAINER_STATE, json.dumps(state, indent=1, allow_nan=False))
 
 
-def _disk_error(err: OSError, what: Path, previous: Path | None) -> CheckpointError:
+def disk_write_error(err: OSError, what: Path, previous: Path | None) -> CheckpointError:
+    """The one-line error for a failed write of `what`, saying whether the last checkpoint `previous` survived."""
     keep = f"; the previous checkpoint {previous} is intact" if previous else ""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointError(f"disk full while writing {what}{keep}; free space, lower keep_last_k or use another output_dir")
@@ -124,14 +106,12 @@ def _disk_error(err: OSError, what: Path, previous: Path | None) -> CheckpointEr
 def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step: int, trainer_state: dict, keep_last_k: int) -> Path:
     """Write checkpoint `step` atomically on every rank's behalf; returns its final path (all ranks)."""
     root = Path(output_dir) / CHECKPOINT_DIR
-    final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}"
-    previous = list_checkpoints(output_dir)
-    previous_path = previous[-1] if previous else None
+    final, tmp = root / checkpoint_name(step), root / f".tmp-{checkpoint_name(step)}"
+    previous = (list_checkpoints(output_dir) or [None])[-1]
     # Every rank takes part in gathering the full state dict (FSDP/ZeRO-3); the main one checks and writes it.
     state_dict = accelerator.get_state_dict(model)
     assert_finite(accelerator, state_dict)
-    failure: CheckpointError | None = None
+    failure = None
     try:
         if accelerator.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
@@ -145,11 +125,8 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
             tokenizer.save_pretrained(tmp / HF_SUBDIR)
             _write_trainer_state(tmp, trainer_state)
     except OSError as err:
-        failure = _disk_error(err, tmp, previous_path)
-    # Every rank learns whether any rank failed, so none waits forever at the next barrier.
-    failed = torch.tensor([1.0 if failure else 0.0], device=accelerator.device)
-    failed = accelerator.reduce(failed, reduction="sum")
-    if failed.item() > 0:
+        failure = disk_write_error(err, tmp, previous)
+    if any_rank(accelerator, failure is not None):
         if accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         raise failure or CheckpointError(f"another process failed while writing {tmp}; see its message above")
@@ -170,7 +147,7 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     try:
         accelerator.load_state(str(path))
     except Exception as err:  # safetensors/pickle/shape errors all mean the same thing to the user
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = (str(err).splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is corrupt or from a different model ({message}); resume from an earlier checkpoint") from None
     for key in ("step", "sequences_consumed", "tokens_seen"):
         if not isinstance(state.get(key), int):

@@ -1,8 +1,5 @@
-"""What the loop does between steps: log, validate, sample, run lm-eval, checkpoint and push to the Hub.
-
-The loop decides when (every `logging_steps`, `eval_steps`, `eval_harness_steps`, `save_steps`, and at the
-end); these functions do the work on the trainer they are handed and record what they measured on it.
-"""
+"""What the loop does between steps (it decides when): log, validate, sample, run lm-eval, checkpoint, push to the Hub.
+These functions do the work on the trainer they are handed and record what they measured on it."""
 
 from __future__ import annotations
 
@@ -12,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from ..evaluation import run_training_eval
 from ..hub import push_checkpoint, wait_for_pushes
 from . import checkpoint as ckpt
 from .data import IGNORE_INDEX, PackedBlocks, make_labels, predicted_token_count
@@ -23,9 +21,6 @@ def write_message(accelerator, pbar, message: str) -> None:
     """A line on the main process, above the progress bar when there is one."""
     if accelerator.is_main_process:
         (pbar.write if pbar else print)(message)
-
-
-# ---------------------------------------------------------------------------------------------- logging
 
 
 class TrainLogWindow:
@@ -54,9 +49,6 @@ def log_train_metrics(trainer, pbar, window: TrainLogWindow, lr: float, grad_nor
     pbar.set_postfix(loss=f"{values['train/loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second:,.0f}", **({"mfu": f"{utilisation:.1%}"} if utilisation else {}))
 
 
-# ---------------------------------------------------------------------------------------------- validation
-
-
 class Validation:
     """Loss, perplexity and bits per byte over a fixed shard of the validation split, reduced over ranks."""
 
@@ -67,39 +59,34 @@ class Validation:
 
     def shard(self) -> list[list[int]]:
         acc, micro = self.accelerator, self.per_device_train_batch_size
-        limit = len(self.blocks)
-        if self.max_batches is not None:
-            # A fixed number of sequences whatever the world size, so 1 and N processes report the same metric.
-            limit = min(limit, self.max_batches * micro)
+        # A fixed number of sequences whatever the world size, so 1 and N processes report the same metric.
+        limit = len(self.blocks) if self.max_batches is None else min(len(self.blocks), self.max_batches * micro)
         per_rank = limit // acc.num_processes
         if per_rank == 0:
             raise DataError(f"the validation split has {len(self.blocks)} blocks, fewer than the {acc.num_processes} processes; raise validation_fraction")
         mine = list(range(acc.process_index * per_rank, (acc.process_index + 1) * per_rank))
         return [mine[i : i + micro] for i in range(0, per_rank, micro)]
 
+    def batch(self, indices: list[int]):
+        batch = self.blocks.get(indices)
+        return batch, make_labels(batch["input_ids"], batch["position_ids"], self.tokenizer.pad_token_id)
+
     def count_bytes(self, batches: list[list[int]]) -> int:
         """UTF-8 bytes of the predicted validation tokens (special tokens decode to nothing)."""
-        total = 0
-        for indices in batches:
-            batch = self.blocks.get(indices)
-            labels = make_labels(batch["input_ids"], batch["position_ids"], self.tokenizer.pad_token_id)
-            for row in labels[:, 1:]:
-                ids = row[row != IGNORE_INDEX].tolist()
-                total += len(self.tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
-        return total
+        decode = self.tokenizer.decode
+        return sum(len(decode(row[row != IGNORE_INDEX].tolist(), skip_special_tokens=True).encode("utf-8"))
+                   for indices in batches for row in self.batch(indices)[1][:, 1:])
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
-        acc = self.accelerator
-        batches = self.shard()
+        acc, batches = self.accelerator, self.shard()
         if self.total_bytes is None:
             local_bytes = torch.tensor([float(self.count_bytes(batches))], device=acc.device, dtype=torch.float64)
             self.total_bytes = int(acc.reduce(local_bytes, reduction="sum").item())
         model.eval()
         sums = torch.zeros(2, device=acc.device, dtype=torch.float64)
         for indices in batches:
-            batch = self.blocks.get(indices)
-            labels = make_labels(batch["input_ids"], batch["position_ids"], self.tokenizer.pad_token_id)
+            batch, labels = self.batch(indices)
             with acc.autocast():
                 nll, _ = compute_token_losses(model, batch["input_ids"].to(acc.device), batch["position_ids"].to(acc.device), labels.to(acc.device))
             sums += torch.stack([nll.double(), predicted_token_count(labels).double().to(acc.device)])
@@ -113,9 +100,8 @@ class Validation:
 @torch.no_grad()
 def sample_continuation(model, tokenizer, accelerator, prompt: str, max_new_tokens: int, seed: int) -> str:
     """A short sampled continuation of `prompt`, with its own RNG so training randomness is untouched."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    if tokenizer.bos_token_id is not None:
-        ids = [tokenizer.bos_token_id] + ids
+    ids = ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + (
+        tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
     if not ids:
         return ""
     model.eval()
@@ -132,8 +118,7 @@ def sample_continuation(model, tokenizer, accelerator, prompt: str, max_new_toke
 
 def run_validation(trainer, pbar) -> None:
     """Validation metrics and a sample, recorded on the trainer, logged and printed."""
-    metrics = trainer.evaluate()
-    trainer.last_eval = metrics
+    trainer.last_eval = metrics = trainer.evaluate()
     trainer.validation_history.append((trainer.step, metrics["eval/loss"]))
     trainer.last_sample = trainer.sample()
     trainer.accelerator.log({**metrics, "eval/sample": trainer.last_sample}, step=trainer.step)
@@ -143,8 +128,6 @@ def run_validation(trainer, pbar) -> None:
 
 def run_lm_eval(trainer, pbar) -> None:
     """A small lm-eval suite on the live model (`eval_harness_tasks`, `eval_harness_limit` rows per task)."""
-    from ..evaluation import run_training_eval  # lazily: lm-eval is heavy and optional here
-
     args = trainer.args
     results = run_training_eval(
         trainer.unwrapped, trainer.tokenizer, tasks=list(args.eval_harness_tasks), limit=args.eval_harness_limit,
@@ -153,9 +136,6 @@ def run_lm_eval(trainer, pbar) -> None:
     trainer.accelerator.log({f"harness/{k}": float(v) for k, v in results.items()}, step=trainer.step)
     if trainer.accelerator.is_main_process and pbar:
         pbar.write(f"step {trainer.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(trainer, pbar) -> Path:

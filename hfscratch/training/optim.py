@@ -9,15 +9,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay 2-D+ weights (linear layers, embeddings); never norms' gains or biases.
-
-    Decaying a norm gain pulls it towards 0 (not 1) and decaying biases only hurts, so the usual practice
-    (GPT-3, Llama, nanoGPT) is to decay matrices only. Tied weights appear once in `named_parameters`.
-    """
+    """Decay 2-D+ weights (linear layers, embeddings), never norms' gains or biases: decaying a gain pulls it
+    towards 0 (not 1) and decaying biases only hurts (GPT-3, Llama, nanoGPT). Tied weights appear once here."""
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
+    for param in (p for p in model.parameters() if p.requires_grad):
         # DeepSpeed ZeRO-3 builds the model partitioned (flat, empty placeholders): its true shape is ds_shape.
         ndim = len(param.ds_shape) if hasattr(param, "ds_shape") else param.ndim
         (decay if ndim >= 2 else no_decay).append(param)
@@ -69,7 +64,5 @@ class ScheduleFunction:
 
 
 def build_scheduler(optimizer, *, max_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float, wsd_decay_ratio: float = 0.2) -> LambdaLR:
-    fn = ScheduleFunction(
-        max_steps=max_steps, warmup_steps=warmup_steps, schedule=schedule, min_lr_ratio=min_lr_ratio, wsd_decay_ratio=wsd_decay_ratio
-    )
-    return LambdaLR(optimizer, fn)
+    return LambdaLR(optimizer, ScheduleFunction(max_steps=max_steps, warmup_steps=warmup_steps, schedule=schedule,
+                                                min_lr_ratio=min_lr_ratio, wsd_decay_ratio=wsd_decay_ratio))

@@ -1,9 +1,8 @@
 """Loss / gradient-norm spike and NaN detection: skip the bad update, stop after K in a row.
 
-A step is judged after its gradients are computed and all-reduced, before the optimizer sees them, so a
-skipped step leaves the weights and the Adam moments untouched. Statistics are running means and
-variances over a window of accepted steps (Welford over a deque would be equivalent; the window is tiny).
-The decision uses only globally-reduced values, so every rank takes the same decision.
+A step is judged after its gradients are computed and all-reduced, before the optimizer sees them, so a skipped
+step leaves the weights and the Adam moments untouched. Statistics are means and variances over a window of
+accepted steps, from globally-reduced values only, so every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -27,14 +26,8 @@ class StepVerdict:
 
 class SpikeDetector:
     def __init__(self, zscore: float = 6.0, warmup_steps: int = 20, max_consecutive_skips: int = 5, window: int = 200):
-        self.zscore = zscore
-        self.warmup_steps = warmup_steps
-        self.max_consecutive_skips = max_consecutive_skips
-        self.window = window
-        self.losses: deque[float] = deque(maxlen=window)
-        self.grad_norms: deque[float] = deque(maxlen=window)
-        self.consecutive_skips = 0
-        self.total_skips = 0
+        self.zscore, self.warmup_steps, self.max_consecutive_skips, self.window = zscore, warmup_steps, max_consecutive_skips, window
+        self.load_state_dict({"losses": [], "grad_norms": [], "consecutive_skips": 0, "total_skips": 0})
 
     @staticmethod
     def _z(value: float, history) -> float:
@@ -61,8 +54,7 @@ class SpikeDetector:
                 if z_grad > self.zscore:
                     reason = f"gradient-norm spike {grad_norm:.4f} (z={z_grad:.1f})"
         if reason:
-            self.consecutive_skips += 1
-            self.total_skips += 1
+            self.consecutive_skips, self.total_skips = self.consecutive_skips + 1, self.total_skips + 1
             if self.consecutive_skips >= self.max_consecutive_skips:
                 raise TrainingDivergedError(
                     f"training stopped at step {step}: {self.consecutive_skips} consecutive steps skipped (last: {reason}); "
@@ -76,13 +68,10 @@ class SpikeDetector:
         return StepVerdict(False)
 
     def state_dict(self) -> dict:
-        return {
-            "losses": list(self.losses), "grad_norms": list(self.grad_norms),
-            "consecutive_skips": self.consecutive_skips, "total_skips": self.total_skips,
-        }
+        return {"losses": list(self.losses), "grad_norms": list(self.grad_norms),
+                "consecutive_skips": self.consecutive_skips, "total_skips": self.total_skips}
 
     def load_state_dict(self, state: dict) -> None:
-        self.losses = deque(state["losses"], maxlen=self.window)
-        self.grad_norms = deque(state["grad_norms"], maxlen=self.window)
-        self.consecutive_skips = state["consecutive_skips"]
-        self.total_skips = state["total_skips"]
+        self.losses: deque[float] = deque(state["losses"], maxlen=self.window)
+        self.grad_norms: deque[float] = deque(state["grad_norms"], maxlen=self.window)
+        self.consecutive_skips, self.total_skips = state["consecutive_skips"], state["total_skips"]

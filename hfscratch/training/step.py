@@ -1,12 +1,9 @@
 """One optimizer step: token-weighted loss over micro-batches, backward, clipping and the stability verdict.
 
-Token-weighted loss across micro-batches and ranks: every micro-batch contributes the *sum* of its token
-NLLs divided by the global count of predicted tokens in the optimizer step (all-reduced before the first
-forward), times the world size because DDP averages gradients over ranks. Accumulating 4 x 2 sequences,
-2 ranks x 4 sequences or 1 x 8 sequences gives the same gradient.
-
-Stability: NaN/Inf and spikes skip the update (`stability.py`). The engine (`backend.py`) does the
-backward, the gradient reduction, clipping and the update; this module does not know which engine runs.
+Every micro-batch contributes the *sum* of its token NLLs divided by the global count of predicted tokens in the
+optimizer step (all-reduced before the first forward), times the world size because DDP averages gradients over
+ranks: 4 x 2 sequences, 2 ranks x 4 sequences or 1 x 8 sequences give the same gradient. NaN/Inf and spikes skip the
+update (`stability.py`); the engine (`backend.py`) does backward, reduction, clipping and update.
 """
 
 from __future__ import annotations
@@ -33,17 +30,12 @@ def compute_token_losses(model, input_ids: torch.Tensor, position_ids: torch.Ten
         out = model(input_ids=input_ids, position_ids=position_ids, labels=labels, use_cache=False, skip_logits=True, num_items_in_batch=one)
         return out.loss, out.loss.new_zeros(())
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    vocab = shift_logits.shape[-1]
-    nll = F.cross_entropy(shift_logits.reshape(-1, vocab), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    if z_loss > 0:
-        # PaLM's auxiliary loss: keeps log Z near 0 so logits do not drift (a common bf16 instability).
-        mask = (shift_labels != IGNORE_INDEX).float()
-        z = z_loss * (torch.logsumexp(shift_logits, dim=-1).pow(2) * mask).sum()
-    else:
-        z = nll.new_zeros(())
-    return nll, z
+    shift_logits, shift_labels = logits[:, :-1, :].float(), labels[:, 1:]
+    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    if z_loss <= 0:
+        return nll, nll.new_zeros(())
+    # PaLM's auxiliary loss: keeps log Z near 0 so logits do not drift (a common bf16 instability).
+    return nll, z_loss * (torch.logsumexp(shift_logits, dim=-1).pow(2) * (shift_labels != IGNORE_INDEX).float()).sum()
 
 
 class StepOutcome(NamedTuple):
