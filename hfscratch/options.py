@@ -39,6 +39,13 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 INCLUDE_KEY = "include"
 
 
+def option(default: Any = None, help: str = "") -> Any:
+    """A config field with its help text on one line; list and dict defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def packaged_config(name: str) -> Path:
     """The shipped YAML `name` (e.g. "sft_synthetic_math"); a path or `recipes/configs/x.yaml` also names it."""
     file_name = Path(name).name if Path(name).suffix in (".yaml", ".yml") else f"{Path(name).name}.yaml"

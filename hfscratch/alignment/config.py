@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import trl
 
 from ..data.synthetic_math import SyntheticMathConfig
+from ..options import option
 
 # TRL 1.16's configs default to `gradient_checkpointing=True`, a field transformers 5.24 renamed
 # (`activation_checkpointing`): every TRL config built warns, whatever the user wrote. The fix is TRL's.
@@ -19,47 +20,38 @@ DEFAULT_CHECKPOINT = "outputs/pretrain-tiny/final"
 
 @dataclass
 class AlignmentModelConfig:
-    model_name_or_path: str = field(default=DEFAULT_CHECKPOINT, metadata={"help": "checkpoint folder or Hub id to start from"})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
-    adapter_name_or_path: str | None = field(
-        default=None, metadata={"help": "a LoRA adapter folder to continue from (DPO/GRPO on top of a LoRA-SFT run)"})
-    use_hfscratch_chat_template: bool = field(
-        default=False, metadata={"help": "give a tokenizer without a (generation-marked) chat template the hfscratch one"})
-    dtype: str = field(default="auto", metadata={"help": "auto | float32 | bfloat16 | float16"})
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager | flash_attention_2 (default: sdpa)"})
-    use_peft: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"],
-        metadata={"help": "module names (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj) or all-linear"})
-    lora_modules_to_save: list[str] = field(default_factory=list, metadata={"help": "modules trained in full next to LoRA"})
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4-bit (needs a CUDA GPU + bitsandbytes)"})
-    merge_lora: bool = field(default=False, metadata={"help": "after training, also write <output_dir>/merged (a standalone model)"})
+    model_name_or_path: str = option(DEFAULT_CHECKPOINT, "checkpoint folder or Hub id to start from")
+    tokenizer_name_or_path: str | None = option(None, "tokenizer (default: the model's)")
+    adapter_name_or_path: str | None = option(None, "a LoRA adapter folder to continue from (DPO/GRPO on top of a LoRA-SFT run)")
+    use_hfscratch_chat_template: bool = option(False, "give a tokenizer without a (generation-marked) chat template the hfscratch one")
+    dtype: str = option("auto", "auto | float32 | bfloat16 | float16")
+    attn_implementation: str | None = option(None, "sdpa | eager | flash_attention_2 (default: sdpa)")
+    use_peft: bool = option(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_target_modules: list[str] = option(["all-linear"], "module names (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj) or all-linear")
+    lora_modules_to_save: list[str] = option([], "modules trained in full next to LoRA")
+    load_in_4bit: bool = option(False, "QLoRA: load the base in 4-bit (needs a CUDA GPU + bitsandbytes)")
+    merge_lora: bool = option(False, "after training, also write <output_dir>/merged (a standalone model)")
 
 
 @dataclass
 class AlignmentDataConfig:
-    dataset_name: str = field(default="synthetic_math", metadata={"help": "synthetic_math, a local file/folder or a Hub id"})
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name"})
-    dataset_train_split: str = field(default="train", metadata={"help": "training split"})
-    dataset_test_split: str | None = field(
-        default=None, metadata={"help": "held-out split/file for before/after metrics (synthetic_math: its heldout split)"})
-    eval_dataset_name: str | None = field(default=None, metadata={"help": "a different dataset for held-out metrics"})
-    dataset_column_map: str | None = field(default=None, metadata={"help": 'JSON rename map, e.g. {"query": "question"}'})
-    max_train_samples: int | None = field(default=None, metadata={"help": "cap on training rows"})
-    synthetic_train_size: int = field(default=2000, metadata={"help": "rows drawn from the synthetic generator"})
+    dataset_name: str = option("synthetic_math", "synthetic_math, a local file/folder or a Hub id")
+    dataset_config: str | None = option(None, "Hub dataset config name")
+    dataset_train_split: str = option("train", "training split")
+    dataset_test_split: str | None = option(None, "held-out split/file for before/after metrics (synthetic_math: its heldout split)")
+    eval_dataset_name: str | None = option(None, "a different dataset for held-out metrics")
+    dataset_column_map: str | None = option(None, 'JSON rename map, e.g. {"query": "question"}')
+    max_train_samples: int | None = option(None, "cap on training rows")
+    synthetic_train_size: int = option(2000, "rows drawn from the synthetic generator")
     synthetic: SyntheticMathConfig = field(default_factory=SyntheticMathConfig)
-    synthetic_restated_fraction: float = field(
-        default=0.5, metadata={"help": "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line"})
-    synthetic_style_fraction: float = field(
-        default=0.5, metadata={"help": "DPO: share of synthetic pairs that reject the correct solution with that redundant line "
-                                       "(the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0"})
-    eval_samples: int = field(default=100, metadata={"help": "held-out rows for before/after metrics (0 to skip)"})
-    eval_max_new_tokens: int = field(default=96, metadata={"help": "greedy generation length for exact-match"})
-    eval_num_samples: int = field(
-        default=8, metadata={"help": "GRPO: sampled completions (temperature 1) per held-out prompt for the sampled reward (0 to skip)"})
+    synthetic_restated_fraction: float = option(0.5, "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line")
+    synthetic_style_fraction: float = option(0.5, "DPO: share of synthetic pairs that reject the correct solution with that redundant line " "(the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0")
+    eval_samples: int = option(100, "held-out rows for before/after metrics (0 to skip)")
+    eval_max_new_tokens: int = option(96, "greedy generation length for exact-match")
+    eval_num_samples: int = option(8, "GRPO: sampled completions (temperature 1) per held-out prompt for the sampled reward (0 to skip)")
 
     def synthetic_styles(self) -> dict:
         return {"restated_fraction": self.synthetic_restated_fraction, "style_fraction": self.synthetic_style_fraction}

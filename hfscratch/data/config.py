@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..options import option
 from .clean.config import CleanConfig
 from .sources import TXT_MODES
 from .synthetic_math import SyntheticMathConfig
@@ -20,36 +21,29 @@ from .synthetic_math import SyntheticMathConfig
 class DataConfig:
     """Sources, cleaning, tokenizer and packing. Defaults: the embedded synthetic math corpus, offline, ~30 s."""
 
-    name: str = field(default="synthetic_math", metadata={"help": "folder name of the prepared data under output_root"})
-    output_root: str = field(default="data", metadata={"help": "parent folder of prepared datasets"})
-    sources: list[str] = field(default_factory=list, metadata={
-        "help": "files, folders, globs or Hub ids of natural text; empty = only the synthetic math corpus"})
-    text_field: str = field(default="text", metadata={"help": "field holding the text in json/jsonl/parquet/Hub rows"})
-    txt_mode: str = field(default="file", metadata={"help": "a .txt file is one document per file | paragraph | line"})
-    max_documents: int | None = field(default=None, metadata={"help": "read at most this many source documents"})
-    synthetic_problems: int = field(default=4000, metadata={
-        "help": "synthetic GSM8K-style training problems mixed in (0 = none)"})
+    name: str = option("synthetic_math", "folder name of the prepared data under output_root")
+    output_root: str = option("data", "parent folder of prepared datasets")
+    sources: list[str] = option([], "files, folders, globs or Hub ids of natural text; empty = only the synthetic math corpus")
+    text_field: str = option("text", "field holding the text in json/jsonl/parquet/Hub rows")
+    txt_mode: str = option("file", "a .txt file is one document per file | paragraph | line")
+    max_documents: int | None = option(None, "read at most this many source documents")
+    synthetic_problems: int = option(4000, "synthetic GSM8K-style training problems mixed in (0 = none)")
     synthetic: SyntheticMathConfig = field(default_factory=SyntheticMathConfig)
-    clean: bool = field(default=True, metadata={"help": "run the datatrove cleaning pipeline on the sources"})
+    clean: bool = option(True, "run the datatrove cleaning pipeline on the sources")
     cleaning: CleanConfig = field(default_factory=CleanConfig)
-    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size, special tokens included"})
-    min_frequency: int = field(default=2, metadata={"help": "smallest pair count for a BPE merge"})
-    tokenizer_max_chars: int | None = field(default=None, metadata={
-        "help": "train the tokenizer on at most this many characters (None = whole corpus)"})
-    tokenizer_path: str | None = field(default=None, metadata={
-        "help": "reuse this tokenizer (folder or Hub id) instead of training one"})
-    dataset_path: str | None = field(default=None, metadata={
-        "help": "pretraining only: skip preparation and read this DatasetDict.save_to_disk folder (train/validation "
-                "splits of packed input_ids, + position_ids); needs tokenizer_path, and its blocks must hold block_size"})
-    block_size: int = field(default=256, metadata={"help": "tokens per packed block (the training sequence length)"})
-    add_bos: bool = field(default=True, metadata={"help": "start every document with bos"})
-    drop_remainder: bool = field(default=True, metadata={"help": "drop the last partial block (else pad it)"})
-    validation_fraction: float = field(default=0.05, metadata={"help": "fraction of blocks held out for validation"})
-    num_proc: int | None = field(default=None, metadata={"help": "tokenization processes (None = by corpus size)"})
-    split_seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
-    streaming: bool = field(default=False, metadata={
-        "help": "read documents as a stream and write blocks incrementally (bounded memory)"})
-    force: bool = field(default=False, metadata={"help": "rebuild even if a valid prepared folder exists"})
+    vocab_size: int = option(2048, "BPE vocabulary size, special tokens included")
+    min_frequency: int = option(2, "smallest pair count for a BPE merge")
+    tokenizer_max_chars: int | None = option(None, "train the tokenizer on at most this many characters (None = whole corpus)")
+    tokenizer_path: str | None = option(None, "reuse this tokenizer (folder or Hub id) instead of training one")
+    dataset_path: str | None = option(None, "pretraining only: skip preparation and read this DatasetDict.save_to_disk folder (train/validation " "splits of packed input_ids, + position_ids); needs tokenizer_path, and its blocks must hold block_size")
+    block_size: int = option(256, "tokens per packed block (the training sequence length)")
+    add_bos: bool = option(True, "start every document with bos")
+    drop_remainder: bool = option(True, "drop the last partial block (else pad it)")
+    validation_fraction: float = option(0.05, "fraction of blocks held out for validation")
+    num_proc: int | None = option(None, "tokenization processes (None = by corpus size)")
+    split_seed: int = option(0, "seed of the train/validation split")
+    streaming: bool = option(False, "read documents as a stream and write blocks incrementally (bounded memory)")
+    force: bool = option(False, "rebuild even if a valid prepared folder exists")
 
     def __post_init__(self):
         self.sources = [str(self.sources)] if isinstance(self.sources, (str, Path)) else [str(s) for s in self.sources]

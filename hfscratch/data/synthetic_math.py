@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ..errors import ConfigError
+from ..options import option
 from .synthetic_math_themes import NAMES, PERCENTS, PRONOUNS, THEMES
 
 __all__ = ["SyntheticMathConfig", "HELDOUT_PERCENT", "OPERATIONS", "generate_problems", "iter_problems", "problem_split",
@@ -152,12 +153,11 @@ def problem_split(question: str) -> str:
 class SyntheticMathConfig:
     """The generator's difficulty and seed: defined once here, nested by the data and alignment stage configs."""
 
-    min_steps: int = field(default=1, metadata={"help": "fewest arithmetic steps (<<...>> annotations) per problem"})
-    max_steps: int = field(default=4, metadata={"help": "most arithmetic steps per problem"})
-    max_value: int = field(default=100, metadata={"help": "largest operand (intermediate values stay <= 10 x this)"})
-    operations: list[str] = field(default_factory=lambda: list(OPERATIONS),
-                                  metadata={"help": "allowed operators, a non-empty subset of + - * /"})
-    seed: int = field(default=0, metadata={"help": "seed of the problem stream"})
+    min_steps: int = option(1, "fewest arithmetic steps (<<...>> annotations) per problem")
+    max_steps: int = option(4, "most arithmetic steps per problem")
+    max_value: int = option(100, "largest operand (intermediate values stay <= 10 x this)")
+    operations: list[str] = option(list(OPERATIONS), "allowed operators, a non-empty subset of + - * /")
+    seed: int = option(0, "seed of the problem stream")
 
     def __post_init__(self):
         self.operations = list(dict.fromkeys(self.operations))

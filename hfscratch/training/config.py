@@ -12,6 +12,7 @@ from typing import Any
 
 from ..data.config import DataConfig
 from ..errors import ConfigError
+from ..options import option
 
 # Model size presets: (hidden, layers, heads, kv_heads, intermediate or None, max_positions, style).
 # "gpt2_*" presets use GPT-2's architecture (learned positions, LayerNorm, GELU); the rest are Llama-style.
@@ -36,26 +37,26 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 class ModelConfig:
     """Which model to build: a size preset, explicit `HfscratchConfig` fields, or an existing checkpoint."""
 
-    model_size: str = field(default="tiny", metadata={"help": f"size preset: {', '.join(MODEL_PRESETS)} (explicit fields below override it)"})
-    architecture: str | None = field(default=None, metadata={"help": "llama (RoPE, RMSNorm, SwiGLU) or gpt2 (learned positions, LayerNorm, GELU); default: the preset's"})
-    init_from: str | None = field(default=None, metadata={"help": "continue pretraining from this save_pretrained folder instead of a fresh model"})
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    max_position_embeddings: int | None = None
-    position_embedding_type: str | None = field(default=None, metadata={"help": "rope | learned"})
-    norm_type: str | None = field(default=None, metadata={"help": "rmsnorm | layernorm"})
-    mlp_type: str | None = field(default=None, metadata={"help": "swiglu | gelu"})
-    qk_norm: bool | None = field(default=None, metadata={"help": "per-head RMSNorm on queries/keys (Qwen3)"})
-    tie_word_embeddings: bool | None = None
-    rope_theta: float | None = None
-    initializer_range: float | None = None
-    model_vocab_size: int | None = field(default=None, metadata={"help": "embedding rows; default: the tokenizer's size rounded up to pad_vocab_to_multiple_of"})
-    pad_vocab_to_multiple_of: int = field(default=64, metadata={"help": "round the embedding table up (tensor-core friendly); 1 = exact"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flex_attention | flash_attention_2"})
+    model_size: str = option("tiny", f"size preset: {', '.join(MODEL_PRESETS)} (explicit fields below override it)")
+    architecture: str | None = option(None, "llama (RoPE, RMSNorm, SwiGLU) or gpt2 (learned positions, LayerNorm, GELU); default: the preset's")
+    init_from: str | None = option(None, "continue pretraining from this save_pretrained folder instead of a fresh model")
+    hidden_size: int | None = option(None, "width of the residual stream")
+    intermediate_size: int | None = option(None, "MLP hidden width (default: 8/3 x hidden rounded to 64 for SwiGLU, 4 x hidden for GELU)")
+    num_hidden_layers: int | None = option(None, "transformer blocks")
+    num_attention_heads: int | None = option(None, "query heads")
+    num_key_value_heads: int | None = option(None, "key/value heads (fewer than query heads: grouped-query attention)")
+    head_dim: int | None = option(None, "width of one head (default: hidden_size / num_attention_heads)")
+    max_position_embeddings: int | None = option(None, "longest sequence the model takes (block_size must fit)")
+    position_embedding_type: str | None = option(None, "rope | learned")
+    norm_type: str | None = option(None, "rmsnorm | layernorm")
+    mlp_type: str | None = option(None, "swiglu | gelu")
+    qk_norm: bool | None = option(None, "per-head RMSNorm on queries/keys (Qwen3)")
+    tie_word_embeddings: bool | None = option(None, "share the input embedding with lm_head")
+    rope_theta: float | None = option(None, "RoPE base frequency")
+    initializer_range: float | None = option(None, "std of the normal weight initialisation")
+    model_vocab_size: int | None = option(None, "embedding rows; default: the tokenizer's size rounded up to pad_vocab_to_multiple_of")
+    pad_vocab_to_multiple_of: int = option(64, "round the embedding table up (tensor-core friendly); 1 = exact")
+    attn_implementation: str = option("sdpa", "sdpa | eager | flex_attention | flash_attention_2")
 
     def __post_init__(self):
         if self.init_from is None and self.model_size not in MODEL_PRESETS:
@@ -70,61 +71,61 @@ class ModelConfig:
 class TrainConfig:
     """How to train: budget, batch, optimiser, schedule, precision, logging, checkpoints, stability."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "default: outputs/<run_name>"})
-    run_name: str = "pretrain-tiny"
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace a previous run in output_dir"})
-    seed: int = 42
+    output_dir: str | None = option(None, "default: outputs/<run_name>")
+    run_name: str = option("pretrain-tiny", "name of the run (output folder, trackers)")
+    overwrite_output_dir: bool = option(False, "replace a previous run in output_dir")
+    seed: int = option(42, "seed of the weights, the data order and sampling")
     # budget
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (or give max_tokens)"})
-    max_tokens: int | None = field(default=None, metadata={"help": "token budget; steps = ceil(max_tokens / tokens per step)"})
+    max_steps: int | None = option(None, "optimizer steps (or give max_tokens)")
+    max_tokens: int | None = option(None, "token budget; steps = ceil(max_tokens / tokens per step)")
     # batch
-    per_device_train_batch_size: int = field(default=16, metadata={"help": "sequences per device per forward/backward"})
-    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "default: from global_batch_size, else 1"})
-    global_batch_size: int | None = field(default=None, metadata={"help": "sequences per optimizer step over all devices (= micro x accum x world)"})
+    per_device_train_batch_size: int = option(16, "sequences per device per forward/backward")
+    gradient_accumulation_steps: int | None = option(None, "default: from global_batch_size, else 1")
+    global_batch_size: int | None = option(None, "sequences per optimizer step over all devices (= micro x accum x world)")
     # optimiser and schedule
-    learning_rate: float = 3e-3
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "final LR as a fraction of the peak"})
-    lr_schedule: str = field(default="cosine", metadata={"help": "cosine | wsd | constant (all after linear warmup)"})
-    warmup_steps: int | None = field(default=None, metadata={"help": "default: warmup_ratio x max_steps"})
-    warmup_ratio: float = 0.1
-    wsd_decay_ratio: float = field(default=0.2, metadata={"help": "WSD: fraction of steps spent decaying at the end"})
-    weight_decay: float = field(default=0.1, metadata={"help": "applied to weight matrices only (not norms, biases)"})
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm; 0 = off"})
-    z_loss: float = field(default=0.0, metadata={"help": "weight of the z-loss (logsumexp^2) that keeps logits from drifting; 1e-4 is typical"})
+    learning_rate: float = option(3e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak")
+    lr_schedule: str = option("cosine", "cosine | wsd | constant (all after linear warmup)")
+    warmup_steps: int | None = option(None, "default: warmup_ratio x max_steps")
+    warmup_ratio: float = option(0.1, "linear warmup as a fraction of max_steps")
+    wsd_decay_ratio: float = option(0.2, "WSD: fraction of steps spent decaying at the end")
+    weight_decay: float = option(0.1, "applied to weight matrices only (not norms, biases)")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.95, "AdamW beta2")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon")
+    max_grad_norm: float = option(1.0, "clip the global gradient norm; 0 = off")
+    z_loss: float = option(0.0, "weight of the z-loss (logsumexp^2) that keeps logits from drifting; 1e-4 is typical")
     # precision and speed
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPUs that have it, else fp32) | bf16 | fp16 | no"})
-    torch_compile: bool = False
-    gradient_checkpointing: bool = False
-    allow_tf32: bool = True
-    dataloader_num_workers: int = 0
+    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else fp32) | bf16 | fp16 | no")
+    torch_compile: bool = option(False, "compile the model with torch.compile")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more compute)")
+    allow_tf32: bool = option(True, "TF32 matmuls on Ampere+ GPUs")
+    dataloader_num_workers: int = option(0, "DataLoader worker processes")
     # evaluation
-    eval_steps: int = field(default=100, metadata={"help": "validate every N steps (and at the end); 0 = only at the end"})
-    eval_max_batches: int | None = field(default=20, metadata={"help": "validate on the first eval_max_batches x per_device_train_batch_size blocks, split over processes (None = the whole split)"})
-    sample_prompt: str = field(default="", metadata={"help": "prompt for the sample generation logged at each validation"})
-    sample_max_new_tokens: int = 64
-    eval_harness_tasks: list[str] = field(default_factory=list, metadata={"help": "lm-eval tasks run every eval_harness_steps"})
-    eval_harness_steps: int = 0
-    eval_harness_limit: int = 100
-    eval_harness_data_dir: str | None = None
+    eval_steps: int = option(100, "validate every N steps (and at the end); 0 = only at the end")
+    eval_max_batches: int | None = option(20, "validate on the first eval_max_batches x per_device_train_batch_size blocks, split over processes (None = the whole split)")
+    sample_prompt: str = option("", "prompt for the sample generation logged at each validation")
+    sample_max_new_tokens: int = option(64, "length of the logged sample")
+    eval_harness_tasks: list[str] = option([], "lm-eval tasks run every eval_harness_steps")
+    eval_harness_steps: int = option(0, "run eval_harness_tasks every N steps (0 = never)")
+    eval_harness_limit: int = option(100, "examples per lm-eval task")
+    eval_harness_data_dir: str | None = option(None, "folder with the local task data (as hfscratch eval --data_dir)")
     # logging
-    logging_steps: int = 10
-    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard | wandb | trackio | none (comma-separated for several)"})
-    peak_flops: float | None = field(default=None, metadata={"help": "peak FLOP/s per device for MFU (default: known GPU table, or measured on CPU)"})
+    logging_steps: int = option(10, "log train metrics every N steps")
+    report_to: str = option("tensorboard", "tensorboard | wandb | trackio | none (comma-separated for several)")
+    peak_flops: float | None = option(None, "peak FLOP/s per device for MFU (default: known GPU table, or measured on CPU)")
     # checkpoints
-    save_steps: int = field(default=100, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
-    keep_last_k: int = field(default=2, metadata={"help": "checkpoints to keep (older ones are deleted)"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest | PATH to a checkpoint folder"})
+    save_steps: int = option(100, "checkpoint every N steps (0 = only at the end)")
+    keep_last_k: int = option(2, "checkpoints to keep (older ones are deleted)")
+    resume_from_checkpoint: str | None = option(None, "latest | PATH to a checkpoint folder")
     # stability
-    spike_zscore: float = field(default=6.0, metadata={"help": "skip a step whose loss or grad norm is this many std above the running mean; 0 = off"})
-    spike_warmup_steps: int = field(default=20, metadata={"help": "steps of statistics gathered before spikes are judged"})
-    max_consecutive_skips: int = field(default=5, metadata={"help": "stop training after this many skipped steps in a row"})
+    spike_zscore: float = option(6.0, "skip a step whose loss or grad norm is this many std above the running mean; 0 = off")
+    spike_warmup_steps: int = option(20, "steps of statistics gathered before spikes are judged")
+    max_consecutive_skips: int = option(5, "stop training after this many skipped steps in a row")
     # publishing
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private: bool = False
+    push_to_hub: bool = option(False, "push checkpoints (step branches) and the final model (main) to the Hub")
+    hub_model_id: str | None = option(None, "user/name of the Hub repo")
+    hub_private: bool = option(False, "create the Hub repo private")
 
     def __post_init__(self):
         if self.max_steps is not None and self.max_tokens is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.pipeline.filters import (
@@ -14,6 +14,7 @@ from datatrove.pipeline.filters import (
 )
 
 from hfscratch.errors import ConfigError
+from hfscratch.options import option
 
 EXECUTORS = ("local", "slurm", "ray")
 DECONT_MODES = ("drop", "report")
@@ -41,59 +42,51 @@ class CleanConfig:
     """Every switch and threshold of the cleaning pipeline (maps 1:1 to the `clean:` block of a recipe YAML)."""
 
     # reading options (txt_mode, limit) are clean_corpus arguments: the data config owns them
-    # exact dedup (whole-document text hash)
-    exact_dedup: bool = True
-    # MinHash near-dedup; default 5-gram shingles, 14 buckets x 8 hashes: ~0.72 Jaccard similarity threshold
-    minhash_dedup: bool = True
-    minhash_ngrams: int = 5
-    minhash_buckets: int = 14
-    minhash_hashes_per_bucket: int = 8
-    minhash_seed: int = 1
-    # quality filters; *_options are the datatrove filter's own keyword arguments (thresholds)
-    gopher_repetition: bool = True
-    gopher_repetition_options: dict = field(default_factory=dict)
-    gopher_quality: bool = True
-    gopher_quality_options: dict = field(default_factory=dict)
-    c4_quality: bool = True
-    c4_quality_options: dict = field(default_factory=dict)
-    fineweb_quality: bool = True
-    fineweb_quality_options: dict = field(default_factory=dict)
-    # PII scrubbing
-    pii: bool = True
-    pii_emails: bool = True
-    pii_ips: bool = True
-    pii_only_public_ips: bool = True
-    pii_phones: bool = True
-    # benchmark decontamination
-    decontaminate_with: list[str] = field(default_factory=list)
-    decontamination_fields: list[str] | None = None  # jsonl/json fields to index; None = every string field
-    decontamination_ngram: int = 13
-    decontamination_mode: str = "drop"  # drop | report
-    # output
-    language: str = "en"
-    save_removed: bool = False  # also write dropped documents to output_dir/removed/<stage>/
-    keep_work_dir: bool = False  # keep intermediate shards in output_dir/work
-    overwrite: bool = False  # replace an existing output_dir
-    progress: bool = True
-    # execution
-    executor: str = "local"  # local | slurm | ray
-    tasks: int = 1
-    workers: int = 1
-    # local worker processes: "fork" on Linux needs no `if __name__ == "__main__":` guard in user scripts;
-    # None = fork on Linux, forkserver elsewhere (macOS forbids fork after threads)
-    start_method: str | None = None
-    # slurm
-    slurm_partition: str | None = None
-    slurm_time: str = "10:00:00"
-    slurm_cpus_per_task: int = 1
-    slurm_mem_per_cpu_gb: int = 2
-    slurm_venv_path: str | None = None
-    slurm_options: dict = field(default_factory=dict)
-    # ray
-    ray_address: str | None = None
-    ray_cpus_per_task: int = 1
-    ray_mem_per_cpu_gb: float = 2
-    ray_options: dict = field(default_factory=dict)
+    exact_dedup: bool = option(True, "drop exact duplicate documents (whole-text hash)")
+    # 5-gram shingles, 14 buckets x 8 hashes: documents above ~0.72 Jaccard similarity are near-duplicates
+    minhash_dedup: bool = option(True, "drop near-duplicate documents (MinHash)")
+    minhash_ngrams: int = option(5, "MinHash shingle size in words")
+    minhash_buckets: int = option(14, "MinHash bands (more: lower similarity threshold)")
+    minhash_hashes_per_bucket: int = option(8, "hashes per band (more: higher similarity threshold)")
+    minhash_seed: int = option(1, "seed of the MinHash permutations")
+    # *_options are the datatrove filter's own keyword arguments (its thresholds)
+    gopher_repetition: bool = option(True, "Gopher repetition filter (duplicated lines, paragraphs, n-grams)")
+    gopher_repetition_options: dict = option({}, "GopherRepetitionFilter thresholds")
+    gopher_quality: bool = option(True, "Gopher quality filter (word counts and lengths, symbols, stop words)")
+    gopher_quality_options: dict = option({}, "GopherQualityFilter thresholds")
+    c4_quality: bool = option(True, "C4 line filter (terminal punctuation, short lines, boilerplate)")
+    c4_quality_options: dict = option({}, "C4QualityFilter thresholds")
+    fineweb_quality: bool = option(True, "FineWeb quality filter (line punctuation, short lines, repeated chars)")
+    fineweb_quality_options: dict = option({}, "FineWebQualityFilter thresholds")
+    pii: bool = option(True, "scrub personal data (the switches below)")
+    pii_emails: bool = option(True, "replace email addresses")
+    pii_ips: bool = option(True, "replace IP addresses")
+    pii_only_public_ips: bool = option(True, "keep private/local IP addresses")
+    pii_phones: bool = option(True, "replace phone numbers")
+    decontaminate_with: list[str] = option([], "evaluation files whose n-grams documents must not share")
+    decontamination_fields: list[str] | None = option(None, "jsonl/json fields to index (default: every string field)")
+    decontamination_ngram: int = option(13, "n-gram length of the decontamination match")
+    decontamination_mode: str = option("drop", "drop | report contaminated documents")
+    language: str = option("en", "language of the text (word tokenizer, stop words)")
+    save_removed: bool = option(False, "also write dropped documents to output_dir/removed/<stage>/")
+    keep_work_dir: bool = option(False, "keep intermediate shards in output_dir/work")
+    overwrite: bool = option(False, "replace an existing output_dir")
+    progress: bool = option(True, "show progress bars")
+    executor: str = option("local", "local | slurm | ray (datatrove executor)")
+    tasks: int = option(1, "datatrove tasks (shards of the input)")
+    workers: int = option(1, "tasks run at once")
+    # "fork" on Linux needs no `if __name__ == "__main__":` guard in user scripts; macOS forbids fork after threads
+    start_method: str | None = option(None, "local worker processes: fork | forkserver | spawn (default: fork on Linux)")
+    slurm_partition: str | None = option(None, "slurm: the partition to submit to")
+    slurm_time: str = option("10:00:00", "slurm: time limit per job")
+    slurm_cpus_per_task: int = option(1, "slurm: CPUs per task")
+    slurm_mem_per_cpu_gb: int = option(2, "slurm: memory per CPU in GB")
+    slurm_venv_path: str | None = option(None, "slurm: virtual environment to activate on the nodes")
+    slurm_options: dict = option({}, "slurm: extra sbatch options")
+    ray_address: str | None = option(None, "ray: cluster address (default: start a local one)")
+    ray_cpus_per_task: int = option(1, "ray: CPUs per task")
+    ray_mem_per_cpu_gb: float = option(2, "ray: memory per CPU in GB")
+    ray_options: dict = option({}, "ray: extra remote options")
 
     def validate(self) -> None:
         if self.executor not in EXECUTORS:
