@@ -159,7 +159,7 @@ HFSCRATCH_CONFIGS = {
 
 def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Path) -> dict:
     from hfscratch.tokenizer import train_tokenizer
-    from hfscratch.training import DataConfig, ModelConfig, TrainConfig, TrainingData
+    from hfscratch.training import DataConfig, ModelConfig, PretrainConfig, TrainConfig, TrainingData
     from hfscratch.training.loop import Pretrainer
 
     cfg = HFSCRATCH_CONFIGS[name]
@@ -181,8 +181,8 @@ def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Pa
         output_dir=str(workdir / name), max_steps=steps, eval_steps=eval_every, eval_max_batches=None, save_steps=0, report_to="none",
         logging_steps=50, sample_max_new_tokens=1, spike_zscore=0.0, overwrite_output_dir=True, **cfg["training"],
     )
-    trainer = TimedPretrainer(ModelConfig(**cfg["model"]), DataConfig(block_size=cfg["block_size"]), TrainConfig(**training),
-                              data=TrainingData(train, val, tok))
+    config = PretrainConfig(ModelConfig(**cfg["model"]), DataConfig(block_size=cfg["block_size"]), TrainConfig(**training))
+    trainer = TimedPretrainer(config, data=TrainingData(train, val, tok))
     result = trainer.train()
     return {"curve": curve, "train_time": trainer.train_time, "final_bpb": curve[-1][1], "steps": steps, "trainer": trainer,
             "tokens_per_step": trainer.plan.tokens_per_step, "metrics": result.metrics}
@@ -190,7 +190,7 @@ def run_hfscratch(text: str, name: str, steps: int, eval_every: int, workdir: Pa
 
 def bare_step_time(trainer, steps: int) -> float:
     """Seconds per step of a bare loop on the same model/optimizer settings: forward, loss, backward, clip, step."""
-    from hfscratch.training.loop import make_labels
+    from hfscratch.training.data import make_labels
     from hfscratch.training.optim import build_optimizer
 
     model = trainer.unwrapped
@@ -215,7 +215,7 @@ def bare_step_time(trainer, steps: int) -> float:
 
 def recipe_step_time(trainer, steps: int) -> float:
     """Median seconds per step of the real loop (`Pretrainer._train_step`), same batch shapes."""
-    from hfscratch.training.loop import StepBatches
+    from hfscratch.training.data import StepBatches
 
     plan = trainer.plan
     loader = iter(torch.utils.data.DataLoader(
@@ -264,7 +264,7 @@ def scaling(workdir: Path, steps: int) -> dict:
     tok = train_tokenizer([d for d in text.split("\n\n") if d.strip()], 1024, output_dir=workdir / "tok-scale", show_progress=False)
     docs = [d for d in text.split("\n\n") if d.strip()]
     DatasetDict(train=pack_text_documents(docs, tok, 128), validation=pack_text_documents(docs[-200:], tok, 128)).save_to_disk(workdir / "ds-scale")
-    common = ["--dataset_path", str(workdir / "ds-scale"), "--tokenizer_path", str(workdir / "tok-scale"), "--max_steps", str(steps),
+    common = ["--dataset_path", str(workdir / "ds-scale"), "--tokenizer_path", str(workdir / "tok-scale"), "--block_size", "128", "--max_steps", str(steps),
               "--per_device_train_batch_size", "16", "--eval_steps", "0", "--eval_max_batches", "1", "--save_steps", "0", "--report_to", "none",
               "--warmup_steps", "5", "--overwrite_output_dir", "true", "--sample_max_new_tokens", "1"]
     env = dict(os.environ, PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="true")

@@ -22,6 +22,7 @@ from hfscratch.training import (
     pretrain,
 )
 from hfscratch.training import checkpoint as ckpt
+from hfscratch.training import data as data_module
 from hfscratch.training import loop as loop_module
 from hfscratch.training import step as step_module
 
@@ -138,9 +139,9 @@ def test_token_weighting_matters(shakespeare_text, tiny_tokenizer):
     from tests.helpers import tiny_config
 
     train, _ = shakespeare_splits(shakespeare_text, tiny_tokenizer, 64, max_docs=400, pad_every=2)
-    blocks = loop_module.PackedBlocks(train)
+    blocks = data_module.PackedBlocks(train)
     batch = blocks.get(list(range(8)))
-    labels = loop_module.make_labels(batch["input_ids"], batch["position_ids"], tiny_tokenizer.pad_token_id)
+    labels = data_module.make_labels(batch["input_ids"], batch["position_ids"], tiny_tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = HfscratchForCausalLM(tiny_config(tiny_tokenizer))
 
@@ -150,14 +151,14 @@ def test_token_weighting_matters(shakespeare_text, tiny_tokenizer):
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     def global_mean():
-        nll, _ = loop_module.compute_token_losses(model, batch["input_ids"], batch["position_ids"], labels)
-        return nll / loop_module.predicted_token_count(labels)
+        nll, _ = step_module.compute_token_losses(model, batch["input_ids"], batch["position_ids"], labels)
+        return nll / data_module.predicted_token_count(labels)
 
     def naive():
         parts = []
         for s in range(0, 8, 2):
-            nll, _ = loop_module.compute_token_losses(model, batch["input_ids"][s : s + 2], batch["position_ids"][s : s + 2], labels[s : s + 2])
-            parts.append(nll / loop_module.predicted_token_count(labels[s : s + 2]) / 4)
+            nll, _ = step_module.compute_token_losses(model, batch["input_ids"][s : s + 2], batch["position_ids"][s : s + 2], labels[s : s + 2])
+            parts.append(nll / data_module.predicted_token_count(labels[s : s + 2]) / 4)
         return sum(parts)
 
     assert (grad(global_mean) - grad(naive)).abs().max() > 1e-4

@@ -13,7 +13,7 @@ import torch
 from hfscratch.errors import ConfigError
 from hfscratch.training import SpikeDetector, TrainConfig, TrainingDivergedError, plan_batches
 from hfscratch.training.backend import TrainingBackend
-from hfscratch.training.loop import IGNORE_INDEX, make_labels, predicted_token_count
+from hfscratch.training.data import IGNORE_INDEX, make_labels, predicted_token_count
 from hfscratch.training.metrics import bits_per_byte_from_nll, flops_per_token, matmul_parameter_count
 from hfscratch.training.optim import build_optimizer, build_scheduler, lr_multiplier, parameter_groups
 from hfscratch.training.step import TrainStep

@@ -29,22 +29,14 @@ from ..data.config import check_block_size
 from ..errors import ConfigError, DataError
 from . import artifacts, hooks
 from . import checkpoint as ckpt
-from .artifacts import RUN_MARKER, card_data_summary, prepare_output_dir  # noqa: F401  (RUN_MARKER, card_data_summary: re-exported)
+from .artifacts import prepare_output_dir
 from .backend import create_accelerator, make_backend, print_main
 from .config import PretrainConfig, flat_config, plan_batches
-from .data import (  # noqa: F401  (labels: re-exported)
-    IGNORE_INDEX,
-    PackedBlocks,
-    StepBatches,
-    TrainingData,
-    load_training_data,
-    make_labels,
-    predicted_token_count,
-)
+from .data import PackedBlocks, StepBatches, TrainingData, load_training_data
 from .metrics import flops_per_token, peak_flops_per_device
 from .model_factory import build_model, max_positions
 from .stability import SpikeDetector
-from .step import StepOutcome, TrainStep, compute_token_losses  # noqa: F401  (compute_token_losses: re-exported)
+from .step import StepOutcome, TrainStep
 
 
 @dataclass
