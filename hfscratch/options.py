@@ -292,12 +292,13 @@ def _build(cls, prefix: tuple[str, ...], values: dict[tuple[str, ...], Any]):
 def parse_config(root_cls, argv: list[str], prog: str, default_config: str | None = None):
     """Build `root_cls` from `--config` (else `default_config`) and the other options; `--help` prints them all."""
     all_leaves = leaves(root_cls)
-    config_name, options = _split_argv(list(argv))
+    wants_help = bool({"-h", "--help"} & set(argv))
+    config_name, options = _split_argv([arg for arg in argv if arg not in ("-h", "--help")])
     config_name = config_name or default_config
     raw: dict[Leaf, Any] = {}
     if config_name is not None:
         _flatten_yaml(load_yaml_config(config_name), root_cls, (), all_leaves, str(config_name), raw)
-    if any(name in ("help", "h") for name, _ in options) or "-h" in argv:
+    if wants_help:
         print_help(root_cls, all_leaves, raw, prog, config_name)
         raise SystemExit(0)
     from_command_line = set()
@@ -330,14 +331,8 @@ def print_help(root_cls, all_leaves: list[Leaf], raw: dict, prog: str, config_na
                 lines.append("  every field of that class works (see its documentation); set in this config:")
         if not leaf.owner.__module__.startswith("hfscratch") and leaf not in raw:
             continue
-        if leaf in raw:
-            default = raw[leaf]
-        elif leaf.field.default is not dataclasses.MISSING:
-            default = leaf.field.default
-        elif leaf.field.default_factory is not dataclasses.MISSING:
-            default = leaf.field.default_factory()
-        else:
-            default = None
+        factory = leaf.field.default_factory
+        default = raw[leaf] if leaf in raw else factory() if factory is not dataclasses.MISSING else leaf.field.default
         help_text = (str(leaf.field.metadata.get("help") or "").splitlines() or [""])[0]
         lines.append(f"  --{leaf.dotted:<34} {help_text} (default: {default})")
     print("\n".join(line for line in lines if line is not None), file=sys.stdout)
