@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
-from .hub import PICKLE_PATTERNS, _matches, check_model_folder
+from .hub import PICKLE_PATTERNS, check_model_folder, matches_any
 from .model_card import write_model_card
 
 TARGETS = ("llama", "qwen3")
@@ -145,7 +145,7 @@ def export_model(src, out, to: str = "llama") -> Path:
         for item in sorted(src.iterdir()):
             if not item.is_file() or item.name.startswith(".") or item.name in _NOT_COPIED:
                 continue
-            if item.suffix == ".py" or _matches(item.name, PICKLE_PATTERNS):
+            if item.suffix == ".py" or matches_any(item.name, PICKLE_PATTERNS):
                 continue  # no remote code, no pickles
             shutil.copy2(item, tmp / item.name)
         index = src / "model.safetensors.index.json"

@@ -22,19 +22,13 @@ import inspect
 import json
 import os
 import re
-import sys
-import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 from . import configuration_hfscratch, modeling_hfscratch
 from .errors import CheckpointError, HfscratchError, HubError
+from .hub_errors import describe_hub_error, first_line, hub_endpoint, hub_errors, log, with_retries
 from .model_card import write_model_card
-
-T = TypeVar("T")
 
 # Weight formats that unpickle (run code) on load: never uploaded.
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
@@ -47,147 +41,6 @@ AUTO_MAP = {
 }
 MODELING_FILES = ("configuration_hfscratch.py", "modeling_hfscratch.py")
 _BRANCH_RE = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)(?!.*\.lock$)(?!.*/$)[A-Za-z0-9._\-/]{1,200}$")
-# Retries: HFSCRATCH_HUB_RETRIES attempts after the first, waits of HFSCRATCH_HUB_BACKOFF * 2^k seconds (max 30).
-DEFAULT_RETRIES = 4
-DEFAULT_BACKOFF_SECONDS = 1.0
-
-
-def _log(message: str) -> None:
-    print(f"[hfscratch hub] {message}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------- errors
-
-
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    # Read at call time (not import time) so HF_ENDPOINT set by a launcher after import still applies.
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def _status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _root_causes(err: BaseException):
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
-
-
-def _is_transient(err: BaseException) -> bool:
-    """Connection drops, timeouts, 5xx and 429 are worth retrying; 4xx answers are not."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    for cause in _root_causes(err):
-        if isinstance(cause, OfflineModeIsEnabled):
-            return False
-        if isinstance(cause, HfHubHTTPError):
-            status = _status(cause)
-            return status is None or status >= 500 or status in (408, 429)
-        if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
-            return True
-    return False
-
-
-def describe_hub_error(err: BaseException, repo_id: str | None, action: str) -> str:
-    """One line: what failed and what to do. Never includes the token (hub errors carry only URLs)."""
-    import httpx2
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    endpoint = _endpoint()
-    repo = f"'{repo_id}'" if repo_id else "the repository"
-    for cause in _root_causes(err):
-        if isinstance(cause, OfflineModeIsEnabled):
-            return f"{action} {repo}: offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to reach {endpoint}"
-        if isinstance(cause, GatedRepoError):
-            return f"{action} {repo}: the repository is gated; accept its terms on the Hub, then log in with `hf auth login`"
-        if isinstance(cause, RevisionNotFoundError):
-            return f"{action} {repo}: that revision (branch, tag or commit) does not exist; check the branch name on the repo page or omit --revision"
-        if isinstance(cause, RemoteEntryNotFoundError):
-            return f"{action} {repo}: a file is missing in the repository ({_first_line(cause)}); push the complete model folder"
-        if isinstance(cause, RepositoryNotFoundError):
-            if _status(cause) == 401:
-                return (f"{action} {repo}: not authorised (401) - the repository is private or does not exist; "
-                        "log in with `hf auth login` or set HF_TOKEN to a token that can read it")
-            return f"{action} {repo}: repository not found (404) at {endpoint}; check the repo id (ORG/NAME) and HF_ENDPOINT"
-        if isinstance(cause, HfHubHTTPError):
-            status = _status(cause)
-            server = getattr(cause, "server_message", None) or ""
-            detail = f" ({server.strip().splitlines()[0]})" if server.strip() else ""
-            if status == 401:
-                return f"{action} {repo}: not authorised (401){detail}; log in with `hf auth login` or set HF_TOKEN to a valid token"
-            if status == 403:
-                return f"{action} {repo}: forbidden (403){detail}; use a token with write access to that namespace (`hf auth login`)"
-            if status == 404:
-                return f"{action} {repo}: not found (404) at {endpoint}{detail}; check the repo id and HF_ENDPOINT"
-            if status is not None and status >= 500:
-                return f"{action} {repo}: the Hub at {endpoint} answered {status}{detail} after retries; try again later"
-            return f"{action} {repo}: the Hub answered {status}{detail}"
-        if isinstance(cause, (httpx2.ConnectError, ConnectionRefusedError)):
-            return f"{action} {repo}: cannot connect to {endpoint} ({_first_line(cause) or 'connection refused'}); check your network or HF_ENDPOINT"
-        if isinstance(cause, httpx2.TimeoutException):
-            return f"{action} {repo}: {endpoint} timed out after retries; check your network and re-run (finished files are skipped)"
-        if isinstance(cause, (httpx2.TransportError, ConnectionError)):
-            return (f"{action} {repo}: the connection to {endpoint} broke ({type(cause).__name__}: {_first_line(cause)}); "
-                    "re-run the same command - files already uploaded are skipped")
-    return f"{action} {repo}: {type(err).__name__}: {_first_line(err)}"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
-
-
-@contextmanager
-def hub_errors(repo_id: str | None, action: str):
-    """Turn huggingface_hub / network exceptions raised inside the block into a one-line HubError."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
-
-    try:
-        yield
-    except HfscratchError:
-        raise
-    except HFValidationError as err:
-        raise HubError(f"{action} '{repo_id}': {_first_line(err).rstrip('.')}; a repo id is ORG/NAME with letters, digits, '-', '_' and '.'") from err
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError, TimeoutError) as err:
-        raise HubError(describe_hub_error(err, repo_id, action)) from err
-    except (RuntimeError, OSError, ValueError) as err:
-        # huggingface_hub wraps LFS upload failures in RuntimeError, transformers wraps download failures in
-        # OSError: only translate those caused by the network or the Hub, let real bugs surface.
-        if any(isinstance(c, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError)) for c in _root_causes(err) if c is not err):
-            raise HubError(describe_hub_error(err, repo_id, action)) from err
-        raise
-
-
-def with_retries(fn: Callable[[], T], *, what: str, retries: int | None = None, backoff: float | None = None) -> T:
-    """Call `fn`, retrying transient network/server failures with exponential backoff."""
-    retries = int(os.environ.get("HFSCRATCH_HUB_RETRIES", DEFAULT_RETRIES)) if retries is None else retries
-    backoff = float(os.environ.get("HFSCRATCH_HUB_BACKOFF", DEFAULT_BACKOFF_SECONDS)) if backoff is None else backoff
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - classified below, re-raised when not transient
-            if attempt >= retries or not _is_transient(err):
-                raise
-            wait = min(backoff * 2**attempt, 30.0)
-            attempt += 1
-            _log(f"{what} failed ({type(err).__name__}: {_first_line(err)[:120]}); retry {attempt}/{retries} in {wait:.1f}s")
-            time.sleep(wait)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -203,7 +56,7 @@ def validate_repo_id(repo_id: str) -> str:
         hf_validate(repo_id)
     except HFValidationError as err:
         raise HubError(
-            f"invalid repo id '{repo_id}': {_first_line(err).rstrip('.')}; use ORG/NAME with letters, digits, '-', '_' or '.'"
+            f"invalid repo id '{repo_id}': {first_line(err).rstrip('.')}; use ORG/NAME with letters, digits, '-', '_' or '.'"
         ) from err
     if repo_id.count("/") > 1:
         raise HubError(f"invalid repo id '{repo_id}': use ORG/NAME (one '/')")
@@ -225,7 +78,7 @@ def checkpoint_branch(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _matches(name: str, patterns) -> bool:
+def matches_any(name: str, patterns) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
@@ -236,7 +89,7 @@ def _collect_files(folder: Path) -> tuple[list[Path], list[str]]:
         root_path = Path(root)
         kept_dirs = []
         for d in sorted(dirs):
-            if _matches(d, SKIP_DIRS):
+            if matches_any(d, SKIP_DIRS):
                 skipped.append(f"{(root_path / d).relative_to(folder)}/ (not part of the model)")
             else:
                 kept_dirs.append(d)
@@ -245,7 +98,7 @@ def _collect_files(folder: Path) -> tuple[list[Path], list[str]]:
             rel = (root_path / name).relative_to(folder)
             if name.startswith("."):
                 continue
-            if _matches(name, PICKLE_PATTERNS):
+            if matches_any(name, PICKLE_PATTERNS):
                 skipped.append(f"{rel} (pickle: not uploaded, weights go as safetensors)")
                 continue
             files.append(rel)
@@ -270,7 +123,7 @@ def check_model_folder(folder) -> tuple[Path, dict]:
         raise CheckpointError(f"{config_path} is not valid JSON ({err.msg}); re-save the model with save_pretrained") from err
     has_safetensors = any(folder.glob("*.safetensors"))
     if not has_safetensors:
-        pickles = sorted(p.name for p in folder.iterdir() if _matches(p.name, PICKLE_PATTERNS))
+        pickles = sorted(p.name for p in folder.iterdir() if matches_any(p.name, PICKLE_PATTERNS))
         if pickles:
             raise CheckpointError(
                 f"{folder} holds only pickled weights ({', '.join(pickles)}), which hfscratch never uploads; "
@@ -306,19 +159,19 @@ def _operations(folder: Path, config: dict, repo_id: str, *, announce: bool = Tr
             fixed["auto_map"] = {**AUTO_MAP, **auto_map}
             overrides["config.json"] = (json.dumps(fixed, indent=2, sort_keys=True) + "\n").encode()
             if announce:
-                _log("config.json had no auto_map: the uploaded copy gets one so trust_remote_code loading works")
+                log("config.json had no auto_map: the uploaded copy gets one so trust_remote_code loading works")
         for name, source in _modeling_sources().items():
             if not (folder / name).is_file():
                 overrides[name] = source
                 if announce:
-                    _log(f"{name} missing in the folder: uploading the one from the installed hfscratch")
+                    log(f"{name} missing in the folder: uploading the one from the installed hfscratch")
             elif (folder / name).read_bytes() != source.read_bytes():
                 # Remote-code users run this file on their own transformers version: a folder saved by an older
                 # hfscratch carries code that may not follow the current API (transformers 5.24's `cache` rename made
                 # such copies decode without their KV cache). The installed copy computes the same function.
                 overrides[name] = source
                 if announce:
-                    _log(f"{name} in the folder differs from the installed hfscratch's: uploading the installed one")
+                    log(f"{name} in the folder differs from the installed hfscratch's: uploading the installed one")
     readme = folder / "README.md"
     if readme.is_file():
         # A card written before the repo id was known shows `path/to/<folder>` in its loading snippets.
@@ -334,7 +187,7 @@ def _operations(folder: Path, config: dict, repo_id: str, *, announce: bool = Tr
     for key, source in overrides.items():
         ops.append(CommitOperationAdd(path_in_repo=key, path_or_fileobj=source if isinstance(source, bytes) else str(source)))
     if announce and skipped:
-        _log("skipped: " + "; ".join(skipped))
+        log("skipped: " + "; ".join(skipped))
     return ops
 
 
@@ -365,7 +218,7 @@ def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, to
         raise HubError(f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE")
     if not (folder / "README.md").is_file() and (folder / "config.json").is_file():
         write_model_card(folder, extra={"repo_id": repo_id})
-        _log(f"wrote a model card to {folder / 'README.md'}")
+        log(f"wrote a model card to {folder / 'README.md'}")
 
     from importlib.metadata import PackageNotFoundError, version
 
@@ -373,7 +226,7 @@ def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, to
         library_version = version("hfscratch")
     except PackageNotFoundError:
         library_version = "dev"
-    api = HfApi(endpoint=_endpoint(), token=token, library_name="hfscratch", library_version=library_version)
+    api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hfscratch", library_version=library_version)
     action = f"pushing {folder} to"
     with hub_errors(repo_id, action):
         repo_url = with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
@@ -394,7 +247,7 @@ def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, to
 
         _operations(folder, config, full_repo_id, announce=True)  # validate + report before the network work
         info = with_retries(commit, what="upload")
-    _log(f"pushed {folder} to {repo_url}" + (f" (branch {revision})" if revision else "") + f", commit {info.oid[:8]}")
+    log(f"pushed {folder} to {repo_url}" + (f" (branch {revision})" if revision else "") + f", commit {info.oid[:8]}")
     return info
 
 
@@ -450,7 +303,7 @@ def _report_background_failure(future: Future) -> None:
     err = future.exception()
     if err is not None:
         text = str(err) if isinstance(err, HfscratchError) else describe_hub_error(err, None, "background push")
-        _log(f"background push failed: {text}")
+        log(f"background push failed: {text}")
 
 
 def wait_for_pushes(timeout: float | None = None) -> list:
@@ -480,7 +333,7 @@ def download_model(repo_id: str, *, revision: str | None = None, token: str | No
     with hub_errors(repo_id, "downloading"):
         path = with_retries(
             lambda: snapshot_download(
-                repo_id, revision=revision, token=token, endpoint=_endpoint(),
+                repo_id, revision=revision, token=token, endpoint=hub_endpoint(),
                 allow_patterns=["*.json", "*.safetensors", "*.py", "*.jinja", "*.txt", "*.model", "*.md", "*.tiktoken"],
             ),
             what="download",
