@@ -18,11 +18,10 @@ import copy
 import sys
 import threading
 from dataclasses import dataclass, fields
-from pathlib import Path
 
-from .devices import resolve_device, resolve_dtype
-from .errors import CheckpointError, ConfigError, HfscratchError
+from .errors import ConfigError, HfscratchError
 from .hub import resolve_model_path
+from .loading import load_for_inference
 from .model_card import human_count
 from .tokenizer import ensure_chat_template
 
@@ -78,31 +77,10 @@ class SamplingConfig:
 
 def load_for_chat(path_or_repo: str, *, revision: str | None = None, tokenizer_path: str | None = None,
                   device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) from a local folder or a Hub repo id, on the chosen device, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """(model, tokenizer) from a local folder or a Hub repo id (downloaded at `revision`), in eval mode."""
     folder = resolve_model_path(path_or_repo, revision=revision)
-    tok_folder = resolve_model_path(tokenizer_path) if tokenizer_path else folder
-    if not (Path(folder) / "config.json").is_file():
-        raise CheckpointError(f"{folder} has no config.json, so it is not a model folder; pass the folder save_pretrained wrote")
-    torch_device = resolve_device(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, torch_device), trust_remote_code=trust_remote_code)
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
-            raise CheckpointError(f"{path_or_repo} needs its own modeling code: pass --trust-remote-code if you trust it") from err
-        raise CheckpointError(f"cannot load the model in {folder}: {str(err).strip().splitlines()[0]}") from err
-    except OSError as err:
-        raise CheckpointError(f"cannot load the model in {folder}: {str(err).strip().splitlines()[0]}; re-save it with save_pretrained") from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_folder)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"no usable tokenizer in {tok_folder} ({str(err).strip().splitlines()[0][:120]}); save it next to the model "
-            "with tokenizer.save_pretrained(folder) or pass --tokenizer PATH"
-        ) from err
-    model.to(torch_device).eval()
-    return model, tokenizer
+    tokenizer = resolve_model_path(tokenizer_path) if tokenizer_path else None
+    return load_for_inference(folder, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------------------------------------- session

@@ -36,7 +36,7 @@ def load_tokenizer_from(source: str | Path, trust_remote_code: bool = False):
                               "the model with tokenizer.save_pretrained(folder) or pass the tokenizer's folder") from None
 
 
-def load_model_and_tokenizer(model_or_path, tokenizer=None, device=None, dtype="auto", trust_remote_code: bool = False):
+def load_for_inference(model_or_path, tokenizer=None, device=None, dtype="auto", trust_remote_code: bool = False):
     """(model, tokenizer) on `device` in eval mode. An in-memory model is passed through (its tokenizer is required);
     `tokenizer` may be a tokenizer, a folder, or None for the model's own."""
     if not isinstance(model_or_path, (str, Path)):

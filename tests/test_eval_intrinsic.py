@@ -129,9 +129,9 @@ def test_results_files_plots_and_model_card(tiny_model, tiny_tokenizer, shared_d
     assert by_metric[("heldout.txt", "bits_per_byte")] == pytest.approx(saved["hfscratch"]["intrinsic"]["heldout.txt"]["bits_per_byte"], rel=1e-5)
 
     from hfscratch.evaluation import plot_scores_over_training
-    from hfscratch.evaluation.runner import _collect_training_points
+    from hfscratch.evaluation.reports import collect_training_points
 
-    points = _collect_training_points(tmp_path / "run")
+    points = collect_training_points(tmp_path / "run")
     assert [p["tokens"] for p in points] == [409600] and points[0]["metrics"]["piqa_local/acc"] == results["results"]["piqa_local"]["acc,none"]
     assert plot_scores_over_training(tmp_path / "run").read_bytes()[:4] == b"\x89PNG"
 

@@ -7,15 +7,14 @@
 from pathlib import Path
 
 from .intrinsic import TextScores, bits_per_byte, perplexity, score_texts, sliding_windows
-from .runner import (
+from .reports import (
     add_eval_to_model_card,
-    evaluate_model,
     flatten_results,
     plot_scores_over_training,
     record_training_eval,
-    run_training_eval,
     write_eval_results,
 )
+from .runner import evaluate_model, run_training_eval
 from .tasks import LOCAL_EQUIVALENTS, default_tasks_dir, list_tasks
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"

@@ -7,7 +7,8 @@ import json
 import sys
 
 from ..errors import ConfigError
-from .runner import evaluate_model, flatten_results, results_markdown
+from .reports import flatten_results, results_markdown
+from .runner import evaluate_model
 from .tasks import LOCAL_EQUIVALENTS, list_tasks
 
 

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..devices import resolve_device, resolve_dtype
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 
 @dataclass
@@ -180,34 +179,3 @@ def read_text_file(path: str | Path, max_chars: int | None = None) -> str:
     return text
 
 
-def load_model_and_tokenizer(model_or_path, tokenizer=None, device=None, dtype=None, trust_remote_code: bool = False):
-    """A model folder or Hub id -> (model, tokenizer); an in-memory model is passed through (tokenizer required)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import hfscratch  # noqa: F401  registers the hfscratch Auto classes
-
-    if not isinstance(model_or_path, (str, Path)):
-        if tokenizer is None:
-            raise ConfigError("an in-memory model needs its tokenizer: pass tokenizer=...")
-        if isinstance(tokenizer, (str, Path)):
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=trust_remote_code)
-        if device is not None:
-            model_or_path.to(device)
-        return model_or_path, tokenizer
-    source = str(model_or_path)
-    local = Path(source).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise CheckpointError(f"{local} is not a model folder (no config.json); pass a folder written by save_pretrained")
-        source = str(local)
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise CheckpointError(f"model folder {source} does not exist; pass a folder written by save_pretrained or a Hub id")
-    device = resolve_device(device)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
-        tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else AutoTokenizer.from_pretrained(
-            str(tokenizer or source), trust_remote_code=trust_remote_code)
-    except OSError as err:
-        raise CheckpointError(f"could not load {source}: {str(err).splitlines()[0]}; check the path/Hub id (offline: only local folders)") from None
-    model.to(device)
-    return model, tok

@@ -15,7 +15,8 @@ The computation lives in `hfscratch.evaluation.intrinsic` so every entry point g
 import datasets
 import evaluate
 
-from hfscratch.evaluation.intrinsic import load_model_and_tokenizer, score_texts
+from hfscratch.evaluation.intrinsic import score_texts
+from hfscratch.loading import load_for_inference
 
 _DESCRIPTION = """Bits-per-byte: summed negative log2-likelihood of the text's tokens divided by its UTF-8 byte count.
 Tokenizer-independent, so models with different vocabularies compare. Long texts are scored with a sliding
@@ -49,7 +50,7 @@ class BitsPerByte(evaluate.Metric):
         )
 
     def _compute(self, predictions, model, tokenizer=None, max_length=None, stride=None, batch_size=4, device=None):
-        model, tokenizer = load_model_and_tokenizer(model, tokenizer, device=device)
+        model, tokenizer = load_for_inference(model, tokenizer, device=device)
         scores = score_texts(model, tokenizer, list(predictions), max_length=max_length, stride=stride,
                              batch_size=batch_size, progress=False)
         result = scores.as_dict()

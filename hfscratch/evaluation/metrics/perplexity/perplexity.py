@@ -16,7 +16,8 @@ Outputs keep the Hub metric's names: `perplexities` (one per text) and `mean_per
 import datasets
 import evaluate
 
-from hfscratch.evaluation.intrinsic import load_model_and_tokenizer, score_texts
+from hfscratch.evaluation.intrinsic import score_texts
+from hfscratch.loading import load_for_inference
 
 _DESCRIPTION = """Perplexity: exp of the mean negative log-likelihood per token, over a sliding window for long texts.
 Depends on the tokenizer; compare models with different vocabularies with bits_per_byte instead."""
@@ -48,7 +49,7 @@ class Perplexity(evaluate.Metric):
         )
 
     def _compute(self, predictions, model, tokenizer=None, max_length=None, stride=None, batch_size=4, device=None):
-        model, tokenizer = load_model_and_tokenizer(model, tokenizer, device=device)
+        model, tokenizer = load_for_inference(model, tokenizer, device=device)
         scores = score_texts(model, tokenizer, list(predictions), max_length=max_length, stride=stride,
                              batch_size=batch_size, progress=False)
         per_text = scores.per_text_perplexity
