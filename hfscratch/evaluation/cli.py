@@ -12,11 +12,8 @@ from .runner import evaluate_model
 from .tasks import LOCAL_EQUIVALENTS, list_tasks
 
 
-def add_arguments(parser: argparse.ArgumentParser, model_flag: bool = False) -> None:
-    if model_flag:
-        parser.add_argument("--model", dest="model", required=False, help="model folder or Hub id")
-    else:
-        parser.add_argument("model", nargs="?", help="model folder (save_pretrained output) or Hub id")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="model folder (save_pretrained output) or Hub id")
     parser.add_argument("--tasks", default="", help="comma-separated lm-eval tasks, e.g. gsm8k_local,hellaswag_local "
                         "(with --data_dir, stock names such as gsm8k run their offline copy)")
     parser.add_argument("--data_dir", default=None, help="folder with gsm8k/, hellaswag/, eval-icl/ as in shared/data "
