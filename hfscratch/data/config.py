@@ -55,8 +55,7 @@ class DataConfig:
             raise ConfigError(f"txt_mode={self.txt_mode!r}: use file, paragraph or line")
         if self.block_size < 2:
             raise ConfigError(f"block_size={self.block_size} must be at least 2 (one input and one target token); use e.g. 256")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1); use e.g. 0.05")
+        check_validation_fraction(self.validation_fraction)
         if self.dataset_path is not None and self.tokenizer_path is None:
             raise ConfigError("dataset_path needs tokenizer_path (the tokenizer the blocks were encoded with)")
         self.cleaning.validate()
@@ -71,3 +70,9 @@ def check_block_size(block_size: int, max_position_embeddings: int) -> None:
     if block_size > max_position_embeddings:
         raise ConfigError(f"block_size={block_size} is larger than the model's max_position_embeddings={max_position_embeddings}; "
                           f"set block_size <= {max_position_embeddings} or raise max_position_embeddings in the model config")
+
+
+def check_validation_fraction(fraction: float) -> None:
+    """Every prepared dataset holds out validation blocks: pretraining validates on them and bits/byte needs them."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation_fraction={fraction} must be in (0, 1); use e.g. 0.05")

@@ -41,6 +41,8 @@ from tqdm.auto import tqdm
 
 from hfscratch.errors import ConfigError, DataError
 
+from .config import check_validation_fraction
+
 INPUT_IDS = "input_ids"
 POSITION_IDS = "position_ids"
 
@@ -283,13 +285,12 @@ def split_blocks(blocks: Dataset, validation_fraction: float, seed: int = 0) -> 
 
     Splitting blocks rather than documents works for any corpus shape, including a single long file.
     """
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ConfigError(f"validation_fraction={validation_fraction} must be in [0, 1); use e.g. 0.05")
+    check_validation_fraction(validation_fraction)
     n = len(blocks)
-    n_validation = 0 if validation_fraction == 0 else max(1, math.ceil(n * validation_fraction))
+    n_validation = max(1, math.ceil(n * validation_fraction))
     if n - n_validation < 1:
         raise DataError(f"the corpus packs into only {n} block(s), too few to hold out a validation split; "
-                        "add more text, lower block_size, or set validation_fraction=0")
+                        "add more text or lower block_size")
     rng = np.random.default_rng(seed)
     validation_index = np.sort(rng.choice(n, size=n_validation, replace=False))
     mask = np.ones(n, dtype=bool)

@@ -20,9 +20,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
+import evaluate
 import torch
 
 from ..errors import ConfigError, DataError
+from ..loading import load_for_inference
 
 
 @dataclass
@@ -179,3 +182,13 @@ def read_text_file(path: str | Path, max_chars: int | None = None) -> str:
     return text
 
 
+def metric_module_info(description: str, inputs_description: str, reference_url: str):
+    """The `evaluate.MetricInfo` of the intrinsic metric modules in metrics/ (texts in, scores out)."""
+    return evaluate.MetricInfo(module_type="metric", description=description, citation="", inputs_description=inputs_description,
+                               features=datasets.Features({"predictions": datasets.Value("string")}), reference_urls=[reference_url])
+
+
+def score_predictions(predictions, model, tokenizer=None, max_length=None, stride=None, batch_size=4, device=None) -> TextScores:
+    """What the metric modules' `_compute` does: load (or take) the model, then score the texts."""
+    model, tokenizer = load_for_inference(model, tokenizer, device=device)
+    return score_texts(model, tokenizer, list(predictions), max_length=max_length, stride=stride, batch_size=batch_size, progress=False)

@@ -138,7 +138,7 @@ def run_lm_eval(trainer, pbar) -> None:
         pbar.write(f"step {trainer.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
 
 
-def save_checkpoint(trainer, pbar) -> Path:
+def save_periodic_checkpoint(trainer, pbar) -> Path:
     """A resumable checkpoint of the current step, then (main process) its background push to a Hub branch."""
     acc, args = trainer.accelerator, trainer.args
     if args.push_to_hub and acc.is_main_process:

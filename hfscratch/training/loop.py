@@ -153,7 +153,7 @@ class Pretrainer:
         hooks.run_lm_eval(self, pbar)
 
     def _save(self, pbar) -> Path:
-        return hooks.save_checkpoint(self, pbar)
+        return hooks.save_periodic_checkpoint(self, pbar)
 
     def _train_step(self, batches) -> StepOutcome:
         return self.train_step(batches, self.step + 1)

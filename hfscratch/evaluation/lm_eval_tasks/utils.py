@@ -51,7 +51,7 @@ EXPECTED_FORMATS = {
 }
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+def required_data_dir(data_dir: str | os.PathLike | None) -> Path:
     chosen = data_dir or os.environ.get(DATA_ENV_VAR)
     if not chosen:
         raise LocalEvalDataError(
@@ -66,7 +66,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 
 def data_file(data_dir: str | os.PathLike | None, relative: str) -> Path:
-    path = resolve_data_dir(data_dir) / relative
+    path = required_data_dir(data_dir) / relative
     if not path.is_file():
         raise LocalEvalDataError(
             f"missing eval data file {path}; expected {EXPECTED_FORMATS.get(relative, 'the shared/data layout')} "
@@ -101,7 +101,7 @@ def _cached(loader):
     """Reuse a parsed dataset while its file is unchanged: the in-training eval reloads tasks every N steps."""
 
     def wrapper(data_dir: str | None = None, **kwargs):
-        folder = resolve_data_dir(data_dir)
+        folder = required_data_dir(data_dir)
         stamp = tuple(sorted((str(p), p.stat().st_mtime_ns) for sub in ("gsm8k", "hellaswag", "eval-icl")
                              for p in (folder / sub).glob("*") if p.is_file()))
         key = (loader.__name__, str(folder), tuple(sorted((k, str(v)) for k, v in kwargs.items() if k in ("file", "split", "strip_prefix"))), stamp)

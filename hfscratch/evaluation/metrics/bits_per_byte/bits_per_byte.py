@@ -12,11 +12,9 @@ Load it by path (loading by name needs the Hub):
 The computation lives in `hfscratch.evaluation.intrinsic` so every entry point gives the same number.
 """
 
-import datasets
 import evaluate
 
-from hfscratch.evaluation.intrinsic import score_texts
-from hfscratch.loading import load_for_inference
+from hfscratch.evaluation.intrinsic import metric_module_info, score_predictions
 
 _DESCRIPTION = """Bits-per-byte: summed negative log2-likelihood of the text's tokens divided by its UTF-8 byte count.
 Tokenizer-independent, so models with different vocabularies compare. Long texts are scored with a sliding
@@ -40,19 +38,10 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class BitsPerByte(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            module_type="metric",
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-            reference_urls=["https://arxiv.org/abs/2101.00027"],
-        )
+        return metric_module_info(_DESCRIPTION, _KWARGS_DESCRIPTION, "https://arxiv.org/abs/2101.00027")
 
     def _compute(self, predictions, model, tokenizer=None, max_length=None, stride=None, batch_size=4, device=None):
-        model, tokenizer = load_for_inference(model, tokenizer, device=device)
-        scores = score_texts(model, tokenizer, list(predictions), max_length=max_length, stride=stride,
-                             batch_size=batch_size, progress=False)
+        scores = score_predictions(predictions, model, tokenizer, max_length, stride, batch_size, device)
         result = scores.as_dict()
         result["per_text_bits_per_byte"] = [
             nll / (0.6931471805599453 * n_bytes) for nll, n_bytes in zip(scores.per_text_nll, scores.per_text_bytes)

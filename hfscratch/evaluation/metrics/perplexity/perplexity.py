@@ -13,11 +13,9 @@ Outputs keep the Hub metric's names: `perplexities` (one per text) and `mean_per
 `perplexity` (exp of the mean NLL over all tokens of all texts).
 """
 
-import datasets
 import evaluate
 
-from hfscratch.evaluation.intrinsic import score_texts
-from hfscratch.loading import load_for_inference
+from hfscratch.evaluation.intrinsic import metric_module_info, score_predictions
 
 _DESCRIPTION = """Perplexity: exp of the mean negative log-likelihood per token, over a sliding window for long texts.
 Depends on the tokenizer; compare models with different vocabularies with bits_per_byte instead."""
@@ -39,19 +37,10 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Perplexity(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            module_type="metric",
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-            reference_urls=["https://huggingface.co/docs/transformers/perplexity"],
-        )
+        return metric_module_info(_DESCRIPTION, _KWARGS_DESCRIPTION, "https://huggingface.co/docs/transformers/perplexity")
 
     def _compute(self, predictions, model, tokenizer=None, max_length=None, stride=None, batch_size=4, device=None):
-        model, tokenizer = load_for_inference(model, tokenizer, device=device)
-        scores = score_texts(model, tokenizer, list(predictions), max_length=max_length, stride=stride,
-                             batch_size=batch_size, progress=False)
+        scores = score_predictions(predictions, model, tokenizer, max_length, stride, batch_size, device)
         per_text = scores.per_text_perplexity
         return {
             "perplexity": scores.perplexity,
