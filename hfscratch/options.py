@@ -10,7 +10,8 @@ its help text, and validated in its class's `__post_init__`; this module only fi
                                      means the shallowest field of that name (`--seed` is train.seed)
     --lr-schedule wsd                dashes and underscores are the same
 
-YAML mirrors the tree: one mapping per section. A section may name another config instead of repeating it
+YAML mirrors the tree: one mapping per section, each key a field of that section (no shorthand, so a config reads
+unambiguously). A section may name another config instead of repeating it
 (`data: data_fineweb_edu`), or start from one and change some fields (`include: data_fineweb_edu` inside it).
 Values from YAML and from the command line go through the same conversion and the same checks, and every
 mistake is a one-line `ConfigError` that names the key and the fix. Written by hand because HfArgumentParser
@@ -245,9 +246,21 @@ def _flatten_yaml(mapping: dict, cls, prefix: tuple[str, ...], all_leaves, sourc
                 raise ConfigError(f"{source}: section {'.'.join(prefix + (key,))} must be a mapping or the name of a config")
             _flatten_yaml(value, section_types[key], prefix + (key,), all_leaves, source, out)
             continue
-        scoped = [leaf for leaf in all_leaves if leaf.path[:len(prefix)] == prefix]
-        leaf = resolve(key, scoped, source + (f" (section {'.'.join(prefix)})" if prefix else ""))
-        out[leaf] = value
+        own = {leaf.path[-1]: leaf for leaf in all_leaves if leaf.path[:-1] == prefix}
+        if key not in own:  # YAML mirrors the tree exactly: a key is a field of its own section
+            raise ConfigError(_unknown_yaml_key(key, prefix, own, all_leaves, source))
+        out[own[key]] = value
+
+
+def _unknown_yaml_key(key: str, prefix: tuple[str, ...], own: dict, all_leaves: list[Leaf], source: str) -> str:
+    where = f"{source}" + (f" (section {'.'.join(prefix)})" if prefix else "")
+    elsewhere = sorted((leaf.dotted for leaf in all_leaves if leaf.path[-1] == key), key=lambda p: p.count("."))
+    if elsewhere:
+        hint = f" (it is a field of {' / '.join(path.rsplit('.', 1)[0] for path in elsewhere)}: move it into that section)"
+    else:
+        close = difflib.get_close_matches(key, own, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"unknown key {key!r} in {where}{hint}; remove it or fix its name"
 
 
 def _split_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, list[str]]]]:

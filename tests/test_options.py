@@ -68,7 +68,7 @@ def test_one_line_errors(argv, message):
 def test_yaml_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  max_stepz: 5\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'max_stepz' in .*bad.yaml \(section train\) \(did you mean max_steps"):
+    with pytest.raises(ConfigError, match=r"unknown key .max_stepz. in .*bad.yaml \(section train\) \(did you mean max_steps"):
         parse(["--config", str(bad)])
     bad.write_text("train:\n  max_steps: [1, 2]\n")
     with pytest.raises(ConfigError, match="takes one value"):
@@ -87,3 +87,13 @@ def test_help_lists_every_section(capsys):
                    "--train.learning_rate"):
         assert option in out
     assert "(default: 300)" in out  # the YAML's value for train.max_steps
+
+
+def test_yaml_keys_belong_to_their_section(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("max_steps: 5\n")  # the pre-sections layout: the error says where the key goes now
+    with pytest.raises(ConfigError, match=r"unknown key 'max_steps' in .*flat.yaml \(it is a field of train / data.synthetic: move it"):
+        parse(["--config", str(flat)])
+    flat.write_text("data:\n  seed: 1\n")  # tails are a command-line convenience only: data.seed is not data.synthetic.seed
+    with pytest.raises(ConfigError, match=r"unknown key 'seed' in .*\(section data\) \(it is a field of train / data.synthetic"):
+        parse(["--config", str(flat)])
