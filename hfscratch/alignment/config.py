@@ -48,7 +48,7 @@ class AlignmentDataConfig:
     synthetic_train_size: int = option(2000, "rows drawn from the synthetic generator")
     synthetic: SyntheticMathConfig = field(default_factory=SyntheticMathConfig)
     synthetic_restated_fraction: float = option(0.5, "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line")
-    synthetic_style_fraction: float = option(0.5, "DPO: share of synthetic pairs that reject the correct solution with that redundant line " "(the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0")
+    synthetic_style_fraction: float = option(0.5, "DPO: share of synthetic pairs that reject the correct solution with that redundant line (the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0")
     eval_samples: int = option(100, "held-out rows for before/after metrics (0 to skip)")
     eval_max_new_tokens: int = option(96, "greedy generation length for exact-match")
     eval_num_samples: int = option(8, "GRPO: sampled completions (temperature 1) per held-out prompt for the sampled reward (0 to skip)")

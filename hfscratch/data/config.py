@@ -35,7 +35,7 @@ class DataConfig:
     min_frequency: int = option(2, "smallest pair count for a BPE merge")
     tokenizer_max_chars: int | None = option(None, "train the tokenizer on at most this many characters (None = whole corpus)")
     tokenizer_path: str | None = option(None, "reuse this tokenizer (folder or Hub id) instead of training one")
-    dataset_path: str | None = option(None, "pretraining only: skip preparation and read this DatasetDict.save_to_disk folder (train/validation " "splits of packed input_ids, + position_ids); needs tokenizer_path, and its blocks must hold block_size")
+    dataset_path: str | None = option(None, "pretraining only: skip preparation and read this DatasetDict.save_to_disk folder (train/validation splits of packed input_ids, + position_ids); needs tokenizer_path, and its blocks must hold block_size")
     block_size: int = option(256, "tokens per packed block (the training sequence length)")
     add_bos: bool = option(True, "start every document with bos")
     drop_remainder: bool = option(True, "drop the last partial block (else pad it)")
