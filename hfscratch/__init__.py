@@ -1,9 +1,7 @@
 """hfscratch: build, train, align, evaluate and publish your own LLM from scratch as native HF objects.
 
-Importing the package registers the model with the Auto classes, so `AutoModelForCausalLM.from_pretrained`
-needs no remote code where hfscratch is installed. `register_for_auto_class` makes `save_pretrained`
-copy the two modeling files and write `auto_map`, so a saved folder also loads elsewhere with
-`trust_remote_code=True`.
+Importing the package registers the model with the Auto classes; `register_for_auto_class` makes `save_pretrained`
+copy the modeling files and write `auto_map`, so a saved folder also loads elsewhere with `trust_remote_code=True`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM

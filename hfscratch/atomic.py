@@ -1,7 +1,5 @@
-"""Writing files and folders so that a crash or a full disk never leaves a half-written one where a reader looks.
-
-Each writer builds the new content beside its target (same folder, so the final rename stays on one filesystem)
-and moves it into place with one rename; until then the previous version, if any, is untouched.
+"""Writing files and folders so that a crash or a full disk never leaves a half-written one where a reader looks:
+the new content is built beside its target (same filesystem) and moved into place with one rename.
 """
 
 from __future__ import annotations

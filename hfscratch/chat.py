@@ -1,14 +1,9 @@
 """`hfscratch chat PATH_OR_REPO`: talk to a model in the terminal, tokens streamed as they are generated.
 
-Generation runs in a worker thread feeding a `TextIteratorStreamer`, so the main thread prints text as it
-arrives and stays responsive: Ctrl-C stops the current reply (a stopping criterion the worker checks),
-not the program. The conversation goes through the tokenizer's chat template; a tokenizer without one gets
-hfscratch's template (`hfscratch.tokenizer.ensure_chat_template`) when the model has embeddings for its
-role tokens, otherwise the session continues plain text (a base model) and says so in one line.
-
-Commands: /reset, /system TEXT, /set NAME VALUE (temperature, top_p, top_k, max_new_tokens,
-repetition_penalty), /help, /exit. `--prompt "..."` answers once and exits (for scripts): only the reply
-goes to stdout, notices go to stderr.
+Generation runs in a worker thread feeding a `TextIteratorStreamer`, so the main thread stays responsive: Ctrl-C
+stops the current reply (a stopping criterion the worker checks), not the program. A tokenizer without a chat
+template gets hfscratch's when the model has embeddings for its role tokens; otherwise the session continues plain
+text (a base model). `--prompt` answers once for scripts: only the reply goes to stdout, notices to stderr.
 """
 
 from __future__ import annotations
@@ -72,18 +67,12 @@ class SamplingConfig:
         return kwargs
 
 
-# ---------------------------------------------------------------------------------------------- loading
-
-
 def load_for_chat(path_or_repo: str, *, revision: str | None = None, tokenizer_path: str | None = None,
                   device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer) from a local folder or a Hub repo id (downloaded at `revision`), in eval mode."""
     folder = resolve_model_path(path_or_repo, revision=revision)
     tokenizer = resolve_model_path(tokenizer_path) if tokenizer_path else None
     return load_for_inference(folder, tokenizer, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-
-
-# ---------------------------------------------------------------------------------------------- session
 
 
 class _StopOnEvent:
@@ -107,14 +96,12 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.sampling = (sampling or SamplingConfig()).validate()
         self.system = system or None
-        self.messages: list[dict] = []
-        self.transcript = ""  # plain-text mode
+        self.reset()
         self.announce = announce
         self.mode = self._choose_mode()
         self.stop_ids = self._stop_token_ids()
         self.max_context = getattr(model.config, "max_position_embeddings", None)
 
-    # -- setup
     def _choose_mode(self) -> str:
         if getattr(self.tokenizer, "chat_template", None):
             return "chat"
@@ -132,18 +119,15 @@ class ChatSession:
         return "plain"
 
     def _stop_token_ids(self) -> list[int]:
-        ids = []
         eos = getattr(self.model.generation_config, "eos_token_id", None)
-        ids += eos if isinstance(eos, list) else [eos]
-        ids.append(self.tokenizer.eos_token_id)
+        ids = (eos if isinstance(eos, list) else [eos]) + [self.tokenizer.eos_token_id]
         vocab = self.tokenizer.get_vocab()
         ids += [vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab]
         return list(dict.fromkeys(i for i in ids if i is not None))
 
-    # -- state
     def reset(self) -> None:
-        self.messages = []
-        self.transcript = ""
+        self.messages: list[dict] = []
+        self.transcript = ""  # plain-text mode
 
     def set_system(self, text: str | None) -> None:
         self.system = text.strip() if text and text.strip() else None
@@ -152,7 +136,6 @@ class ChatSession:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + self.messages + [{"role": "user", "content": user_text}]
 
-    # -- prompt building
     def _encode_chat(self, messages: list[dict]) -> list[int]:
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         return list(encoded["input_ids"])
@@ -166,9 +149,8 @@ class ChatSession:
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """Token ids of the prompt, dropping the oldest turns when it would not fit the context window."""
-        budget = None
-        if self.max_context:
-            budget = self.max_context - min(self.sampling.max_new_tokens, self.max_context // 2)
+        context = self.max_context
+        budget = context - min(self.sampling.max_new_tokens, context // 2) if context else None
         if self.mode == "plain":
             ids = self._encode_plain(self.transcript + user_text)
             if budget is not None and len(ids) > budget:
@@ -189,7 +171,6 @@ class ChatSession:
             ids = ids[-budget:]
         return ids
 
-    # -- generation
     def generate_stream(self, user_text: str):
         """Yield text chunks of the reply as the worker thread produces them; records the turn at the end."""
         import torch
@@ -231,9 +212,8 @@ class ChatSession:
             raise
         finally:
             worker.join()
-            reply = "".join(pieces)
             if not failure:
-                self._record(user_text, reply)
+                self._record(user_text, "".join(pieces))
         if failure:
             raise failure[0]
 
@@ -252,7 +232,6 @@ class ChatSession:
                 on_text(piece)
         return "".join(pieces)
 
-    # -- commands
     def handle_command(self, line: str, out=sys.stdout) -> bool:
         """Run a /command; returns False when the session should end."""
         name, _, rest = line.strip().partition(" ")
@@ -270,30 +249,25 @@ class ChatSession:
                 print("(system prompt set)" if self.system else "(system prompt removed)", file=out, flush=True)
         elif name == "/set":
             key, _, value = rest.strip().partition(" ")
-            allowed = {f.name: f.type for f in fields(SamplingConfig)}
+            allowed = [f.name for f in fields(SamplingConfig)]
             if key not in allowed or not value.strip():
                 print(f"(usage: /set NAME VALUE with NAME in {', '.join(allowed)})", file=out, flush=True)
             else:
+                cast = int if key in ("top_k", "max_new_tokens") else float
+                old = getattr(self.sampling, key)
                 try:
-                    cast = int if key in ("top_k", "max_new_tokens") else float
-                    old = getattr(self.sampling, key)
                     setattr(self.sampling, key, cast(value))
-                    try:
-                        self.sampling.validate()
-                    except ConfigError as err:
-                        setattr(self.sampling, key, old)
-                        raise err
-                    print(f"({key} = {getattr(self.sampling, key)})", file=out, flush=True)
+                    self.sampling.validate()
                 except (ValueError, ConfigError) as err:
+                    setattr(self.sampling, key, old)  # a rejected value leaves the setting as it was
                     print(f"(cannot set {key}: {err})", file=out, flush=True)
+                else:
+                    print(f"({key} = {getattr(self.sampling, key)})", file=out, flush=True)
         elif name == "/help":
             print(HELP, file=out, flush=True)
         else:
             print(f"(unknown command {name}; /help lists them)", file=out, flush=True)
         return True
-
-
-# ---------------------------------------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -323,10 +297,7 @@ def _interactive(session: ChatSession, header: str) -> int:
     while True:
         try:
             line = input(PROMPT)
-        except EOFError:
-            print(flush=True)
-            return 0
-        except KeyboardInterrupt:
+        except (EOFError, KeyboardInterrupt):
             print(flush=True)
             return 0
         if not line.strip():
@@ -355,8 +326,7 @@ def run(args: argparse.Namespace) -> int:
     session = ChatSession(model, tokenizer, sampling=sampling, system=args.system)
     if args.prompt is not None:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-        for piece in session.generate_stream(prompt):
-            print(piece, end="", flush=True)
+        session.reply(prompt, on_text=lambda piece: print(piece, end="", flush=True))
         print(flush=True)
         return 0
     n_params = sum(p.numel() for p in model.parameters())

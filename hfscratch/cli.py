@@ -1,10 +1,7 @@
 """The one entry layer: `hfscratch <stage> ...` and `recipes/<stage>.py ...` both call `run_command`.
 
-Each stage is a `main(argv) -> int` (config stages parse with `hfscratch.options.parse_config`; the tool commands
-chat, push, export, merge and eval declare argparse options through `add_arguments(parser)` + `run(args)`).
-This file only dispatches and turns `HfscratchError` into one `error:` line with exit code 2 (`--debug` shows
-the traceback). Stage modules are imported by name, only for the command being run, so `hfscratch --help` and
-every other command keep working when one stage's optional extra is missing.
+A stage is a `main(argv) -> int` or a module with `add_arguments(parser)` + `run(args)`, imported only when run (so
+a missing optional extra breaks only its stage). `HfscratchError` becomes one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -75,10 +72,8 @@ def stage_main(command: str):
 def name_deepspeed_accelerator() -> None:
     """Tell DeepSpeed up front which accelerator it will pick on a machine without CUDA.
 
-    Accelerate (`unwrap_model`, `get_state_dict`) and TRL import DeepSpeed whenever it is installed, even in runs that
-    never use it, and on a machine without CUDA its import logs "[WARNING] Setting accelerator to CPU ..." after
-    probing. Answering here, at the entry point, covers every such import. Naming "cpu" (what the probe picks there
-    anyway) keeps normal runs quiet; a DS_ACCELERATOR the user set wins.
+    Accelerate and TRL import DeepSpeed whenever it is installed, and without CUDA its import logs "[WARNING]
+    Setting accelerator to CPU ...". Naming "cpu" (what it picks anyway) keeps runs quiet; a set DS_ACCELERATOR wins.
     """
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
@@ -87,14 +82,10 @@ def name_deepspeed_accelerator() -> None:
 def let_collective_threads_finish(seconds: float = 0.25) -> None:
     """In a multi-process run, pause with the GIL released so torch.distributed's threads can let go of their work.
 
-    A gloo worker thread drops its reference to a finished collective a moment *after* `wait()` has returned on
-    the main thread, and dropping a tensor Python has seen takes the GIL (the final barrier holds the ZeRO-3
-    all-gathers issued before it, and their tensors). If the main thread is already finalising the interpreter
-    by then, Python ends that thread inside a C++ destructor: "terminate called without an active exception",
-    SIGABRT, a failed `accelerate launch` for a run that had finished and saved (seen in about 1 of 11 ZeRO-3
-    CPU runs; core dump: `~AsyncBarrierWork` -> `~AsyncAllgatherWork` -> GIL acquire -> `PyThread_exit_thread`).
-    `destroy_process_group()` does not join these threads while DeepSpeed or DDP still hold the group, so the
-    fix is to give them the GIL and a moment of CPU before exit. Single-process runs skip this.
+    A gloo worker thread drops its reference to a finished collective (taking the GIL) a moment after `wait()` has
+    returned; if the interpreter is finalising by then, that thread dies inside a C++ destructor: "terminate called
+    without an active exception", SIGABRT, a failed launch for a run that had saved (about 1 in 11 ZeRO-3 CPU runs).
+    `destroy_process_group()` does not join these threads while DeepSpeed or DDP hold the group.
     """
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         time.sleep(seconds)

@@ -1,14 +1,9 @@
 """`hfscratch export PATH OUT --to llama|qwen3`: a checkpoint stock transformers loads without remote code.
 
-hfscratch uses Llama's parameter names and, with the default switches, computes exactly what
-`LlamaForCausalLM` computes (`qk_norm=True`: what `Qwen3ForCausalLM` computes). Export is therefore a
-config translation plus a verbatim copy of the safetensors files: no tensor is touched, so the exported
-model's logits are bit-identical. Before writing, the target architecture is instantiated on the meta
-device and every tensor name and shape of the checkpoint is checked against it, so a checkpoint the
-target cannot hold is refused instead of loading with silently re-initialised weights. Configurations the
-target cannot express (learned positions, LayerNorm, GELU MLP, QK-norm for Llama / no QK-norm for Qwen3,
-MLP biases for Qwen3) are refused with the reason. The result loads in vLLM, TGI, llama.cpp's converter
-and anything else that knows the stock architecture.
+hfscratch uses Llama's parameter names and, with the default switches, computes what `LlamaForCausalLM` computes
+(`qk_norm=True`: `Qwen3ForCausalLM`), so export is a config translation plus a verbatim copy of the safetensors
+files: the logits are bit-identical. Every tensor name and shape is first checked against the target built on the
+meta device, so a checkpoint it cannot hold is refused instead of loading with silently re-initialised weights.
 """
 
 from __future__ import annotations
@@ -22,22 +17,18 @@ from pathlib import Path
 
 from .errors import CheckpointError, ConfigError
 from .hub import PICKLE_PATTERNS, check_model_folder, matches_any
-from .model_card import write_model_card
+from .model_card import safetensors_shapes, write_model_card
 
 TARGETS = ("llama", "qwen3")
 # hfscratch-only fields that have no meaning in the target config.
 _HFSCRATCH_ONLY = ("position_embedding_type", "norm_type", "mlp_type", "qk_norm", "scale_residual_init")
-_NOT_COPIED = {"config.json", "README.md", "model.safetensors.index.json"}
 
 
 def _target_classes(to: str):
-    if to == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
-        return LlamaConfig, LlamaForCausalLM
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    return Qwen3Config, Qwen3ForCausalLM
+    prefix = "Llama" if to == "llama" else "Qwen3"
+    return getattr(transformers, f"{prefix}Config"), getattr(transformers, f"{prefix}ForCausalLM")
 
 
 def _refusals(config: dict, to: str) -> list[str]:
@@ -71,17 +62,6 @@ def target_config(config: dict, to: str):
     return target
 
 
-def _safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    shapes = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
 def _expected_shapes(target) -> dict[str, tuple[int, ...]]:
     import torch
 
@@ -92,7 +72,7 @@ def _expected_shapes(target) -> dict[str, tuple[int, ...]]:
 
 
 def _check_tensors(src: Path, target) -> None:
-    found = _safetensors_shapes(src)
+    found = safetensors_shapes(src)
     expected = _expected_shapes(target)
     if target.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -142,17 +122,12 @@ def export_model(src, out, to: str = "llama") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         target.save_pretrained(tmp)
+        # Everything but the config (written above), hidden files, remote code and pickles. README.md is copied
+        # so the new card keeps its model-index entries.
         for item in sorted(src.iterdir()):
-            if not item.is_file() or item.name.startswith(".") or item.name in _NOT_COPIED:
-                continue
-            if item.suffix == ".py" or matches_any(item.name, PICKLE_PATTERNS):
-                continue  # no remote code, no pickles
-            shutil.copy2(item, tmp / item.name)
-        index = src / "model.safetensors.index.json"
-        if index.is_file():
-            shutil.copy2(index, tmp / index.name)
-        if (src / "README.md").is_file():
-            shutil.copy2(src / "README.md", tmp / "README.md")  # keeps its model-index entries for the new card
+            skip = item.name.startswith(".") or item.suffix == ".py" or matches_any(item.name, PICKLE_PATTERNS)
+            if item.is_file() and item.name != "config.json" and not skip:
+                shutil.copy2(item, tmp / item.name)
         write_model_card(tmp, base_model=None, extra={
             "model_name": out.name,
             "description": f"Exported from the hfscratch checkpoint `{src.name}` to the stock `{target.architectures[0]}` "

@@ -1,16 +1,9 @@
 """Publish a model folder to the Hugging Face Hub and fetch one back, with retries and one-line errors.
 
-`push_folder` uploads what `save_pretrained` wrote — safetensors weights, tokenizer, generation config,
-the two modeling files + `auto_map` (so `from_pretrained(repo, trust_remote_code=True)` works for people
-without hfscratch) and a model card — in one commit made with huggingface_hub's `create_repo`,
-`create_branch` and `create_commit`. Pickled weights (.bin/.pt/...) are never uploaded. `push_checkpoint`
-does the same in the background for the pretraining loop, to a branch named after the step
-(`step-001000`), so training never waits on the network.
-
-Network failures are retried with exponential backoff; what cannot be retried becomes a one-line
-`HubError` that names the fix (log in, check the repo id, check HF_ENDPOINT). A push that died half way
-can simply be re-run: files whose content the Hub already has (LFS objects uploaded before the cut,
-unchanged files) are skipped, so the second run only finishes the job. The token is never printed.
+`push_folder` uploads what `save_pretrained` wrote (safetensors, tokenizer, the modeling files + `auto_map` so
+`trust_remote_code=True` works without hfscratch, a model card) in one commit; pickled weights are never uploaded.
+`push_checkpoint` does it in the background to a branch per step (`step-001000`), so training never waits on the
+network. A push that died half way can be re-run: content the Hub already has is skipped. The token is never printed.
 """
 
 from __future__ import annotations
@@ -18,14 +11,17 @@ from __future__ import annotations
 import argparse
 import atexit
 import fnmatch
-import inspect
 import json
 import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import configuration_hfscratch, modeling_hfscratch
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id as hf_validate
+
 from .errors import CheckpointError, HfscratchError, HubError
 from .hub_errors import describe_hub_error, first_line, hub_endpoint, hub_errors, log, with_retries
 from .model_card import write_model_card
@@ -43,13 +39,7 @@ MODELING_FILES = ("configuration_hfscratch.py", "modeling_hfscratch.py")
 _BRANCH_RE = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)(?!.*\.lock$)(?!.*/$)[A-Za-z0-9._\-/]{1,200}$")
 
 
-# ---------------------------------------------------------------------------------------------- validation
-
-
 def validate_repo_id(repo_id: str) -> str:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id as hf_validate
-
     if not isinstance(repo_id, str) or not repo_id.strip():
         raise HubError("empty repo id; pass --repo-id ORG/NAME")
     try:
@@ -87,21 +77,16 @@ def _collect_files(folder: Path) -> tuple[list[Path], list[str]]:
     files, skipped = [], []
     for root, dirs, names in os.walk(folder):
         root_path = Path(root)
-        kept_dirs = []
-        for d in sorted(dirs):
-            if matches_any(d, SKIP_DIRS):
-                skipped.append(f"{(root_path / d).relative_to(folder)}/ (not part of the model)")
-            else:
-                kept_dirs.append(d)
-        dirs[:] = kept_dirs
-        for name in sorted(names):
+        dirs.sort()
+        for skip in [d for d in dirs if matches_any(d, SKIP_DIRS)]:
+            skipped.append(f"{(root_path / skip).relative_to(folder)}/ (not part of the model)")
+            dirs.remove(skip)
+        for name in sorted(n for n in names if not n.startswith(".")):
             rel = (root_path / name).relative_to(folder)
-            if name.startswith("."):
-                continue
             if matches_any(name, PICKLE_PATTERNS):
                 skipped.append(f"{rel} (pickle: not uploaded, weights go as safetensors)")
-                continue
-            files.append(rel)
+            else:
+                files.append(rel)
     return files, skipped
 
 
@@ -121,14 +106,11 @@ def check_model_folder(folder) -> tuple[Path, dict]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{config_path} is not valid JSON ({err.msg}); re-save the model with save_pretrained") from err
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors:
+    if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.iterdir() if matches_any(p.name, PICKLE_PATTERNS))
         if pickles:
-            raise CheckpointError(
-                f"{folder} holds only pickled weights ({', '.join(pickles)}), which hfscratch never uploads; "
-                "re-save with model.save_pretrained(path) (safetensors is the default)"
-            )
+            raise CheckpointError(f"{folder} holds only pickled weights ({', '.join(pickles)}), which hfscratch never "
+                                  "uploads; re-save with model.save_pretrained(path) (safetensors is the default)")
         raise CheckpointError(f"{folder} has no *.safetensors weights; save the model with model.save_pretrained(path)")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -139,77 +121,50 @@ def check_model_folder(folder) -> tuple[Path, dict]:
     return folder, config
 
 
-def _modeling_sources() -> dict[str, Path]:
-    return {
-        "configuration_hfscratch.py": Path(inspect.getsourcefile(configuration_hfscratch)),
-        "modeling_hfscratch.py": Path(inspect.getsourcefile(modeling_hfscratch)),
-    }
-
-
 def _operations(folder: Path, config: dict, repo_id: str, *, announce: bool = True):
     """CommitOperationAdd list for the folder; fixes remote-code loading in the upload, not in the folder."""
-    from huggingface_hub import CommitOperationAdd
-
+    say = log if announce else lambda message: None
     files, skipped = _collect_files(folder)
-    overrides: dict[str, bytes | Path] = {}
+    sources: dict[str, bytes | Path] = {rel.as_posix(): folder / rel for rel in files}
     if config.get("model_type") == "hfscratch":
         auto_map = dict(config.get("auto_map") or {})
         if not all(key in auto_map for key in ("AutoConfig", "AutoModelForCausalLM")):
-            fixed = dict(config)
-            fixed["auto_map"] = {**AUTO_MAP, **auto_map}
-            overrides["config.json"] = (json.dumps(fixed, indent=2, sort_keys=True) + "\n").encode()
-            if announce:
-                log("config.json had no auto_map: the uploaded copy gets one so trust_remote_code loading works")
-        for name, source in _modeling_sources().items():
-            if not (folder / name).is_file():
-                overrides[name] = source
-                if announce:
-                    log(f"{name} missing in the folder: uploading the one from the installed hfscratch")
-            elif (folder / name).read_bytes() != source.read_bytes():
-                # Remote-code users run this file on their own transformers version: a folder saved by an older
-                # hfscratch carries code that may not follow the current API (transformers 5.24's `cache` rename made
-                # such copies decode without their KV cache). The installed copy computes the same function.
-                overrides[name] = source
-                if announce:
-                    log(f"{name} in the folder differs from the installed hfscratch's: uploading the installed one")
+            fixed = {**config, "auto_map": {**AUTO_MAP, **auto_map}}
+            sources["config.json"] = (json.dumps(fixed, indent=2, sort_keys=True) + "\n").encode()
+            say("config.json had no auto_map: the uploaded copy gets one so trust_remote_code loading works")
+        for name in MODELING_FILES:
+            installed, local = Path(__file__).with_name(name), folder / name
+            if not local.is_file():
+                sources[name] = installed
+                say(f"{name} missing in the folder: uploading the one from the installed hfscratch")
+            elif local.read_bytes() != installed.read_bytes():
+                # Remote-code users run this file on their own transformers: an older hfscratch's copy may not follow
+                # its API (5.24's `cache` rename made such copies decode without KV cache); ours computes the same.
+                sources[name] = installed
+                say(f"{name} in the folder differs from the installed hfscratch's: uploading the installed one")
     readme = folder / "README.md"
     if readme.is_file():
         # A card written before the repo id was known shows `path/to/<folder>` in its loading snippets.
         text = readme.read_text(encoding="utf-8", errors="replace")
         placeholder = f'"path/to/{folder.resolve().name}"'
         if placeholder in text:
-            overrides["README.md"] = text.replace(placeholder, f'"{repo_id}"').encode()
-    ops = []
-    for rel in files:
-        key = rel.as_posix()
-        source = overrides.pop(key, folder / rel)
-        ops.append(CommitOperationAdd(path_in_repo=key, path_or_fileobj=source if isinstance(source, bytes) else str(source)))
-    for key, source in overrides.items():
-        ops.append(CommitOperationAdd(path_in_repo=key, path_or_fileobj=source if isinstance(source, bytes) else str(source)))
-    if announce and skipped:
-        log("skipped: " + "; ".join(skipped))
-    return ops
+            sources["README.md"] = text.replace(placeholder, f'"{repo_id}"').encode()
+    if skipped:
+        say("skipped: " + "; ".join(skipped))
+    return [CommitOperationAdd(path_in_repo=key, path_or_fileobj=source if isinstance(source, bytes) else str(source))
+            for key, source in sources.items()]
 
 
 def _resolve_token(token: str | None, private: bool) -> str | None:
-    from huggingface_hub import get_token
-
     token = token or get_token()
     if token is None:
-        raise HubError(
-            ("pushing to a private repo needs a token" if private else "pushing needs a token with write access")
-            + ": run `hf auth login` or set HF_TOKEN"
-        )
+        need = "pushing to a private repo needs a token" if private else "pushing needs a token with write access"
+        raise HubError(f"{need}: run `hf auth login` or set HF_TOKEN")
     return token
-
-
-# ---------------------------------------------------------------------------------------------- push
 
 
 def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, token: str | None,
           commit_message: str | None):
-    from huggingface_hub import HfApi, constants
-
     folder, config = check_model_folder(folder)
     repo_id = validate_repo_id(repo_id)
     revision = validate_revision(revision)
@@ -219,16 +174,12 @@ def _push(folder: Path, repo_id: str, *, revision: str | None, private: bool, to
     if not (folder / "README.md").is_file() and (folder / "config.json").is_file():
         write_model_card(folder, extra={"repo_id": repo_id})
         log(f"wrote a model card to {folder / 'README.md'}")
-
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         library_version = version("hfscratch")
     except PackageNotFoundError:
         library_version = "dev"
     api = HfApi(endpoint=hub_endpoint(), token=token, library_name="hfscratch", library_version=library_version)
-    action = f"pushing {folder} to"
-    with hub_errors(repo_id, action):
+    with hub_errors(repo_id, f"pushing {folder} to"):
         repo_url = with_retries(lambda: api.create_repo(repo_id, private=private, exist_ok=True), what="create_repo")
         full_repo_id = getattr(repo_url, "repo_id", None) or repo_id
         if private and not with_retries(lambda: api.repo_info(full_repo_id), what="repo_info").private:
@@ -266,33 +217,26 @@ def _executor() -> ThreadPoolExecutor:
 
 def push_folder(folder, repo_id: str, *, revision: str | None = None, private: bool = False, token: str | None = None,
                 commit_message: str | None = None, run_as_future: bool = False):
-    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns its `CommitInfo`.
-
-    `revision`: a branch (created from main if missing). With `run_as_future=True` the upload runs in a
-    background thread and a `concurrent.futures.Future` is returned at once. Bad input (not a model folder,
-    invalid repo id, no token) raises right away, before anything is sent.
-    """
-    if run_as_future:
-        # Check the cheap things now so a typo fails in the caller, not in a thread.
-        check_model_folder(folder)
-        validate_repo_id(repo_id)
-        validate_revision(revision)
-        token = _resolve_token(token, private)
-        future = _executor().submit(_push, Path(folder), repo_id, revision=revision, private=private, token=token,
-                                    commit_message=commit_message)
-        future.add_done_callback(_report_background_failure)
-        _PENDING.append(future)
-        return future
-    return _push(Path(folder), repo_id, revision=revision, private=private, token=token, commit_message=commit_message)
+    """Upload a saved model folder to `repo_id` (created if needed) in one commit on branch `revision` (created from
+    main if missing); returns its `CommitInfo`, or with `run_as_future=True` a `Future` of a background upload."""
+    kwargs = dict(revision=revision, private=private, token=token, commit_message=commit_message)
+    if not run_as_future:
+        return _push(Path(folder), repo_id, **kwargs)
+    # Check the cheap things now so a typo fails in the caller, not in a thread.
+    check_model_folder(folder)
+    validate_repo_id(repo_id)
+    validate_revision(revision)
+    kwargs["token"] = _resolve_token(token, private)
+    future = _executor().submit(_push, Path(folder), repo_id, **kwargs)
+    future.add_done_callback(_report_background_failure)
+    _PENDING.append(future)
+    return future
 
 
 def push_checkpoint(folder, repo_id: str, step: int, tokens_seen: int, *, private: bool = False, token: str | None = None,
                     blocking: bool = False):
-    """Push a training checkpoint to branch `step-{step:06d}` without blocking the training loop.
-
-    Returns a `Future` (or the `CommitInfo` with `blocking=True`). The folder must stay on disk until the
-    future is done (`wait_for_pushes()` waits for all of them; it also runs at interpreter exit).
-    """
+    """Push a checkpoint to branch `step-{step:06d}` in the background; returns a `Future` (`blocking=True`: the
+    `CommitInfo`). The folder must stay on disk until it is done: `wait_for_pushes()` waits (it also runs at exit)."""
     branch = checkpoint_branch(step)
     message = f"Checkpoint at step {step:,} ({tokens_seen:,} tokens seen)"
     return push_folder(folder, repo_id, revision=branch, private=private, token=token, commit_message=message,
@@ -318,40 +262,24 @@ def wait_for_pushes(timeout: float | None = None) -> list:
     return results
 
 
-# ---------------------------------------------------------------------------------------------- download
-
-
-def is_local_model(path_or_repo) -> bool:
-    return Path(path_or_repo).expanduser().is_dir()
-
-
 def download_model(repo_id: str, *, revision: str | None = None, token: str | None = None) -> Path:
     """Snapshot of a Hub model (safetensors, configs, tokenizer, modeling code; no pickles) -> local folder."""
-    from huggingface_hub import snapshot_download
-
     repo_id = validate_repo_id(repo_id)
+    patterns = ["*.json", "*.safetensors", "*.py", "*.jinja", "*.txt", "*.model", "*.md", "*.tiktoken"]
     with hub_errors(repo_id, "downloading"):
-        path = with_retries(
-            lambda: snapshot_download(
-                repo_id, revision=revision, token=token, endpoint=hub_endpoint(),
-                allow_patterns=["*.json", "*.safetensors", "*.py", "*.jinja", "*.txt", "*.model", "*.md", "*.tiktoken"],
-            ),
-            what="download",
-        )
+        path = with_retries(lambda: snapshot_download(repo_id, revision=revision, token=token, endpoint=hub_endpoint(),
+                                                      allow_patterns=patterns), what="download")
     return Path(path)
 
 
 def resolve_model_path(path_or_repo: str, *, revision: str | None = None, token: str | None = None) -> Path:
     """A local model folder as is, or a Hub repo id downloaded to the cache."""
-    if is_local_model(path_or_repo):
+    if Path(path_or_repo).expanduser().is_dir():
         return Path(path_or_repo).expanduser()
     text = str(path_or_repo)
     if text.startswith((".", "/", "~")) or os.sep in text.replace("/", "", 1):
         raise CheckpointError(f"{text} does not exist; pass a model folder or a Hub repo id (ORG/NAME)")
     return download_model(text, revision=revision, token=token)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

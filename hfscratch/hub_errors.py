@@ -1,7 +1,5 @@
-"""Hub requests that fail: which failures are worth a retry (with backoff), and the one line a user sees for the rest.
-
-Network failures are retried with exponential backoff; what cannot be retried becomes a one-line `HubError` that
-names the fix (log in, check the repo id, check HF_ENDPOINT). The token is never printed (hub errors carry URLs).
+"""Hub requests that fail: which failures are worth a retry (with backoff), and the one line a user sees for the rest
+(a `HubError` naming the fix: log in, check the repo id, check HF_ENDPOINT). The token is never printed.
 """
 
 from __future__ import annotations
@@ -15,19 +13,13 @@ from typing import TypeVar
 
 import httpx2
 from huggingface_hub import constants
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import errors as hf_errors
 
 from .errors import HfscratchError, HubError
 
 T = TypeVar("T")
+# Failures of the network or the Hub (not bugs): these become a one-line HubError.
+_NETWORK_ERRORS = (hf_errors.HfHubHTTPError, hf_errors.OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError)
 # Retries: HFSCRATCH_HUB_RETRIES attempts after the first, waits of HFSCRATCH_HUB_BACKOFF * 2^k seconds (max 30).
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF_SECONDS = 1.0
@@ -37,15 +29,13 @@ def log(message: str) -> None:
     print(f"[hfscratch hub] {message}", file=sys.stderr, flush=True)
 
 
-
 def hub_endpoint() -> str:
     # Read at call time (not import time) so HF_ENDPOINT set by a launcher after import still applies.
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def _status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    return getattr(response, "status_code", None)
+    return getattr(getattr(err, "response", None), "status_code", None)
 
 
 def _root_causes(err: BaseException):
@@ -59,9 +49,9 @@ def _root_causes(err: BaseException):
 def _is_transient(err: BaseException) -> bool:
     """Connection drops, timeouts, 5xx and 429 are worth retrying; 4xx answers are not."""
     for cause in _root_causes(err):
-        if isinstance(cause, OfflineModeIsEnabled):
+        if isinstance(cause, hf_errors.OfflineModeIsEnabled):
             return False
-        if isinstance(cause, HfHubHTTPError):
+        if isinstance(cause, hf_errors.HfHubHTTPError):
             status = _status(cause)
             return status is None or status >= 500 or status in (408, 429)
         if isinstance(cause, (httpx2.TransportError, ConnectionError, TimeoutError)):
@@ -74,20 +64,20 @@ def describe_hub_error(err: BaseException, repo_id: str | None, action: str) -> 
     endpoint = hub_endpoint()
     repo = f"'{repo_id}'" if repo_id else "the repository"
     for cause in _root_causes(err):
-        if isinstance(cause, OfflineModeIsEnabled):
+        if isinstance(cause, hf_errors.OfflineModeIsEnabled):
             return f"{action} {repo}: offline mode is on (HF_HUB_OFFLINE=1); unset HF_HUB_OFFLINE to reach {endpoint}"
-        if isinstance(cause, GatedRepoError):
+        if isinstance(cause, hf_errors.GatedRepoError):
             return f"{action} {repo}: the repository is gated; accept its terms on the Hub, then log in with `hf auth login`"
-        if isinstance(cause, RevisionNotFoundError):
+        if isinstance(cause, hf_errors.RevisionNotFoundError):
             return f"{action} {repo}: that revision (branch, tag or commit) does not exist; check the branch name on the repo page or omit --revision"
-        if isinstance(cause, RemoteEntryNotFoundError):
+        if isinstance(cause, hf_errors.RemoteEntryNotFoundError):
             return f"{action} {repo}: a file is missing in the repository ({first_line(cause)}); push the complete model folder"
-        if isinstance(cause, RepositoryNotFoundError):
+        if isinstance(cause, hf_errors.RepositoryNotFoundError):
             if _status(cause) == 401:
                 return (f"{action} {repo}: not authorised (401) - the repository is private or does not exist; "
                         "log in with `hf auth login` or set HF_TOKEN to a token that can read it")
             return f"{action} {repo}: repository not found (404) at {endpoint}; check the repo id (ORG/NAME) and HF_ENDPOINT"
-        if isinstance(cause, HfHubHTTPError):
+        if isinstance(cause, hf_errors.HfHubHTTPError):
             status = _status(cause)
             server = getattr(cause, "server_message", None) or ""
             detail = f" ({server.strip().splitlines()[0]})" if server.strip() else ""
@@ -122,14 +112,14 @@ def hub_errors(repo_id: str | None, action: str):
         yield
     except HfscratchError:
         raise
-    except HFValidationError as err:
+    except hf_errors.HFValidationError as err:
         raise HubError(f"{action} '{repo_id}': {first_line(err).rstrip('.')}; a repo id is ORG/NAME with letters, digits, '-', '_' and '.'") from err
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError, TimeoutError) as err:
+    except (*_NETWORK_ERRORS, TimeoutError) as err:
         raise HubError(describe_hub_error(err, repo_id, action)) from err
     except (RuntimeError, OSError, ValueError) as err:
         # huggingface_hub wraps LFS upload failures in RuntimeError, transformers wraps download failures in
         # OSError: only translate those caused by the network or the Hub, let real bugs surface.
-        if any(isinstance(c, (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, ConnectionError)) for c in _root_causes(err) if c is not err):
+        if any(isinstance(c, _NETWORK_ERRORS) for c in _root_causes(err) if c is not err):
             raise HubError(describe_hub_error(err, repo_id, action)) from err
         raise
 

@@ -1,8 +1,5 @@
-"""The one way a finished model is loaded to be used (chat, evaluation): a folder or Hub id -> (model, tokenizer).
-
-Training stages load their starting point their own way on purpose (alignment adds PEFT adapters and 4-bit
-quantisation; pretraining's `init_from` keeps fp32 master weights), but every command that *uses* a model goes
-through here, so "auto" device/dtype and the error a user sees for a bad folder are the same everywhere.
+"""The one way a finished model is loaded to be used (chat, evaluation): a folder or Hub id -> (model, tokenizer),
+so "auto" device/dtype and the errors for a bad folder are the same everywhere (training stages load their own way).
 """
 
 from __future__ import annotations

@@ -1,36 +1,33 @@
 """Model cards (README.md) written from what a run knows, with evaluation results as Hub `model-index`.
 
-`write_model_card(folder, ...)` reads the architecture from config.json and counts parameters from the
-safetensors headers (no weights are loaded), then adds the data and token counts, the training config,
-final metrics, the loss-curve image and how to load the model with and without hfscratch. Results go into
-the card's YAML metadata as `model-index` through huggingface_hub's `ModelCardData`/`EvalResult`, so the
-Hub shows them in its evaluation widget; entries already in an existing card are kept.
-
-`update_model_index(folder, eval_results)` merges new results into an existing card's metadata and
-leaves the prose and the other metadata as they are (the evaluation stage calls it after each run).
+The architecture comes from config.json and the parameter count from the safetensors headers (no weights are
+loaded); the prose is `model_card.jinja`. Results go into the YAML metadata as `model-index` (huggingface_hub's
+`ModelCardData`/`EvalResult`) so the Hub shows them; entries already in an existing card are kept.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from .atomic import write_file_atomically
 from .errors import CheckpointError, ConfigError
 
 README = "README.md"
 LOSS_CURVE_NAME = "loss_curve.png"
+CARD_TEMPLATE = Path(__file__).with_name("model_card.jinja")
 # lm-eval is the harness hfscratch evaluates with; the Hub requires a URL next to a source name.
 _KNOWN_SOURCES = {"lm-eval": "https://github.com/EleutherAI/lm-evaluation-harness"}
 _EVAL_KEYS = ("task_type", "task_name", "dataset_type", "dataset_name", "metric_type", "metric_name", "metric_value")
-
-
-# ---------------------------------------------------------------------------------------------- reading the run
 
 
 def _read_config(model_dir: Path) -> dict:
@@ -43,22 +40,23 @@ def _read_config(model_dir: Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({err}); re-save the model with save_pretrained") from err
 
 
-def count_parameters(model_dir: str | Path) -> int | None:
-    """Parameters stored in the folder's safetensors files, read from their headers (tied weights count once)."""
+def safetensors_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the folder's safetensors files, read from their headers."""
     from safetensors import safe_open
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for file in files:
+    shapes = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-                numel = 1
-                for dim in handle.get_slice(name).get_shape():
-                    numel *= dim
-                total += numel
-    return total
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def count_parameters(model_dir: str | Path) -> int | None:
+    """Parameters stored in the folder's safetensors files, read from their headers (tied weights count once)."""
+    if not any(Path(model_dir).glob("*.safetensors")):
+        return None
+    return sum(math.prod(shape) for shape in safetensors_shapes(model_dir).values())
 
 
 def human_count(n: int | float | None) -> str:
@@ -79,9 +77,8 @@ def _architecture_name(config: dict) -> str:
         return "hfscratch (GPT-2 style: learned positions, LayerNorm, GELU MLP)"
     if not learned and config.get("norm_type", "rmsnorm") == "rmsnorm" and config.get("mlp_type", "swiglu") == "swiglu":
         return "hfscratch (Qwen3 style: RoPE, RMSNorm, SwiGLU, QK-norm)" if config.get("qk_norm") else "hfscratch (Llama style: RoPE, RMSNorm, SwiGLU)"
-    return "hfscratch (custom mix: " + ", ".join(
-        f"{k}={config.get(k)}" for k in ("position_embedding_type", "norm_type", "mlp_type", "qk_norm")
-    ) + ")"
+    mix = ", ".join(f"{k}={config.get(k)}" for k in ("position_embedding_type", "norm_type", "mlp_type", "qk_norm"))
+    return f"hfscratch (custom mix: {mix})"
 
 
 def _architecture_rows(config: dict, n_params: int | None) -> list[tuple[str, Any]]:
@@ -107,10 +104,7 @@ def _architecture_rows(config: dict, n_params: int | None) -> list[tuple[str, An
 
 
 def _table(rows, header=("", "")) -> str:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
-    for key, value in rows:
-        lines.append(f"| {key} | {_cell(value)} |")
-    return "\n".join(lines)
+    return "\n".join([f"| {header[0]} | {header[1]} |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows])
 
 
 def _cell(value) -> str:
@@ -125,16 +119,13 @@ def _cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-# ---------------------------------------------------------------------------------------------- eval results
-
-
 def _to_eval_result(item: dict | EvalResult) -> EvalResult:
     if isinstance(item, EvalResult):
         return item
     missing = [k for k in ("task_type", "dataset_type", "dataset_name", "metric_type", "metric_value") if item.get(k) is None]
     if missing:
         raise ConfigError(f"eval result {item!r} lacks {', '.join(missing)}; give task_type, dataset_type, dataset_name, metric_type and metric_value")
-    known = {f for f in EvalResult.__dataclass_fields__}
+    known = set(EvalResult.__dataclass_fields__)
     unknown = sorted(set(item) - known)
     if unknown:
         raise ConfigError(f"eval result has unknown keys {unknown}; allowed: {sorted(known)}")
@@ -173,71 +164,14 @@ def _load_card(path: Path) -> ModelCard | None:
         raise CheckpointError(f"{path} has metadata that cannot be parsed ({err}); fix or remove its YAML header") from err
 
 
-def _how_to_use(config: dict, repo_id: str) -> str:
-    if config.get("model_type") == "hfscratch":
-        return f"""## How to use
-
-With hfscratch installed (`pip install hfscratch`), the classes are registered with transformers:
-
-```python
-import hfscratch  # registers HfscratchConfig / HfscratchForCausalLM with the Auto classes
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{repo_id}")
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-```
-
-Without hfscratch, the modeling code shipped in this repository loads through remote code:
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{repo_id}", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-inputs = tokenizer("Once upon a time", return_tensors="pt")
-print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))
-```
-
-Chat in the terminal: `hfscratch chat {repo_id}`. Export to the stock {"Qwen3" if config.get("qk_norm") else "Llama"} architecture
-(vLLM, TGI, llama.cpp's converter): `hfscratch export ./local-copy ./exported --to {"qwen3" if config.get("qk_norm") else "llama"}`
-after `hf download {repo_id} --local-dir ./local-copy`.
-"""
-    return f"""## How to use
-
-This checkpoint uses the stock `{config.get("model_type")}` architecture of transformers: no remote code is needed.
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{repo_id}")
-tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
-```
-"""
-
-
-def write_model_card(
-    model_dir,
-    *,
-    training_config: dict | None = None,
-    metrics: dict | None = None,
-    data: dict | None = None,
-    loss_curve_png: str | None = None,
-    base_model: str | None = None,
-    extra: dict | None = None,
-) -> Path:
+def write_model_card(model_dir, *, training_config: dict | None = None, metrics: dict | None = None,
+                     data: dict | None = None, loss_curve_png: str | None = None, base_model: str | None = None,
+                     extra: dict | None = None) -> Path:
     """Write `model_dir/README.md` from the run's facts and return its path.
 
-    - `training_config`: the run's settings (shown as YAML).
-    - `metrics`: final numbers (`{"train_loss": 2.1, "val_bpb": 1.05}`); a key `eval_results` may hold a list of
-      dicts in the `update_model_index` format, which become `model-index` entries.
-    - `data`: what it was trained on, e.g. `{"datasets": ["HuggingFaceFW/fineweb-edu"], "train_tokens": 1e9}`;
-      `datasets` also goes into the card metadata.
-    - `loss_curve_png`: a PNG copied next to the card (as loss_curve.png) and shown in it.
-    - `base_model`: the model this one was fine-tuned from (card metadata and text).
-    - `extra`: `repo_id` (used in the loading snippets), `model_name`, `license`, `language`, `tags`,
-      `description`; any other keys are listed under "Other details".
-    Entries already in an existing card's `model-index` are kept (new results with the same task, dataset
-    and metric replace them).
+    `metrics` may hold `eval_results` (dicts in the `update_model_index` format) for `model-index`; `data["datasets"]`
+    also goes into the metadata; `loss_curve_png` is copied next to the card. `extra`: `repo_id` (for the loading
+    snippets), `model_name`, `license`, `language`, `tags`, `description`; other keys go under "Other details".
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -252,54 +186,20 @@ def write_model_card(
     tags = ["hfscratch", "text-generation", "causal-lm", "from-scratch"] + list(extra.pop("tags", []) or [])
     if config.get("model_type") and config["model_type"] != "hfscratch":
         tags.append(config["model_type"])
-    license_ = extra.pop("license", None)
-    language = extra.pop("language", None)
 
     new_results = [_to_eval_result(r) for r in metrics.pop("eval_results", []) or []]
     previous = _load_card(model_dir / README)
-    previous_results = previous.data.eval_results if previous is not None else None
-    eval_results = _merge_eval_results(previous_results, new_results) or None
+    eval_results = _merge_eval_results(previous and previous.data.eval_results, new_results) or None
 
     datasets = data.get("datasets") or data.get("dataset")
     if isinstance(datasets, str):
         datasets = [datasets]
     card_data = ModelCardData(
-        model_name=model_name,
-        base_model=base_model,
+        model_name=model_name, base_model=base_model, eval_results=eval_results, tags=list(dict.fromkeys(tags)),
         datasets=[d for d in datasets if _is_hub_dataset_id(d)] or None if datasets else None,
-        eval_results=eval_results,
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        license=license_,
-        language=language,
-        tags=list(dict.fromkeys(tags)),
+        library_name="transformers", pipeline_tag="text-generation",
+        license=extra.pop("license", None), language=extra.pop("language", None),
     )
-
-    n_params = count_parameters(model_dir)
-    sections = [f"# {model_name}", ""]
-    if description:
-        sections += [description, ""]
-    origin = f"fine-tuned from [{base_model}](https://huggingface.co/{base_model})" if base_model else "trained from scratch"
-    sections += [
-        f"A {human_count(n_params)}-parameter decoder-only language model {origin} with "
-        "hfscratch, where the training model is a native transformers model.",
-        "",
-        "## Model",
-        "",
-        _table(_architecture_rows(config, n_params), ("setting", "value")),
-        "",
-    ]
-    if data:
-        sections += ["## Training data", "", _table(sorted(data.items()), ("", "")), ""]
-    if training_config:
-        sections += ["## Training configuration", "", "```yaml",
-                     yaml.safe_dump(_plain(training_config), sort_keys=True, default_flow_style=False).rstrip(), "```", ""]
-    if metrics:
-        sections += ["## Results", "", _table(sorted(metrics.items()), ("metric", "value")), ""]
-    if eval_results:
-        rows = [(f"{r.task_name or r.task_type} / {r.dataset_name}" + (f" ({r.dataset_split})" if r.dataset_split else "") +
-                 f" / {r.metric_name or r.metric_type}", r.metric_value) for r in eval_results]
-        sections += ["## Evaluation", "", _table(rows, ("task / dataset / metric", "value")), ""]
     if loss_curve_png:
         source = Path(loss_curve_png)
         if not source.is_file():
@@ -307,22 +207,26 @@ def write_model_card(
         target = model_dir / LOSS_CURVE_NAME
         if source.resolve() != target.resolve():
             shutil.copyfile(source, target)
-        sections += ["## Loss curve", "", f"![Training loss curve]({LOSS_CURVE_NAME})", ""]
-    sections.append(_how_to_use(config, repo_id))
-    if extra:
-        sections += ["## Other details", "", _table(sorted(extra.items()), ("", "")), ""]
-
-    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(sections).rstrip() + "\n")
-    path = model_dir / README
-    write_file_atomically(path, str(card))
-    return path
+    eval_rows = [
+        (f"{r.task_name or r.task_type} / {r.dataset_name}{f' ({r.dataset_split})' if r.dataset_split else ''}"
+         f" / {r.metric_name or r.metric_type}", r.metric_value) for r in eval_results or []
+    ]
+    n_params = count_parameters(model_dir)
+    card = ModelCard.from_template(
+        card_data, template_path=CARD_TEMPLATE, config=config, model_name=model_name, description=description,
+        n_params=human_count(n_params), model_table=_table(_architecture_rows(config, n_params), ("setting", "value")),
+        data_table=data and _table(sorted(data.items())),
+        training_yaml=training_config and yaml.safe_dump(_plain(training_config), sort_keys=True),
+        results_table=metrics and _table(sorted(metrics.items()), ("metric", "value")),
+        eval_table=eval_rows and _table(eval_rows, ("task / dataset / metric", "value")),
+        loss_curve=LOSS_CURVE_NAME if loss_curve_png else None, extra_table=extra and _table(sorted(extra.items())),
+        repo_id=repo_id, base_model=base_model,
+    )
+    return write_file_atomically(model_dir / README, f"{card}\n")
 
 
 def _is_hub_dataset_id(name) -> bool:
     """Hub dataset ids go into the card metadata (linked on the Hub); local paths only into the text."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(name, str) or Path(name).expanduser().exists():
         return False
     try:
@@ -335,8 +239,6 @@ def _is_hub_dataset_id(name) -> bool:
 def _plain(value):
     """Dataclasses / Paths / tuples -> YAML-safe builtins."""
     if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
         value = asdict(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -350,24 +252,17 @@ def _plain(value):
 
 
 def update_model_index(model_dir, eval_results: list[dict]) -> Path:
-    """Merge `eval_results` into the card's `model-index`; prose and other metadata stay as they are.
-
-    Each dict: task_type, task_name, dataset_type, dataset_name, metric_type, metric_name, metric_value, and
-    optionally dataset_split, dataset_config, source_name (+ source_url). A result for the same task,
-    dataset and metric as an existing one replaces it; others are appended. A folder without a README gets
-    a generated card first.
-    """
+    """Merge `eval_results` (dicts of EvalResult fields) into the card's `model-index`, replacing a result for the
+    same task, dataset and metric; prose and other metadata stay as they are (a folder without a card gets one)."""
     model_dir = Path(model_dir)
     path = model_dir / README
     if not path.is_file():
         write_model_card(model_dir)
     card = _load_card(path)
-    new = [_to_eval_result(r) for r in eval_results]
-    card.data.eval_results = _merge_eval_results(card.data.eval_results, new)
+    card.data.eval_results = _merge_eval_results(card.data.eval_results, [_to_eval_result(r) for r in eval_results])
     if not card.data.model_name:
         card.data.model_name = model_dir.resolve().name
-    write_file_atomically(path, str(card))
-    return path
+    return write_file_atomically(path, str(card))
 
 
 __all__ = ["count_parameters", "human_count", "update_model_index", "write_model_card"]

@@ -1,21 +1,8 @@
-"""The one option parser: a YAML config plus command-line overrides into a tree of dataclasses.
-
-Every stage's settings are one dataclass tree (`PretrainConfig` = model + data + train, `DataConfig` = its fields
-+ synthetic + cleaning, `SFTStageConfig` = model + data + TRL's `SFTConfig`, ...). Each field is declared once, with
-its help text, and validated in its class's `__post_init__`; this module only finds and converts values.
-
-    --config pretrain_tiny           a shipped config by name, or a path to a YAML file
-    --data.block_size 512            a field by its path ...
-    --block_size 512                 ... or by any unambiguous tail of it (`--synthetic.seed`); a bare name
-                                     means the shallowest field of that name (`--seed` is train.seed)
-    --lr-schedule wsd                dashes and underscores are the same
-
-YAML mirrors the tree: one mapping per section, each key a field of that section (no shorthand, so a config reads
-unambiguously). A section may name another config instead of repeating it
-(`data: data_fineweb_edu`), or start from one and change some fields (`include: data_fineweb_edu` inside it).
-Values from YAML and from the command line go through the same conversion and the same checks, and every
-mistake is a one-line `ConfigError` that names the key and the fix. Written by hand because HfArgumentParser
-takes flat dataclasses only, and TrlParser passes nested values through argv as JSON strings.
+"""The one option parser: a YAML config plus command-line overrides into a tree of dataclasses (fields declared,
+with help, and validated in their classes; found and converted here). `--config NAME_OR_YAML`; `--data.block_size 512`
+names a field by its path or an unambiguous tail (a bare name: the shallowest such field; `-` and `_` are the same).
+YAML mirrors the tree; a section may name another config (`data: data_fineweb_edu`) or `include:` one and change it.
+Hand-written: HfArgumentParser takes flat dataclasses only, and TrlParser passes nested values as JSON strings.
 """
 
 from __future__ import annotations
@@ -23,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import json
-import sys
 import types
 import typing
 from pathlib import Path
@@ -47,18 +34,13 @@ def option(default: Any = None, help: str = "") -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def packaged_config(name: str) -> Path:
-    """The shipped YAML `name` (e.g. "sft_synthetic_math"); a path or `recipes/configs/x.yaml` also names it."""
-    file_name = Path(name).name if Path(name).suffix in (".yaml", ".yml") else f"{Path(name).name}.yaml"
-    return CONFIGS_DIR / file_name
-
-
 def resolve_config_path(path: str | Path) -> Path:
-    """An existing file as given; otherwise the shipped config of that name (`--config pretrain_tiny` works too)."""
+    """An existing file; else the shipped config of that name (`pretrain_tiny` or `recipes/configs/x.yaml`)."""
     given = Path(path).expanduser()
     if given.is_file():
         return given
-    shipped = packaged_config(str(path))
+    name = Path(path).name
+    shipped = CONFIGS_DIR / (name if Path(path).suffix in (".yaml", ".yml") else f"{name}.yaml")
     if shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
@@ -77,7 +59,6 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-# ------------------------------------------------------------------------------------------------------ the tree
 @dataclasses.dataclass(frozen=True)
 class Leaf:
     path: tuple[str, ...]  # ("data", "synthetic", "seed")
@@ -90,6 +71,7 @@ class Leaf:
         return ".".join(self.path)
 
 
+@functools.cache  # called per field; resolving a large foreign class's annotations is slow
 def _hints(cls) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
@@ -112,13 +94,9 @@ def sections(cls, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], type]:
 
 
 def leaves(cls) -> list[Leaf]:
-    out = []
-    for path, section in sections(cls).items():
-        hints = _hints(section)
-        for f in dataclasses.fields(section):
-            if f.init and _section_type(hints.get(f.name)) is None:
-                out.append(Leaf(path + (f.name,), hints.get(f.name, f.type), f, section))
-    return out
+    return [Leaf(path + (f.name,), _hints(section).get(f.name, f.type), f, section)
+            for path, section in sections(cls).items() for f in dataclasses.fields(section)
+            if f.init and _section_type(_hints(section).get(f.name)) is None]
 
 
 def resolve(name: str, all_leaves: list[Leaf], where: str = "") -> Leaf:
@@ -139,7 +117,6 @@ def resolve(name: str, all_leaves: list[Leaf], where: str = "") -> Leaf:
     raise ConfigError(f"unknown {shown}{hint}; " + ("remove it or fix its name" if where else "see --help for the options"))
 
 
-# ------------------------------------------------------------------------------------------------ conversion
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
@@ -228,7 +205,6 @@ def _is_flag(leaf: Leaf) -> bool:
                                   and bool in typing.get_args(annotation))
 
 
-# ------------------------------------------------------------------------------------------------ YAML and argv
 def _flatten_yaml(mapping: dict, cls, prefix: tuple[str, ...], all_leaves, source: str, out: dict) -> None:
     """YAML values as {leaf: value}; sections recurse, a string section includes another config file."""
     section_types = {name: sub for name, sub in ((f.name, _section_type(_hints(cls).get(f.name)))
@@ -265,7 +241,7 @@ def _unknown_yaml_key(key: str, prefix: tuple[str, ...], own: dict, all_leaves: 
 
 def _split_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, list[str]]]]:
     """(--config value, [(option name, its values)]) from argv; `--name=value` works too."""
-    config, options = None, []
+    options = []
     for token in argv:
         if token.startswith("--") and len(token) > 2 and _number(token) is None:
             name, eq, value = token[2:].partition("=")
@@ -274,24 +250,19 @@ def _split_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, list[str]]
             options[-1][1].append(token)
         else:
             raise ConfigError(f"unexpected argument {token!r}; options look like --name value")
-    for name, values in options:
-        if name == "config":
-            if len(values) != 1:
-                raise ConfigError("--config needs one YAML file or shipped config name, e.g. --config pretrain_tiny")
-            config = values[0]
-    return config, [(n, v) for n, v in options if n != "config"]
+    configs = [values for name, values in options if name == "config"]
+    if any(len(values) != 1 for values in configs):
+        raise ConfigError("--config needs one YAML file or shipped config name, e.g. --config pretrain_tiny")
+    return (configs[-1][0] if configs else None), [(n, v) for n, v in options if n != "config"]
 
 
 def _build(cls, prefix: tuple[str, ...], values: dict[tuple[str, ...], Any]):
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        path = prefix + (f.name,)
-        sub = _section_type(_hints(cls).get(f.name))
-        if sub is not None:
+        path, sub = prefix + (f.name,), _section_type(_hints(cls).get(f.name))
+        if f.init and sub is not None:
             kwargs[f.name] = _build(sub, path, values)
-        elif path in values:
+        elif path in values:  # only init fields are leaves
             kwargs[f.name] = values[path]
     try:
         return cls(**kwargs)
@@ -334,18 +305,17 @@ def print_help(root_cls, all_leaves: list[Leaf], raw: dict, prog: str, config_na
              f"config: {config_name or 'none'} (its values are shown as the defaults below)" if config_name else ""]
     current = None
     for leaf in all_leaves:
-        section = leaf.path[:-1]
-        if section != current:
-            current = section
-            title = ".".join(section) or "options"
-            foreign = not leaf.owner.__module__.startswith("hfscratch")
+        foreign = not leaf.owner.__module__.startswith("hfscratch")
+        if leaf.path[:-1] != current:
+            current = leaf.path[:-1]
+            title = ".".join(current) or "options"
             lines += ["", f"{title} ({leaf.owner.__module__.split('.')[0]}.{leaf.owner.__name__})" if foreign else f"{title}:"]
             if foreign:
                 lines.append("  every field of that class works (see its documentation); set in this config:")
-        if not leaf.owner.__module__.startswith("hfscratch") and leaf not in raw:
+        if foreign and leaf not in raw:
             continue
         factory = leaf.field.default_factory
         default = raw[leaf] if leaf in raw else factory() if factory is not dataclasses.MISSING else leaf.field.default
         help_text = (str(leaf.field.metadata.get("help") or "").splitlines() or [""])[0]
         lines.append(f"  --{leaf.dotted:<34} {help_text} (default: {default})")
-    print("\n".join(line for line in lines if line is not None), file=sys.stdout)
+    print("\n".join(lines))

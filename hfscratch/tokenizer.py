@@ -1,18 +1,11 @@
 """Train a byte-level BPE tokenizer with `tokenizers` and give it a chat template TRL understands.
 
-The result is a plain `PreTrainedTokenizerFast` folder (`AutoTokenizer.from_pretrained(folder)` works
-without hfscratch installed). Design choices:
-
-* Byte-level pre-tokenizer + decoder, no normalizer: every UTF-8 string (emoji, CJK, control characters,
-  `\\r\\n`, NUL) encodes and decodes back to the identical string.
-* Special tokens `<|bos|>`, `<|eos|>`, `<|pad|>` (pad is distinct from eos, so padding never masks the
-  end-of-turn label) and the chat role markers `<|system|>`, `<|user|>`, `<|assistant|>`.
-* `tokenizer(text)` adds no special tokens (GPT-2 style). The packer adds bos/eos around each document
-  explicitly and the chat template writes them itself, so no path ever gets a doubled bos.
-* The chat template renders one turn as `<|role|>content<|eos|>` after a leading bos. Assistant content
-  and its eos sit inside `{% generation %}…{% endgeneration %}`, so
-  `apply_chat_template(..., return_assistant_tokens_mask=True)` and TRL's `assistant_only_loss=True`
-  train exactly on what the model must produce, including when to stop.
+The result is a plain `PreTrainedTokenizerFast` folder (loads without hfscratch installed). Byte-level, no
+normalizer: every UTF-8 string round-trips exactly. Pad is distinct from eos, so padding never masks the
+end-of-turn label. `tokenizer(text)` adds no special tokens (GPT-2 style): the packer and the chat template add
+bos/eos themselves, so no path gets a doubled bos. The chat template renders each turn as `<|role|>content<|eos|>`
+after a leading bos, with assistant content and its eos inside `{% generation %}`, so TRL's
+`assistant_only_loss=True` trains exactly on what the model must produce, including when to stop.
 """
 
 from __future__ import annotations
@@ -86,9 +79,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, output_dir: str | Pat
                     show_progress: bool = True) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` and return it as a `PreTrainedTokenizerFast`.
 
-    With `output_dir`, the tokenizer is saved there (`save_pretrained`) and reloaded from disk, so what is
-    returned is exactly what `AutoTokenizer.from_pretrained(output_dir)` gives.
-    """
+    With `output_dir` it is saved there and reloaded, so it is exactly what `AutoTokenizer.from_pretrained` gives."""
     check_vocab_size(vocab_size)
     if min_frequency < 1:
         raise ConfigError(f"min_frequency={min_frequency} must be >= 1")
@@ -125,12 +116,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def ensure_chat_template(tokenizer):
-    """Give a tokenizer that lacks a chat template the hfscratch one (plus role markers, pad if missing).
+    """Give a tokenizer that lacks a chat template the hfscratch one (plus role markers, pad if missing), in place.
 
-    Returns the same tokenizer object. Tokens it adds get new ids at the end of the vocabulary, so a model
-    paired with it needs `model.resize_token_embeddings(len(tokenizer))` — compare `len(tokenizer)` before
-    and after to know. A tokenizer that already has a chat template is returned untouched.
-    """
+    Added tokens get new ids at the end of the vocabulary, so a paired model then needs
+    `model.resize_token_embeddings(len(tokenizer))`. A tokenizer with a chat template is returned untouched."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer
     if tokenizer.eos_token is None:

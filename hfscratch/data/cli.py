@@ -1,9 +1,6 @@
-"""`hfscratch data`: clean, train a tokenizer, tokenize and pack (same as `python recipes/prepare_data.py`).
+"""`hfscratch data`: clean, train a tokenizer, tokenize and pack (same `main` as `python recipes/prepare_data.py`).
 
-    hfscratch data                                              # embedded synthetic math -> data/synthetic_math/
     hfscratch data --config recipes/configs/data_gutenberg.yaml --vocab_size 8192
-
-The same `main` runs `python recipes/prepare_data.py`.
 """
 
 from __future__ import annotations

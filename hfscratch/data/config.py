@@ -1,9 +1,5 @@
-"""`DataConfig`: everything that decides a prepared dataset, the data section of every config that reads data.
-
-`hfscratch data` owns it; pretraining nests it as its `data:` section, so a data YAML (e.g. `data_gutenberg`)
-is the pretraining recipe's data section unchanged. Its own sections are the synthetic generator's difficulty
-(`SyntheticMathConfig`) and the cleaning pipeline's switches and thresholds (`CleanConfig`).
-"""
+"""`DataConfig`: everything that decides a prepared dataset; `hfscratch data` owns it and pretraining nests it as
+its `data:` section, so a data YAML (e.g. `data_gutenberg`) is the pretraining recipe's data section unchanged."""
 
 from __future__ import annotations
 

@@ -1,29 +1,21 @@
 """Tokenize documents and pack them into fixed-size training blocks (Arrow, `datasets.load_from_disk`).
 
-Every document becomes `[bos] + tokens + [eos]` (bos optional) and the documents are concatenated, in order,
-into blocks of exactly `block_size` tokens. No token is lost between documents or between tokenization batches:
-the remainder of one batch is carried into the next, and only the tail of the whole corpus is dropped (or
-padded with the pad token when `drop_remainder=False`; pad is never a real token, so a trainer masks labels
-where `input_ids == pad_token_id`).
+Every document becomes `[bos] + tokens + [eos]` (bos optional); documents are concatenated in order into blocks of
+exactly `block_size` tokens, the remainder of one tokenization batch carried into the next. Only the tail of the
+corpus is dropped (or, with `drop_remainder=False`, padded with pad, which is never a real token, so a trainer
+masks labels where `input_ids == pad_token_id`). `position_ids` restart at 0 where a document starts and at every
+block start, so a trainer can keep packed documents from attending to each other (varlen or block-diagonal mask).
 
-Each block also stores `position_ids` that restart at 0 where a document starts and at the start of every block.
-A trainer can hand these to the model (flash-attention "varlen" style) or turn them into a block-diagonal mask,
-so that packed documents do not attend to each other.
-
-Two paths, same output:
-* in-memory/on-disk `datasets.Dataset`: tokenization runs with `Dataset.map(batched=True, num_proc=N)`;
-* streaming (`datasets.IterableDataset` or any iterator, e.g. a Hub corpus larger than RAM): documents are read
-  batch by batch, tokenized with the Rust tokenizer's own thread pool, packed and appended to an Arrow file.
-  Memory stays bounded by one batch.
-
-Blocks are written as whole Arrow tables through `datasets`' `ArrowWriter` rather than with
-`Dataset.from_generator`: the generator converts every row from Python and measured ~25x slower here
-(4.8 s vs 0.19 s for 10M tokens), which would make packing, not tokenization, the bottleneck.
+A `datasets.Dataset` is tokenized with `Dataset.map(batched=True, num_proc=N)`; a stream (`IterableDataset` or any
+iterator) batch by batch with the Rust tokenizer's thread pool, in bounded memory. Same output either way.
+Blocks are written as whole Arrow tables with `ArrowWriter`: `Dataset.from_generator` converts every row from
+Python and measured ~25x slower (4.8 s vs 0.19 s for 10M tokens), making packing the bottleneck.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -121,16 +113,11 @@ class _Packer:
 
 
 def _special_ids(tokenizer, add_bos: bool, add_eos: bool) -> tuple[list[int], list[int]]:
-    prefix, suffix = [], []
-    if add_bos:
-        if tokenizer.bos_token_id is None:
-            raise ConfigError("add_bos=True but the tokenizer has no bos_token; set add_bos=False or use a tokenizer with one")
-        prefix = [tokenizer.bos_token_id]
-    if add_eos:
-        if tokenizer.eos_token_id is None:
-            raise ConfigError("the tokenizer has no eos_token to end each document; use a tokenizer with one")
-        suffix = [tokenizer.eos_token_id]
-    return prefix, suffix
+    if add_bos and tokenizer.bos_token_id is None:
+        raise ConfigError("add_bos=True but the tokenizer has no bos_token; set add_bos=False or use a tokenizer with one")
+    if add_eos and tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no eos_token to end each document; use a tokenizer with one")
+    return [tokenizer.bos_token_id] if add_bos else [], [tokenizer.eos_token_id] if add_eos else []
 
 
 def _encode_texts(backend, texts: list[str], prefix: list[int], suffix: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +157,7 @@ def _single_threaded_tokenizers(active: bool):
 def auto_num_proc(dataset: Dataset) -> int:
     """One process per ~32 MB of text, capped at the CPU count: below that, fork + pickling costs more than it saves
     (and with one process the Rust tokenizer still uses every core for each batch)."""
-    size = dataset.data.nbytes
-    return max(1, min(os.cpu_count() or 1, size // (32 * 2**20)))
+    return max(1, min(os.cpu_count() or 1, dataset.data.nbytes // (32 * 2**20)))
 
 
 def tokenize_dataset(documents: Dataset, tokenizer, text_field: str = "text", add_bos: bool = True, add_eos: bool = True,
@@ -213,16 +199,15 @@ def _iter_text_batches(documents, text_field: str, batch_size: int) -> Iterator[
                 raise DataError(f"documents have no {text_field!r} field (fields: {list(batch)}); set text_field")
             yield batch[text_field]
         return
-    batch: list[str] = []
-    for doc in documents:
+
+    def text_of(doc):
         text = doc if isinstance(doc, str) else doc.get(text_field) if isinstance(doc, dict) else None
         if text is None and not isinstance(doc, str):
             raise DataError(f"document {str(doc)[:60]!r} has no {text_field!r} field; set text_field or pass strings")
-        batch.append(text)
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
+        return text
+
+    texts = map(text_of, documents)
+    while batch := list(itertools.islice(texts, batch_size)):
         yield batch
 
 
@@ -240,10 +225,9 @@ def pack_dataset(documents, tokenizer, block_size: int, output_file: str | Path,
                  ) -> tuple[Dataset, PackStats]:
     """Tokenize and pack `documents` into `block_size` blocks written to the Arrow file `output_file`.
 
-    `documents`: a `datasets.Dataset` (tokenized with `map(num_proc=N)`), or — streaming, bounded memory — a
-    `datasets.IterableDataset` or any iterable of strings / dicts with `text_field`.
-    Returns the memory-mapped `Dataset` of blocks (`input_ids`, `position_ids`) and the packing statistics.
-    `block_size` is trusted (>= 2, fits the model): `DataConfig` and `config.check_block_size` validate it.
+    `documents`: a `datasets.Dataset`, or (streaming) an `IterableDataset` or any iterable of strings / dicts with
+    `text_field`. Returns the memory-mapped `Dataset` of blocks and the packing statistics. `block_size` is trusted
+    (`DataConfig` and `config.check_block_size` validate it).
     """
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
@@ -256,20 +240,17 @@ def pack_dataset(documents, tokenizer, block_size: int, output_file: str | Path,
     else:
         batches, total = _iter_streaming(documents, tokenizer, text_field, add_bos, add_eos, batch_size), None
     packer = _Packer(block_size)
-    bar = tqdm(total=total, unit="doc", desc=f"packing into {block_size}-token blocks", disable=not progress)
-    with ArrowWriter(features=block_features(block_size), path=str(output_file)) as writer:
+    with (tqdm(total=total, unit="doc", desc=f"packing into {block_size}-token blocks", disable=not progress) as bar,
+          ArrowWriter(features=block_features(block_size), path=str(output_file)) as writer):
         for values, offsets, text_bytes in batches:
             packer.stats.text_bytes += text_bytes
-            table = packer.add(values, offsets)
-            if table is not None:
+            if (table := packer.add(values, offsets)) is not None:
                 writer.write_table(table)
             bar.update(len(offsets) - 1)
             bar.set_postfix(tokens=f"{packer.stats.tokens:,}", refresh=False)
-        tail = packer.finish(drop_remainder, tokenizer.pad_token_id)
-        if tail is not None:
+        if (tail := packer.finish(drop_remainder, tokenizer.pad_token_id)) is not None:
             writer.write_table(tail)
         writer.finalize()
-    bar.close()
     stats = packer.stats
     if stats.blocks == 0:
         output_file.unlink(missing_ok=True)
@@ -283,8 +264,7 @@ def pack_dataset(documents, tokenizer, block_size: int, output_file: str | Path,
 def split_blocks(blocks: Dataset, validation_fraction: float, seed: int = 0) -> DatasetDict:
     """Hold out a seeded random `validation_fraction` of the blocks (at least one); train keeps corpus order.
 
-    Splitting blocks rather than documents works for any corpus shape, including a single long file.
-    """
+    Splitting blocks rather than documents works for any corpus shape, including a single long file."""
     check_validation_fraction(validation_fraction)
     n = len(blocks)
     n_validation = max(1, math.ceil(n * validation_fraction))
@@ -293,18 +273,14 @@ def split_blocks(blocks: Dataset, validation_fraction: float, seed: int = 0) -> 
                         "add more text or lower block_size")
     rng = np.random.default_rng(seed)
     validation_index = np.sort(rng.choice(n, size=n_validation, replace=False))
-    mask = np.ones(n, dtype=bool)
-    mask[validation_index] = False
-    train_index = np.flatnonzero(mask)
+    train_index = np.setdiff1d(np.arange(n), validation_index)
     return DatasetDict({"train": blocks.select(train_index), "validation": blocks.select(validation_index)})
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
     """UTF-8 bytes that each token id stands for (0 for special tokens), for bits-per-byte.
 
-    Exact for byte-level BPE (each character of a byte-level token is one byte); otherwise the length of the
-    token decoded on its own, which is a close approximation.
-    """
+    Exact for byte-level BPE (one character per byte); otherwise the token decoded alone, a close approximation."""
     backend = tokenizer.backend_tokenizer
     size = max(backend.get_vocab_size(with_added_tokens=True), len(tokenizer))
     lengths = np.zeros(size, dtype=np.int64)

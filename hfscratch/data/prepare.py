@@ -1,28 +1,17 @@
 """The data stage end to end: sources → (datatrove cleaning) → tokenizer → packed blocks, cached on disk.
 
-    from hfscratch.data import DataConfig, prepare_data
-    data = prepare_data(DataConfig())
-    data.train, data.validation, data.tokenizer, data.tokenizer_dir, data.manifest
+`prepare_data(DataConfig())` writes `<output_root>/<name>/`: `clean/` (*.jsonl.gz + stats.json, the tokenizer's
+training corpus), `tokenizer/` (save_pretrained), `packed/` (DatasetDict train/validation of input_ids +
+position_ids) and `manifest.json` (config, sources, tokenizer sha256, stats, token and byte counts).
 
-Folder written under `<output_root>/<name>/`:
+Caching: the manifest stores per-stage fingerprints of everything that decides the output (relevant config fields,
+each source file's size and mtime, a reused tokenizer's hash): all equal → the folder is reused; otherwise it is
+rebuilt, carrying stages whose own inputs did not change over from the previous build by hard link.
+A build happens in a hidden sibling temp folder renamed into place when complete, so a killed run never leaves a
+folder that looks valid.
 
-    clean/         *.jsonl.gz ("text" field) + stats.json — the corpus the tokenizer is trained on
-    tokenizer/     AutoTokenizer.from_pretrained(...) works
-    packed/        DatasetDict(train, validation) for datasets.load_from_disk, columns input_ids + position_ids
-    manifest.json  config, sources (size, mtime), tokenizer sha256, stats, token and byte counts
-
-Caching: the manifest stores a fingerprint of everything that decides the output (config fields that matter,
-every source file's size and mtime, the reused tokenizer's hash). The same fingerprint → the folder is reused;
-anything different → rebuilt. Stages whose own inputs did not change (e.g. cleaning when only block_size
-changed) are carried over from the previous build by hard link instead of recomputed.
-
-Atomicity: a build happens in a hidden sibling temp folder that is renamed into place only when complete, so a
-killed run never leaves a folder that looks valid. In distributed runs only the main process builds
-(`prepare_data_distributed`); the others wait and then load the finished folder.
-
-Cleaning (datatrove) runs on the natural-text `sources` only. The embedded synthetic math corpus is generated
-clean, and quality filters tuned for web text (Gopher word-length/symbol ratios) would throw away equations, so it
-goes straight to clean/synthetic_math.jsonl.gz.
+Cleaning runs on the natural-text `sources` only: the synthetic math corpus is generated clean, and web-text quality
+filters (Gopher word-length/symbol ratios) would throw away its equations.
 """
 
 from __future__ import annotations
@@ -84,7 +73,6 @@ class PreparedData:
         return self.root / "packed"
 
 
-
 def _sha256_json(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
@@ -133,7 +121,6 @@ def _stage_keys(config: DataConfig, sources: list[dict], clean_options: dict) ->
     packed = {"corpus": corpus_key, "tokenizer": tokenizer_key, **{
         k: getattr(config, k) for k in ("block_size", "add_bos", "drop_remainder", "validation_fraction", "split_seed")}}
     return {"corpus": corpus_key, "tokenizer": tokenizer_key, "packed": _sha256_json(packed)}
-
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -185,15 +172,12 @@ def _link_tree(src: Path, dst: Path) -> None:
 def _swap_into_place(staging: Path, root: Path) -> None:
     # Not atomic.replace_folder_atomically: the manifest is invalidated before the old folder moves aside, so a
     # crash between the two renames leaves nothing that looks valid, and the temp names stay hidden (".name.*").
-    old = None
+    old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
     if root.exists():
-        old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
         (root / "manifest.json").unlink(missing_ok=True)
         root.rename(old)
     staging.rename(root)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_jsonl_gz(path: Path, docs: Iterator[dict]) -> dict:
@@ -216,9 +200,7 @@ def _synthetic_docs(config: DataConfig) -> Iterator[dict]:
 def _build_corpus(config: DataConfig, clean_dir: Path) -> tuple[list[Path], dict, bool]:
     """Write the corpus under clean_dir. Returns (jsonl.gz files, stats, whether natural text is read from sources).
 
-    Natural text that is not cleaned is not copied (a Hub corpus may not fit on disk): it is streamed from the
-    sources at tokenizer-training and packing time instead.
-    """
+    Uncleaned natural text is not copied (a Hub corpus may not fit on disk) but streamed from the sources."""
     stats: dict = {}
     files: list[Path] = []
     stream_sources = bool(config.sources) and not config.clean
@@ -412,13 +394,10 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
 
 
 def prepare_data_distributed(config: DataConfig | None, accelerator, local: bool = False) -> PreparedData:
-    """Only the main process builds; the others wait at a barrier, then load (reuse) the finished folder.
+    """Only the main process builds (per node with `local=True`); the others wait at a barrier, then reuse it.
 
-    The others wait inside a collective barrier, which times out after the process group's timeout (30 min by
-    default with NCCL): prepare a large corpus beforehand with `hfscratch data` (same config -> reused).
-    `local=True` builds once per node (node-local disks); the default builds once in total and expects
-    `output_root` on a filesystem every process can see.
-    """
+    The barrier times out with the process group (30 min by default with NCCL): prepare a large corpus beforehand
+    with `hfscratch data`. Without `local`, `output_root` must be on a filesystem every process can see."""
     first = accelerator.local_main_process_first if local else accelerator.main_process_first
     with first():
         return prepare_data(config)

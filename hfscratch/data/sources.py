@@ -1,21 +1,12 @@
 """Reading raw text: local files, folders, globs and Hub datasets, as plain `{"text", "id", "source"}` dicts.
 
-Supported local formats (each optionally compressed as `.gz`, `.bz2` or `.zst`):
+Local formats (text/json optionally `.gz`/`.bz2`/`.zst`): `.txt`/`.text`/`.md` (one document per file, blank-line
+separated paragraph or non-empty line: `txt_mode`), `.jsonl`/`.ndjson`, `.json` (an array, or JSON Lines), `.parquet`
+and `Dataset.save_to_disk` folders. Anything else shaped like `owner/name[:config][@split]` (or `hf:owner/name`) is
+a Hub dataset, streamed through datatrove's `HuggingFaceDatasetReader`, so corpora larger than disk or RAM work.
 
-* `.txt` / `.text` / `.md`: one document per file (`txt_mode="file"`), per blank-line separated paragraph
-  (`"paragraph"`) or per non-empty line (`"line"`).
-* `.jsonl` / `.ndjson`: one JSON object per line; the text is read from `text_field`.
-* `.json`: a JSON array of objects (or JSON Lines saved with a `.json` name); text from `text_field`.
-* `.parquet`: read with datatrove's `ParquetReader` (column `text_field`).
-* a folder written by `datasets.Dataset.save_to_disk`.
-
-Anything that is not an existing path and looks like `owner/name` is a Hub dataset id, streamed with
-`datasets.load_dataset(..., streaming=True)` through datatrove's `HuggingFaceDatasetReader`, so corpora larger than
-disk or RAM work. Optional suffixes pick the config and split: `owner/name:config@split` (split defaults to `train`);
-`hf:owner/name` forces the Hub reading.
-
-Undecodable bytes never stop a run: they are removed, counted per file and reported (a log warning and the
-`stats` dict). Missing paths, unsupported extensions and sources without any text raise a one-line `DataError`.
+Undecodable bytes never stop a run: they are removed, counted per file and reported. Missing paths, unsupported
+extensions and sources without any text raise a one-line `DataError`.
 """
 
 from __future__ import annotations
@@ -74,9 +65,8 @@ def _folder_files(folder: Path) -> list[tuple[str, str]]:
 def resolve_sources(sources: list[str] | str) -> list[tuple[str, str]]:
     """Expand sources into `(kind, path_or_id)` pairs; kind is txt|jsonl|json|parquet|saved|hub.
 
-    Folders are searched recursively (hidden files skipped) for supported files, globs are expanded (`**` works),
-    and anything else that looks like `owner/name` is a Hub dataset id. Raises DataError for a missing path,
-    an unsupported file, an empty folder/glob or an empty source list.
+    Folders are searched recursively (hidden files skipped), globs expanded (`**` works). Raises DataError for a
+    missing path, an unsupported file, an empty folder/glob or an empty source list.
     """
     if isinstance(sources, (str, Path)):
         sources = [sources]
@@ -113,12 +103,11 @@ def resolve_sources(sources: list[str] | str) -> list[tuple[str, str]]:
     return list(dict.fromkeys(resolved))  # the same file named twice (a folder and a glob inside it) is read once
 
 
-
 def decode_counting(raw: bytes) -> tuple[str, int]:
     """UTF-8 decode `raw`, dropping undecodable bytes; returns (text, number of bytes dropped).
 
-    Strict decoding is the fast path. On failure `surrogateescape` maps every bad byte to exactly one lone
-    surrogate (U+DC80..U+DCFF), which valid UTF-8 can never produce, so counting and removing those is exact.
+    `surrogateescape` maps each bad byte to one lone surrogate (U+DC80..U+DCFF), which valid UTF-8 never produces,
+    so counting and removing those is exact.
     """
     try:
         return raw.decode("utf-8"), 0
@@ -130,9 +119,9 @@ def _open_binary(path: str):
     """Open a local or fsspec path for binary reading, decompressing gz/bz2/zst transparently."""
     compression = COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
     if compression == "zstd":  # fsspec's zstd file object cannot iterate lines; zstandard's reader in a buffer can
-        stream = zstandard.ZstdDecompressor().stream_reader(fsspec.open(path, "rb").open(), read_across_frames=True,
+        reader = zstandard.ZstdDecompressor().stream_reader(fsspec.open(path, "rb").open(), read_across_frames=True,
                                                              closefd=True)
-        return io.BufferedReader(stream)
+        return io.BufferedReader(reader)
     return fsspec.open(path, "rb", compression=compression).open()
 
 
@@ -158,23 +147,17 @@ def _iter_txt(path: str, txt_mode: str, counters: dict) -> Iterator[tuple[str, s
         for number, line in _read_lines(path, counters):
             yield line.rstrip("\r\n"), f"{path}#{number}"
     else:  # paragraph: lines are streamed so a huge file never sits in memory at once
-        paragraph: list[str] = []
-        index = 0
-        for _, line in itertools.chain(_read_lines(path, counters), [(None, "")]):  # a final blank line ends the last
-            if line.strip():
-                paragraph.append(line)
-            elif paragraph:
-                yield "".join(paragraph).rstrip("\r\n"), f"{path}#{index}"
-                index += 1
-                paragraph = []
+        groups = itertools.groupby(_read_lines(path, counters), key=lambda item: bool(item[1].strip()))
+        paragraphs = (lines for has_text, lines in groups if has_text)
+        for index, lines in enumerate(paragraphs):
+            yield "".join(line for _, line in lines).rstrip("\r\n"), f"{path}#{index}"
 
 
 def iter_records(path: str, kind: str, counters: dict | None = None) -> Iterator[tuple[int, object]]:
-    """`(index, parsed JSON value)` of a .jsonl file or a .json array (a .json file that is not an array is read as
-    JSON Lines). Unparsable lines are skipped and counted as bad_records, undecodable bytes dropped and counted.
+    """`(index, parsed JSON value)` of a .jsonl file or a .json array (other .json files are read as JSON Lines).
 
-    Hand-rolled instead of datatrove's JsonlReader: that reader opens files in text mode, so one undecodable byte
-    ends the whole file with a warning (the rest is silently lost); and datatrove has no reader for a JSON array.
+    Unparsable lines count as bad_records. Not datatrove's JsonlReader: it reads in text mode, so one undecodable
+    byte silently loses the rest of the file; and it cannot read a JSON array.
     """
     counters = _new_counters() if counters is None else counters
     if kind == "json":
@@ -246,7 +229,7 @@ def iter_source_texts(kind: str, path: str, text_field: str = "text", txt_mode: 
                       counters: dict | None = None, rank: int = 0, world_size: int = 1) -> Iterator[tuple[str, str]]:
     """Yield `(text, id)` for one resolved source; `counters` collects undecodable_bytes, missing_field, ...
 
-    `rank`/`world_size` only shard Hub and saved datasets (files are sharded by the caller, one file per task).
+    `rank`/`world_size` only shard Hub and saved datasets (the caller shards files).
     """
     counters = _new_counters() if counters is None else counters
     if kind == "txt":
@@ -272,24 +255,23 @@ def check_txt_mode(txt_mode: str) -> None:
 
 def _nonblank(texts: Iterable[tuple[str, str]], counters: dict, room: int | None) -> Iterator[tuple[str, str]]:
     """The non-blank `(text, id)` pairs of `texts`, at most `room` of them (None = no cap); blank ones are counted."""
-    if room is not None and room <= 0:
-        return
-    for text, doc_id in texts:
-        if not text.strip():
-            counters["empty"] += 1
-            continue
-        yield text, doc_id
-        if room is not None and (room := room - 1) == 0:
-            return
+
+    def nonblank():
+        for text, doc_id in texts:
+            if text.strip():
+                yield text, doc_id
+            else:
+                counters["empty"] += 1
+
+    return itertools.islice(nonblank(), None if room is None else max(room, 0))
 
 
 def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str = "file", limit: int | None = None,
                    stats: dict | None = None, progress: bool = False) -> Iterator[dict]:
-    """Yield `{"text", "id", "source"}` for every non-blank document in `sources`, in order.
+    """Yield `{"text", "id", "source"}` for every non-blank document in `sources`, in order, at most `limit`.
 
-    `limit` caps the total number of documents. When `stats` is a dict it is filled with files, documents,
-    undecodable_bytes, bad_records (unparsable JSON lines) and empty (blank documents skipped). A source argument
-    that yields no document at all raises DataError (naming a wrong `text_field` when that is the cause).
+    A `stats` dict is filled with files, documents, undecodable_bytes, bad_records and empty (blank documents).
+    A source that yields no document raises DataError (naming a wrong `text_field` when that is the cause).
     """
     check_txt_mode(txt_mode)
     if isinstance(sources, (str, Path)):
@@ -300,8 +282,7 @@ def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str =
     for key in ("files", "documents", "undecodable_bytes", "bad_records", "empty"):
         totals.setdefault(key, 0)
     produced = 0
-    bar = tqdm(total=sum(len(r) for _, r in per_source), unit="file", desc="reading", disable=not progress)
-    try:
+    with tqdm(total=sum(len(r) for _, r in per_source), unit="file", desc="reading", disable=not progress) as bar:
         for source, resolved in per_source:
             found_in_source = 0
             counters = _new_counters()
@@ -314,12 +295,11 @@ def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str =
                     totals["documents"] += 1
                     yield {"text": text, "id": doc_id, "source": path}
                 totals["files"] += 1
-                for key in ("undecodable_bytes", "bad_records", "empty"):
-                    totals[key] += counters[key] - before[key]
                 for key, what in (("undecodable_bytes", "undecodable bytes (not UTF-8)"),
-                                  ("bad_records", "records that are not JSON objects with text")):
-                    if counters[key] > before[key]:
-                        logger.warning("%s: skipped %d %s", path, counters[key] - before[key], what)
+                                  ("bad_records", "records that are not JSON objects with text"), ("empty", None)):
+                    totals[key] += (added := counters[key] - before[key])
+                    if added and what:
+                        logger.warning("%s: skipped %d %s", path, added, what)
                 bar.update()
                 if limit is not None and produced >= limit:
                     return
@@ -328,17 +308,14 @@ def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str =
                     raise DataError(f"no documents in {source}: records have no {text_field!r} field (fields seen: "
                                     f"{counters.get('keys_seen', [])}); set text_field to the field holding the text")
                 raise DataError(f"no documents in {source}: it is empty or holds only blank text; point to a file with text")
-    finally:
-        bar.close()
 
 
 class SourceReader(BaseReader):
-    """Datatrove reader over `resolve_sources(sources)`: files are spread over tasks (file i goes to task
-    i % world_size); Hub/saved datasets are sharded by datatrove's HuggingFaceDatasetReader in every task.
+    """Datatrove reader over `resolve_sources(sources)`: file i goes to task i % world_size; Hub/saved datasets are
+    sharded by `HuggingFaceDatasetReader` in every task.
 
-    Hand-rolled on top of `iter_source_texts` because no single datatrove reader handles a mix of txt, jsonl,
-    json arrays, parquet and Hub ids, nor counts undecodable bytes instead of aborting a file.
-    Stats: `undecodable_bytes`, `bad_records`, `empty` and the per-document `doc_len`.
+    No single datatrove reader handles a mix of txt, jsonl, json arrays, parquet and Hub ids, nor counts
+    undecodable bytes instead of aborting a file.
     """
 
     name = "📂 hfscratch sources"
@@ -359,8 +336,7 @@ class SourceReader(BaseReader):
         my_files = [item for item in resolved if item[0] not in DATASET_KINDS][rank::world_size]
         datasets_ = [item for item in resolved if item[0] in DATASET_KINDS]
         produced = 0
-        bar = tqdm(total=len(my_files), unit="file", desc=f"read task {rank}", disable=not self.file_progress)
-        try:
+        with tqdm(total=len(my_files), unit="file", desc=f"read task {rank}", disable=not self.file_progress) as bar:
             for kind, path in my_files + datasets_:
                 counters = _new_counters()
                 texts = iter_source_texts(kind, path, self.text_field, self.txt_mode, counters, rank, world_size)
@@ -377,5 +353,3 @@ class SourceReader(BaseReader):
                 if kind not in DATASET_KINDS:
                     bar.update()
                     self.stat_update("input_files")
-        finally:
-            bar.close()

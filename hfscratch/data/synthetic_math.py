@@ -1,32 +1,17 @@
 """Procedural grade-school math word problems in the GSM8K format: the embedded, offline default corpus.
 
-Every problem is a short story (shopping, ages, travel, baking, a shop's stock with percentages, reading,
-a collection) built from a chain of arithmetic *steps*. The solution shows each step GSM8K-style,
-``She has 3 + 4 = <<3+4=7>>7 apples.``, and ends with ``#### <integer answer>``.
+Each problem is a short story (`synthetic_math_themes`) built from a chain of arithmetic steps, solved GSM8K-style
+(``She has 3 + 4 = <<3+4=7>>7 apples.``) and ending with ``#### <integer answer>``. Hand-written because no library
+generates verifiable math word problems with controllable difficulty (`SyntheticMathConfig`) and a provably
+disjoint held-out split, and the corpus must exist offline on a fresh machine.
 
-Why hand-written: no library generates verifiable math word problems with controllable difficulty and a
-provably disjoint held-out split, and the corpus must exist offline on a fresh machine.
+Held-out split: a problem's split is a pure function of its question text (`problem_split`: sha256 of the
+lower-cased, space-normalised text, bucket < HELDOUT_PERCENT → "heldout"). Generators keep only candidates of the
+requested split, so one question text has exactly one split whatever the seed, difficulty or process: a held-out
+question can never be produced by the training generator.
 
-Difficulty knobs (the fields of `SyntheticMathConfig`, also accepted as keywords by the generators):
-  * ``min_steps``/``max_steps``: number of arithmetic steps (= number of ``<<...>>`` annotations);
-  * ``max_value``: operands are drawn from 1..max_value (intermediate values stay <= 10 * max_value);
-  * ``operations``: the allowed operators, any subset of ``("+", "-", "*", "/")``; a step that needs an
-    operator outside the set (a percentage needs ``*`` and ``/``) is never used. Every result is a whole number.
-
-Held-out split, and why it can never overlap the training split
------------------------------------------------------------------
-A problem *is* its question text. Its split is a pure function of that text::
-
-    bucket = int(sha256(canonical(question))[:8 bytes]) % 100      # canonical: lower case, single spaces
-    split  = "heldout" if bucket < HELDOUT_PERCENT else "train"
-
-Generators draw candidate problems from a seeded stream and keep only those whose bucket belongs to the
-requested split. Because the bucket depends on nothing but the question text, one question text has
-exactly one split, whatever the seed, difficulty or process: a held-out question can never be produced
-by the training generator (``tests/test_synthetic_math.py`` checks it on 10k samples of each).
-
-Output formats: ``problem_to_text`` (pretraining text), ``to_chat`` (SFT), ``to_preference`` (DPO) and
-``to_grpo`` (``prompt`` + verifiable ``answer``), all in TRL's conversational format.
+Output formats: ``problem_to_text`` (pretraining), ``to_chat`` (SFT), ``to_preference`` (DPO) and ``to_grpo``
+(``prompt`` + verifiable ``answer``), all in TRL's conversational format.
 """
 
 from __future__ import annotations
@@ -293,8 +278,8 @@ class _Generator:
 def iter_problems(split: str = "train", config: SyntheticMathConfig | None = None, **difficulty) -> Iterator[dict]:
     """Unbounded, seeded stream of problems of one split; `difficulty` keywords are `SyntheticMathConfig` fields.
 
-    Each item has ``question``, ``answer`` (worked solution ending ``#### N``), ``final_answer`` (str of an
-    integer), ``steps``, ``topic`` and ``program`` (a JSON description used to build wrong solutions).
+    Items: ``question``, ``answer`` (worked solution ending ``#### N``), ``final_answer`` (str), ``steps``,
+    ``topic`` and ``program`` (JSON used to build wrong solutions).
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -328,9 +313,7 @@ def problem_to_text(p: dict) -> str:
 
 
 def restated_solution(answer: str) -> str:
-    """The solution with a redundant closing sentence: ``...\n#### 7`` -> ``...\nThe answer is 7.\n#### 7``.
-
-    The working (and so the arithmetic an SFT set teaches) is unchanged: only the style differs."""
+    """The solution with a redundant closing sentence: ``...\n#### 7`` -> ``...\nThe answer is 7.\n#### 7``."""
     body, final = answer.rsplit("\n#### ", 1)
     return f"{body}\nThe answer is {final}.\n#### {final}"
 
@@ -341,10 +324,7 @@ def to_chat(p: dict, restated: bool = False) -> dict:
 
 
 def rejected_answer(p: dict, rng: random.Random | int | None = None) -> tuple[str, str]:
-    """A plausible wrong solution: one calculation slips by a small amount and the error flows to the end.
-
-    Returns (solution text, wrong final answer). Every other step is computed correctly from the slipped value.
-    """
+    """(solution text, wrong final answer): one calculation slips by a small amount and the error flows to the end."""
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
     program = json.loads(p["program"])
     calcs = program["calcs"]
@@ -371,11 +351,10 @@ PREFERENCE_KINDS = ("slip", "style")
 
 
 def to_preference(p: dict, rng: random.Random | int | None = None, kind: str = "slip") -> dict:
-    """TRL conversational preference row; the chosen answer is always the correct, concise GSM8K-format solution.
+    """TRL conversational preference row; chosen is always the correct, concise GSM8K-format solution.
 
-    ``kind="slip"``: the rejected answer has one arithmetic slip that flows to a wrong final answer (correctness).
-    ``kind="style"``: the rejected answer is the same correct solution with a redundant ``The answer is N.`` line
-    (a preference for concise answers that SFT on a mix of both styles does not encode).
+    Rejected: ``kind="slip"``, one arithmetic slip flowing to a wrong final answer; ``kind="style"``, the same
+    solution with a redundant ``The answer is N.`` line (a preference SFT on a mix of both styles does not encode).
     """
     if kind == "slip":
         wrong, _ = rejected_answer(p, rng)

@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, gen_kwargs={"max_gen_toks": args.max_gen_toks} if args.max_gen_toks else None,
         include_path=args.include_path, bpb_files=args.bpb, max_length=args.max_length, stride=args.stride,
         dtype=args.dtype, trust_remote_code=args.trust_remote_code, log_samples=args.log_samples,
-        update_model_card=args.write_model_card,
-    )
+        update_model_card=args.write_model_card)
     print(results_markdown(results))
     if args.output_dir:
         print(f"wrote {len(results['hfscratch'].get('files', []))} files to {args.output_dir}", file=sys.stderr)
@@ -67,7 +66,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ConfigError(f"--batch_size must be a positive integer or 'auto', got {text!r}") from None
+        value = 0
     if value <= 0:
         raise ConfigError(f"--batch_size must be a positive integer or 'auto', got {text!r}")
     return value

@@ -1,17 +1,9 @@
-"""Intrinsic metrics on held-out text: perplexity and bits-per-byte, with a sliding window over long documents.
+"""Intrinsic metrics on held-out text: perplexity (per token) and bits-per-byte (summed NLL in bits / UTF-8 bytes,
+so tokenizer-independent), with a sliding window. Hand-written because `evaluate`'s Hub `perplexity` needs the Hub,
+truncates long texts and has no bytes variant; the `evaluate` modules in `metrics/` call this file.
 
-Bits-per-byte divides the summed negative log-likelihood (in bits) by the UTF-8 byte count of the text, so it
-does not depend on the tokenizer: models with different vocabularies compare on the same file. Perplexity is
-per token and does depend on it.
-
-Why hand-written: `evaluate`'s Hub `perplexity` metric needs the Hub, truncates long texts instead of sliding a
-window, and has no bytes-based variant; lm-eval's rolling loglikelihood needs a task/dataset around the text.
-The two `evaluate` modules in `metrics/` call this file, so the numbers are the same from every entry point.
-
-Each document is scored from a prefix token (BOS, else EOS), so its first real token is predicted too and every
-byte of the text is paid for. Windows of `max_length` tokens advance by `stride` tokens; each window scores only
-tokens no earlier window scored, and every scored token sees at least `max_length - stride` tokens of context
-(all tokens since the document start while the document still fits in one window).
+Each document is scored from a prefix token (BOS, else EOS), so every byte is paid for. Windows of `max_length`
+tokens advance by `stride`, each scoring only new tokens, so every scored token sees >= `max_length - stride` context.
 """
 
 from __future__ import annotations
@@ -23,6 +15,8 @@ from pathlib import Path
 import datasets
 import evaluate
 import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
 from ..loading import load_for_inference
@@ -56,18 +50,13 @@ class TextScores:
         return [math.exp(n / t) if t else float("nan") for n, t in zip(self.per_text_nll, self.per_text_tokens)]
 
     def as_dict(self) -> dict[str, float]:
-        return {
-            "bits_per_byte": self.bits_per_byte, "bits_per_token": self.bits_per_token, "perplexity": self.perplexity,
-            "nll_nats": self.nll, "tokens": self.tokens, "bytes": self.bytes,
-        }
+        return {"bits_per_byte": self.bits_per_byte, "bits_per_token": self.bits_per_token,
+                "perplexity": self.perplexity, "nll_nats": self.nll, "tokens": self.tokens, "bytes": self.bytes}
 
 
 def sliding_windows(num_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
-    """(input_start, score_start, end) per window over a sequence whose position 0 is the prefix token.
-
-    Tokens score_start..end-1 are scored from the input tokens input_start..end-1; positions 1..num_tokens-1
-    are each scored exactly once.
-    """
+    """(input_start, score_start, end) per window over a sequence whose position 0 is the prefix token: tokens
+    score_start..end-1 are scored from inputs input_start..end-1, so positions 1..num_tokens-1 are each scored once."""
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 tokens to score anything, got {max_length}")
     if stride < 1:
@@ -102,11 +91,7 @@ def model_max_length(model) -> int:
 def score_texts(model, tokenizer, texts: list[str] | str, max_length: int | None = None, stride: int | None = None,
                 batch_size: int = 4, device: str | torch.device | None = None, progress: bool = True) -> TextScores:
     """Summed token log-likelihoods of each text under `model` (see the module docstring for the windowing)."""
-    from tqdm.auto import tqdm
-
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = [t for t in texts if t]
+    texts = [t for t in ([texts] if isinstance(texts, str) else texts) if t]
     if not texts:
         raise DataError("no text to score: every given text is empty; pass a non-empty file or string")
     limit = model_max_length(model)
@@ -133,17 +118,14 @@ def score_texts(model, tokenizer, texts: list[str] | str, max_length: int | None
     try:
         for first in tqdm(range(0, len(jobs), batch_size), desc="scoring text", unit="batch", disable=not progress):
             batch = jobs[first:first + batch_size]
-            width = max(len(ids) for _, ids, _ in batch)
             # Right padding: causal attention keeps real positions blind to the padding after them.
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, ids, _) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
+            sequences = [torch.tensor(ids) for _, ids, _ in batch]
+            input_ids = pad_sequence(sequences, batch_first=True, padding_value=pad_id)
+            lengths = torch.tensor([len(seq) for seq in sequences])
+            attention = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = input_ids[:, 1:].to(device)
-            token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            targets = input_ids[:, 1:].to(device).unsqueeze(-1)
+            token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets).squeeze(-1)
             for row, (index, ids, context) in enumerate(batch):
                 # logits at i predict token i+1: scored tokens context..len-1 use logits context-1..len-2
                 nll = -token_logprobs[row, context - 1: len(ids) - 1].sum().item()
@@ -176,10 +158,24 @@ def read_text_file(path: str | Path, max_chars: int | None = None) -> str:
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it to UTF-8") from None
     if max_chars is not None and max_chars > 0:
-        text = text[-max_chars:] if max_chars < len(text) else text
+        text = text[-max_chars:]
     if not text.strip():
         raise DataError(f"{path} is empty; bits-per-byte needs some text")
     return text
+
+
+# The arguments of both `evaluate` modules in metrics/ (each adds its "Returns:").
+METRIC_ARGS_DESCRIPTION = """
+Args:
+    predictions (list of str): texts to score; each is one document.
+    model (str or PreTrainedModel): model folder, Hub id, or loaded model.
+    tokenizer (optional): tokenizer or its path (default: the model's).
+    max_length (int, optional): window size in tokens (default: the model's max_position_embeddings).
+    stride (int, optional): tokens the window advances by (default: max_length // 2).
+    batch_size (int, optional): windows per forward pass (default 4).
+    device (str, optional): where to run a model loaded from a path (default: cuda if available).
+Returns:
+"""
 
 
 def metric_module_info(description: str, inputs_description: str, reference_url: str):

@@ -21,40 +21,41 @@ RESULTS_MD = "results.md"
 HISTORY_FILE = "eval_history.jsonl"
 
 
+def _task_metrics(metrics: dict, include_stderr: bool = False):
+    """(metric, filter, value) for each numeric "metric,filter" entry of one task's lm-eval results."""
+    for key, value in metrics.items():
+        if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool):
+            metric, filter_name = key.split(",", 1)
+            if include_stderr or not metric.endswith("_stderr"):
+                yield metric, filter_name, float(value)
+
+
+def _intrinsic(results: dict) -> dict:
+    return (results.get("hfscratch") or {}).get("intrinsic") or {}
+
+
 def flatten_results(results: dict, include_stderr: bool = False) -> dict[str, float]:
     """lm-eval's {"results": {task: {"acc,none": x}}} -> {"task/acc": x, "gsm8k/exact_match_strict-match": y}."""
     flat: dict[str, float] = {}
     for task, metrics in results.get("results", {}).items():
-        for key, value in metrics.items():
-            if "," not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            metric, filter_name = key.split(",", 1)
-            if metric.endswith("_stderr") and not include_stderr:
-                continue
-            name = metric if filter_name == "none" else f"{metric}_{filter_name}"
-            flat[f"{task}/{name}"] = float(value)
-    for name, value in (results.get("hfscratch", {}).get("intrinsic", {}) or {}).items():
+        for metric, filter_name, value in _task_metrics(metrics, include_stderr):
+            flat[f"{task}/{metric}" + ("" if filter_name == "none" else f"_{filter_name}")] = value
+    for name, value in _intrinsic(results).items():
         for metric in ("bits_per_byte", "perplexity"):
             flat[f"{name}/{metric}"] = float(value[metric])
     return flat
 
 
 def training_progress(model_dir: str | os.PathLike) -> dict[str, int]:
-    """Step and tokens seen of a checkpoint, from its trainer state or folder name.
-
-    hfscratch pretraining writes `checkpoints/checkpoint-0000100/{trainer_state.json, hf/}`, so the model folder's
-    parent is looked at too; HF Trainer's `trainer_state.json` (global_step, num_input_tokens_seen) also works.
-    """
+    """Step and tokens seen of a checkpoint, from its (or, for pretraining's `checkpoint-N/hf/`, its parent's)
+    trainer state or folder name."""
     folder = Path(model_dir)
     for candidate in (folder, folder.parent):
         found: dict[str, int] = {}
         for name in ("trainer_state.json", "training_state.json"):
-            state_file = candidate / name
-            if not state_file.is_file():
-                continue
             try:
-                state = json.loads(state_file.read_text())
-            except (OSError, json.JSONDecodeError):
+                state = json.loads((candidate / name).read_text())
+            except (OSError, json.JSONDecodeError):  # missing or unreadable
                 continue
             for key in ("tokens_seen", "num_input_tokens_seen", "training_tokens"):
                 if isinstance(state.get(key), int) and state[key] > 0:
@@ -71,37 +72,34 @@ def training_progress(model_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def results_markdown(results: dict) -> str:
-    parts = []
-    if results.get("results"):
-        parts.append(make_table(results))
-    if results.get("groups"):
-        parts.append(make_table(results, "groups"))
-    intrinsic = (results.get("hfscratch", {}) or {}).get("intrinsic") or {}
-    if intrinsic:
+    parts = [make_table(results, column) for column in ("results", "groups") if results.get(column)]
+    if _intrinsic(results):
         lines = ["|text|bits/byte|perplexity|tokens|bytes|max_length|stride|", "|---|--:|--:|--:|--:|--:|--:|"]
-        for name, value in intrinsic.items():
+        for name, value in _intrinsic(results).items():
             lines.append(f"|{name}|{value['bits_per_byte']:.4f}|{value['perplexity']:.3f}|{value['tokens']}|{value['bytes']}|{value['max_length']}|{value['stride']}|")
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
 
-def plot_task_bars(results: dict, output_dir: Path) -> list[Path]:
-    """One PNG bar chart per task: each metric (per filter) with its stderr as an error bar."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; the backend must be chosen before pyplot loads
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_task_bars(results: dict, output_dir: Path) -> list[Path]:
+    """One PNG bar chart per task: each metric (per filter) with its stderr as an error bar."""
+    plt = _pyplot()
     written = []
     for task, metrics in results.get("results", {}).items():
         labels, values, errors = [], [], []
-        for key, value in metrics.items():
-            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            metric, filter_name = key.split(",", 1)
+        for metric, filter_name, value in _task_metrics(metrics):
             stderr = metrics.get(f"{metric}_stderr,{filter_name}")
             labels.append(metric if filter_name == "none" else f"{metric}\n({filter_name})")
-            values.append(float(value))
+            values.append(value)
             errors.append(float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else 0.0)
         if not labels:
             continue
@@ -123,14 +121,12 @@ def plot_task_bars(results: dict, output_dir: Path) -> list[Path]:
 
 
 def write_eval_results(results: dict, output_dir: str | os.PathLike) -> list[Path]:
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    samples = results.get("samples") or {}
+    out = Path(output_dir)  # each writer creates the folder
     body = {k: v for k, v in results.items() if k != "samples"}
     written = [out / RESULTS_JSON, out / RESULTS_MD]
     write_file_atomically(written[0], json.dumps(body, indent=2, default=handle_non_serializable, ensure_ascii=False))
     write_file_atomically(written[1], results_markdown(results))
-    for task, rows in samples.items():
+    for task, rows in (results.get("samples") or {}).items():
         path = out / f"samples_{task}.jsonl"
         write_file_atomically(path, "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows))
         written.append(path)
@@ -145,21 +141,17 @@ def model_index_entries(results: dict) -> list[dict[str, Any]]:
     for task, metrics in results.get("results", {}).items():
         config = configs.get(task, {})
         split = config.get("test_split") or config.get("validation_split")
-        for key, value in metrics.items():
-            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            metric, filter_name = key.split(",", 1)
+        for metric, filter_name, value in _task_metrics(metrics):
             entries.append({
-                "task_name": task, "task_type": "text-generation",
-                "dataset_name": task, "dataset_type": config.get("dataset_path") or task,
-                "dataset_config": config.get("dataset_name"), "dataset_split": split,
+                "task_name": task, "task_type": "text-generation", "dataset_name": task,
+                "dataset_type": config.get("dataset_path") or task, "dataset_config": config.get("dataset_name"),
+                "dataset_split": split, "metric_type": metric, "metric_value": round(value, 6),
                 "metric_name": metric if filter_name == "none" else f"{metric} ({filter_name})",
-                "metric_type": metric, "metric_value": round(float(value), 6),
                 "metric_config": None if filter_name == "none" else filter_name,
                 "metric_args": {"num_fewshot": results["n-shot"][task]} if task in results.get("n-shot", {}) else None,
                 "source_name": "lm-evaluation-harness", "source_url": "https://github.com/EleutherAI/lm-evaluation-harness",
             })
-    for name, value in (results.get("hfscratch", {}).get("intrinsic", {}) or {}).items():
+    for name, value in _intrinsic(results).items():
         for metric in ("bits_per_byte", "perplexity"):
             entries.append({
                 "task_name": "text-generation", "task_type": "text-generation", "dataset_name": name, "dataset_type": name,
@@ -204,27 +196,17 @@ def collect_training_points(run_dir: Path) -> list[dict]:
         progress = {"tokens": info.get("training_tokens"), "step": info.get("training_step")}
         if progress["tokens"] is None and progress["step"] is None:
             # results.json sits in <checkpoint>/<eval dir>/ or in the checkpoint folder itself
-            for folder in (results_file.parent, results_file.parent.parent, results_file.parent.parent.parent):
-                found = training_progress(folder)
-                if found:
-                    progress = {"tokens": found.get("tokens"), "step": found.get("step")}
-                    break
+            found = next((p for p in map(training_progress, results_file.parents[:3]) if p), {})
+            progress = {"tokens": found.get("tokens"), "step": found.get("step")}
         points.append({**progress, "metrics": flatten_results(results)})
     return points
 
 
 def plot_scores_over_training(run_dir: str | os.PathLike, metrics: list[str] | None = None,
                               out_path: str | os.PathLike | None = None) -> Path:
-    """PNG of each metric vs. training tokens (or steps when tokens are unknown) across one run's evaluations.
-
-    Reads run_dir/eval_history.jsonl (the in-training hook) and every results.json under run_dir (evaluations
-    of saved checkpoints, whose trainer state or `checkpoint-<step>` name gives the position).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; the backend must be chosen before pyplot loads
-    import matplotlib.pyplot as plt
-
+    """PNG of each metric vs. training tokens (or steps when tokens are unknown) across one run's evaluations:
+    run_dir/eval_history.jsonl (the in-training hook) and every results.json under run_dir."""
+    plt = _pyplot()
     run = Path(run_dir)
     if not run.is_dir():
         raise HfscratchError(f"run folder {run} does not exist; pass the output folder of a pretraining run")

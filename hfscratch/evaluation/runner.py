@@ -1,17 +1,8 @@
-"""Evaluate a model with lm-eval (`simple_evaluate` + `HFLM`) and write results people can read.
+"""Evaluate a model with lm-eval (`simple_evaluate` + `HFLM`, which batch, left-pad and use the KV cache).
 
-`evaluate_model` takes a model folder, a Hub id or an in-memory model. lm-eval's HFLM does the batched work:
-generation is left-padded, batched and uses the KV cache (`model.generate(use_cache=True)`), scoring tasks are
-batched forward passes, and both show a tqdm progress bar. Outputs (when `output_dir` is given): lm-eval's
-results JSON, a markdown table, one PNG bar chart per task; `plot_scores_over_training(run_dir)` draws score
-vs. training tokens across the checkpoints of one run. `run_training_eval` is the small in-training hook.
-
-Generation budget: a generate_until task asks for up to `max_gen_toks` new tokens (the task's, or --max_gen_toks),
-and lm-eval keeps only the last `context - max_gen_toks` prompt tokens. When the task's budget would not leave
-room for its longest prompt (e.g. gsm8k_chat_local's 512 tokens in a 512-token model), it is lowered to
-`context - longest prompt` (prompts measured as the model sees them: few-shot, chat template), announced in one
-info line and recorded in results["hfscratch"]["generation_budget"]; when fewer than MIN_FITTED_GEN_TOKS tokens
-(or the budget asked for, if smaller) would be left, that is a one-line ConfigError instead.
+lm-eval keeps only the last `context - max_gen_toks` prompt tokens, so a generate_until task whose `max_gen_toks`
+leaves no room for its longest prompt gets it lowered to `context - longest prompt` (announced, and recorded in
+results["hfscratch"]["generation_budget"]); below MIN_FITTED_GEN_TOKS that is a one-line ConfigError instead.
 """
 
 from __future__ import annotations
@@ -35,27 +26,17 @@ from .reports import (
 )
 from .tasks import load_planned_tasks, plan_tasks
 
-logger = logging.getLogger(__name__)
-
 # A fitted generation budget below this many tokens is refused: the answer would be cut off before it starts.
 MIN_FITTED_GEN_TOKS = 16
 
-
-
-class _QuietCustomDatasetNotice(logging.Filter):
-    # lm-eval logs a generic "Custom kwargs can be passed to --metadata" warning for every custom_dataset task.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed" not in record.getMessage()
-
-
-logging.getLogger("lm_eval.api.task").addFilter(_QuietCustomDatasetNotice())
+# lm-eval logs a generic "Custom kwargs can be passed to --metadata" warning for every custom_dataset task.
+logging.getLogger("lm_eval.api.task").addFilter(lambda rec: "Custom kwargs can be passed" not in rec.getMessage())
 
 
 def fit_generation_budget(task: str, longest_prompt: int, requested: int, context: int,
                           context_source: str = "max_position_embeddings") -> int:
-    """Tokens task `task` may generate: `requested` if the longest prompt still fits beside it in `context`,
-    else what is left (`context - longest_prompt`), as long as that is at least MIN_FITTED_GEN_TOKS (or
-    `requested`, if smaller); otherwise a ConfigError naming the prompt length and the fixes."""
+    """`requested` if the longest prompt still fits beside it in `context`, else `context - longest_prompt` if that is
+    at least MIN_FITTED_GEN_TOKS (or `requested`, if smaller); otherwise a ConfigError naming the fixes."""
     room = context - longest_prompt
     if requested <= room:
         return requested
@@ -65,10 +46,9 @@ def fit_generation_budget(task: str, longest_prompt: int, requested: int, contex
     problem = (f"is longer than {where}" if room <= 0
                else f"leaves only {room} of {where} for the answer (at least {min(MIN_FITTED_GEN_TOKS, requested)} needed)")
     longer = "a larger --max_length" if context_source == "--max_length" else "a model with a longer context"
-    raise ConfigError(
-        f"task {task}: its longest prompt ({longest_prompt} tokens, few-shot examples and any chat template included) "
-        f"{problem}; use fewer few-shot examples (--num_fewshot 0), a zero-shot variant of the task, or {longer}"
-    )
+    raise ConfigError(f"task {task}: its longest prompt ({longest_prompt} tokens, few-shot examples and any chat "
+                      f"template included) {problem}; use fewer few-shot examples (--num_fewshot 0), a zero-shot "
+                      f"variant of the task, or {longer}")
 
 
 @functools.cache  # one class per process, built on first use: importing lm-eval's HF model costs seconds
@@ -85,7 +65,7 @@ def _budget_fitting_hflm():
             by_task: dict[str, list] = {}
             for request in requests:
                 by_task.setdefault(str(request.task_name), []).append(request)
-            budgets = getattr(self, "generation_budgets", {})
+            budgets = self.__dict__.setdefault("generation_budgets", {})
             for task, task_requests in by_task.items():
                 longest = max(len(self.tok_encode(r.args[0])) for r in task_requests)
                 requested = max(int(normalize_gen_kwargs(r.args[1], self.max_gen_toks)["max_gen_toks"])
@@ -99,43 +79,23 @@ def _budget_fitting_hflm():
                               f"fits the {self.max_length}-token context ({self.context_source})", file=sys.stderr, flush=True)
                 budgets[task] = {"max_gen_toks": used, "requested_max_gen_toks": requested, "longest_prompt_tokens": longest,
                                  "context": self.max_length, "lowered": used < requested}
-            self.generation_budgets = budgets
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
     return BudgetFittingHFLM
 
 
-def evaluate_model(
-    model_or_path,
-    tokenizer=None,
-    tasks: list[str] | str = (),
-    limit: int | float | None = None,
-    num_fewshot: int | None = None,
-    batch_size: int | str = 8,
-    data_dir: str | os.PathLike | None = None,
-    apply_chat_template: bool = False,
-    output_dir: str | os.PathLike | None = None,
-    device: str | None = None,
-    *,
-    gen_kwargs: dict | None = None,
-    include_path: list[str | os.PathLike] | None = None,
-    bpb_files: list[str | os.PathLike] | None = None,
-    max_length: int | None = None,
-    stride: int | None = None,
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    log_samples: bool = False,
-    bootstrap_iters: int = 1000,
-    seed: int = 1234,
-    update_model_card: bool = False,
-    training_tokens: int | None = None,
-    verbose: bool = True,
-) -> dict:
-    """Run lm-eval tasks (and optionally bits-per-byte on text files) on one model; returns lm-eval's results dict.
-
-    The dict gains an "hfscratch" entry: the tasks actually run (stock names mapped to local copies when a data
-    folder is given), intrinsic metrics, training progress and the files written.
-    """
+def evaluate_model(model_or_path, tokenizer=None, tasks: list[str] | str = (), limit: int | float | None = None,
+                   num_fewshot: int | None = None, batch_size: int | str = 8,
+                   data_dir: str | os.PathLike | None = None, apply_chat_template: bool = False,
+                   output_dir: str | os.PathLike | None = None, device: str | None = None, *,
+                   gen_kwargs: dict | None = None, include_path: list[str | os.PathLike] | None = None,
+                   bpb_files: list[str | os.PathLike] | None = None, max_length: int | None = None,
+                   stride: int | None = None, dtype: str | None = None, trust_remote_code: bool = False,
+                   log_samples: bool = False, bootstrap_iters: int = 1000, seed: int = 1234,
+                   update_model_card: bool = False, training_tokens: int | None = None, verbose: bool = True) -> dict:
+    """Run lm-eval tasks (and optionally bits-per-byte on text files) on one model; returns lm-eval's results dict,
+    plus an "hfscratch" entry: the tasks run (stock names mapped to local copies), intrinsic metrics, training
+    progress and the files written."""
     from lm_eval import simple_evaluate
 
     if isinstance(limit, float) and limit.is_integer() and limit >= 1:
@@ -221,20 +181,12 @@ def evaluate_model(
 def run_training_eval(model, tokenizer, tasks: list[str], limit: int, data_dir: str | None, *,
                       step: int | None = None, tokens: int | None = None, run_dir: str | os.PathLike | None = None,
                       writer=None, batch_size: int = 8, max_gen_toks: int | None = None) -> dict[str, float]:
-    """The pretraining loop's hook: a small lm-eval suite with `limit` rows per task on the live model.
-
-    Returns flat metric names -> floats ("hellaswag_local/acc_norm"). Pass the unwrapped model (not DDP/FSDP);
-    its train/eval mode is restored. With `writer` (a tensorboard SummaryWriter) and `step` the scores are
-    logged as eval/<name>; with `run_dir` they are appended to run_dir/eval_history.jsonl, which
-    `plot_scores_over_training` draws.
-    """
+    """The pretraining loop's hook: a small lm-eval suite with `limit` rows per task on the live (unwrapped) model.
+    Returns {"hellaswag_local/acc_norm": x, ...}, also logged to `writer` and added to run_dir/eval_history.jsonl."""
     gen_kwargs = {"max_gen_toks": max_gen_toks} if max_gen_toks else None
-    was_training = model.training
-    try:
-        results = evaluate_model(model, tokenizer, tasks=tasks, limit=limit, batch_size=batch_size, data_dir=data_dir,
-                                 gen_kwargs=gen_kwargs, bootstrap_iters=0, verbose=False)
-    finally:
-        model.train(was_training)
+    # evaluate_model restores the model's train/eval mode
+    results = evaluate_model(model, tokenizer, tasks=tasks, limit=limit, batch_size=batch_size, data_dir=data_dir,
+                             gen_kwargs=gen_kwargs, bootstrap_iters=0, verbose=False)
     flat = flatten_results(results)
     if writer is not None:
         for name, value in flat.items():
@@ -242,5 +194,3 @@ def run_training_eval(model, tokenizer, tasks: list[str], limit: int, data_dir: 
     if run_dir is not None:
         record_training_eval(run_dir, flat, step=step, tokens=tokens)
     return flat
-
-

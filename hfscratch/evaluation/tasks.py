@@ -1,9 +1,7 @@
 """Finding, checking and loading lm-eval tasks: the offline `*_local` copies in eval/tasks and lm-eval's own.
 
-The local copies read their rows from a data folder chosen at run time (`data_dir`, else $HFSCRATCH_EVAL_DATA);
-lm-eval passes it to the YAMLs' `custom_dataset` loaders through `TaskManager(metadata=...)`. When a data folder
-is given, the stock names that have a local copy (`gsm8k`, `hellaswag`, ...) run that copy; without one they are
-lm-eval's own Hub-backed tasks, unchanged.
+The local copies read a data folder chosen at run time (`data_dir`, else $HFSCRATCH_EVAL_DATA), passed through
+`TaskManager(metadata=...)`; with one, stock names that have a local copy (`gsm8k`, ...) run that copy.
 """
 
 from __future__ import annotations
@@ -21,21 +19,11 @@ logger = logging.getLogger(__name__)
 
 DATA_ENV_VAR = "HFSCRATCH_EVAL_DATA"
 TASKS_ENV_VAR = "HFSCRATCH_EVAL_TASKS"
-DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HFLM.max_gen_toks when a task sets none
 
 # lm-eval task -> its offline copy in eval/tasks
-LOCAL_EQUIVALENTS = {
-    "gsm8k": "gsm8k_local",
-    "gsm8k_cot_zeroshot": "gsm8k_cot_zeroshot_local",
-    "hellaswag": "hellaswag_local",
-    "arc_easy": "arc_easy_local",
-    "arc_challenge": "arc_challenge_local",
-    "piqa": "piqa_local",
-    "winogrande": "winogrande_local",
-    "lambada_openai": "lambada_openai_local",
-    "boolq": "boolq_local",
-    "openbookqa": "openbookqa_local",
-}
+LOCAL_EQUIVALENTS = {name: f"{name}_local" for name in (
+    "gsm8k", "gsm8k_cot_zeroshot", "hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "lambada_openai",
+    "boolq", "openbookqa")}
 
 _REQUIRED_KEYS = ("task", "output_type")
 _OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until")
@@ -58,21 +46,12 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def _yaml_loader():
+def read_task_yamls(include_dirs: list[Path]) -> dict[str, Path]:
+    """Task name -> file for every task YAML in `include_dirs`, parsed without importing its functions (lm-eval would
+    skip a broken YAML with a log line and then report "unknown task"; this names the file and the problem)."""
+    import yaml
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    return load_yaml
-
-
-def read_task_yamls(include_dirs: list[Path]) -> dict[str, Path]:
-    """Parse every task YAML in `include_dirs` (without importing its functions) and map task name -> file.
-
-    lm-eval skips a YAML it cannot parse with a log line, and the user then sees "unknown task"; this reports
-    the file and the parser's complaint instead.
-    """
-    import yaml
-
-    load_yaml = _yaml_loader()
     names: dict[str, Path] = {}
     for folder in include_dirs:
         if not folder.is_dir():
@@ -121,31 +100,26 @@ def plan_tasks(tasks: list[str] | str, data_dir: str | os.PathLike | None = None
     if not names:
         raise ConfigError("no tasks given; pass --tasks gsm8k_local,hellaswag_local (list them with --list_tasks)")
     resolved_data = resolve_data_dir(data_dir)
-    include_dirs = [default_tasks_dir(), *(Path(p).expanduser() for p in include_path or [])]
+    include_dirs = _include_dirs(include_path)
     local_names = read_task_yamls(include_dirs)
 
     plan = TaskPlan(names=[], data_dir=resolved_data, include_dirs=include_dirs)
     for name in names:
-        if name in local_names:
-            plan.names.append(name)
-        elif resolved_data is not None and name in LOCAL_EQUIVALENTS and LOCAL_EQUIVALENTS[name] in local_names:
-            plan.renamed[name] = LOCAL_EQUIVALENTS[name]
-            plan.names.append(LOCAL_EQUIVALENTS[name])
-        else:
-            plan.names.append(name)
-            plan.uses_stock_tasks = True
+        local_copy = LOCAL_EQUIVALENTS.get(name) if resolved_data is not None else None
+        if name not in local_names and local_copy in local_names:
+            plan.renamed[name] = local_copy
+            name = local_copy
+        plan.names.append(name)
+        plan.uses_stock_tasks |= name not in local_names
     if plan.renamed:
         logger.info("data folder given: running the offline copies %s", ", ".join(f"{a} -> {b}" for a, b in plan.renamed.items()))
 
-    needs_local_data = any(
-        n in local_names and local_names[n].parent.resolve() == default_tasks_dir().resolve() for n in plan.names
-    )
-    if needs_local_data and resolved_data is None:
-        raise DataError(
-            f"tasks {', '.join(n for n in plan.names if n in local_names)} read local files: pass --data_dir DIR "
-            f"(or set ${DATA_ENV_VAR}) with gsm8k/, hellaswag/, eval-icl/ as in shared/data; or drop the _local "
-            f"suffix to run lm-eval's Hub-backed tasks"
-        )
+    shipped = default_tasks_dir().resolve()
+    reads_shipped_data = any(n in local_names and local_names[n].parent.resolve() == shipped for n in plan.names)
+    if reads_shipped_data and resolved_data is None:
+        raise DataError(f"tasks {', '.join(n for n in plan.names if n in local_names)} read local files: pass "
+                        f"--data_dir DIR (or set ${DATA_ENV_VAR}) with gsm8k/, hellaswag/, eval-icl/ as in shared/data; "
+                        "or drop the _local suffix to run lm-eval's Hub-backed tasks")
 
     from lm_eval.tasks import TaskManager
 
@@ -164,10 +138,6 @@ def plan_tasks(tasks: list[str] | str, data_dir: str | os.PathLike | None = None
     return plan
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HFSCRATCH_CACHE", Path.home() / ".cache" / "hfscratch")).expanduser()
-
-
 def stock_task_names() -> set[str]:
     """Every task/group/tag name lm-eval ships, cached per lm-eval install (building its index takes 5-20 s)."""
     import hashlib
@@ -176,12 +146,12 @@ def stock_task_names() -> set[str]:
     import lm_eval
 
     key = hashlib.sha1(f"{lm_eval.__version__}:{Path(lm_eval.__file__).resolve()}".encode()).hexdigest()[:12]
-    cache = _cache_dir() / f"lm_eval_task_names-{key}.json"
-    if cache.is_file():
-        try:
-            return set(json.loads(cache.read_text()))
-        except (OSError, ValueError):
-            pass
+    cache_dir = Path(os.environ.get("HFSCRATCH_CACHE", Path.home() / ".cache" / "hfscratch")).expanduser()
+    cache = cache_dir / f"lm_eval_task_names-{key}.json"
+    try:
+        return set(json.loads(cache.read_text()))
+    except (OSError, ValueError):  # not cached yet, or unreadable
+        pass
     from lm_eval.tasks import TaskManager
 
     names = sorted(TaskManager(include_defaults=True).all_tasks)
@@ -196,8 +166,6 @@ def load_planned_tasks(plan: TaskPlan) -> dict:
     """Build the Task objects (this reads the data); data and template problems become one-line errors."""
     try:
         return plan.task_manager.load(plan.names)
-    except DataError:
-        raise
     except FileNotFoundError as err:
         raise DataError(f"{err}") from None
     except (ImportError, AttributeError) as err:
@@ -206,15 +174,9 @@ def load_planned_tasks(plan: TaskPlan) -> dict:
         raise DataError(f"lm-eval could not download a task's dataset ({err}); you seem to be offline: pass --data_dir to run the *_local copies") from None
 
 
+def _include_dirs(include_path: list[str | os.PathLike] | None) -> list[Path]:
+    return [default_tasks_dir(), *(Path(p).expanduser() for p in include_path or [])]
+
+
 def list_tasks(include_path: list[str | os.PathLike] | None = None) -> list[str]:
-    dirs = [default_tasks_dir(), *(Path(p).expanduser() for p in include_path or [])]
-    return sorted(read_task_yamls(dirs))
-
-
-def task_max_gen_toks(task, gen_kwargs: dict | None = None) -> int | None:
-    """Tokens a generate_until task may generate (None for scoring tasks)."""
-    if task.get_config("output_type") != "generate_until":
-        return None
-    merged = dict(task.get_config("generation_kwargs") or {})
-    merged.update(gen_kwargs or {})
-    return int(merged.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+    return sorted(read_task_yamls(_include_dirs(include_path)))

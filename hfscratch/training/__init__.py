@@ -1,11 +1,8 @@
-"""Pretraining on Accelerate: `accelerate launch recipes/pretrain.py` / `hfscratch pretrain`.
+"""Pretraining on Accelerate (`hfscratch pretrain`): `pretrain(PretrainConfig(...))` runs a whole job.
 
-`pretrain(PretrainConfig(...))` runs a whole job (data, model, loop, checkpoints, final folder); the pieces
-(`optim`, `metrics`, `stability`, `checkpoint`, `plots`) are usable on their own.
-
-Layout: `loop` (the loop and its state) runs `step` (one optimizer step) on a `backend` (Accelerate or
-DeepSpeed), reads `data`, builds the model with `model_factory`, calls `hooks` between steps (logging,
-validation, samples, lm-eval, checkpoints, Hub pushes) and ends with `artifacts` (the final folder).
+`loop` runs `step` (one optimizer step) on a `backend`, reads `data`, builds the model with `model_factory`, calls
+`hooks` between steps and ends with `artifacts` (the final folder); `optim`, `metrics`, `stability` and
+`checkpoint` are usable on their own.
 """
 
 from ..data.config import DataConfig

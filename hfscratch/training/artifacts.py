@@ -1,8 +1,6 @@
-"""What a run leaves in its output folder besides checkpoints.
-
-`run_config.json` (the marker that the folder holds a run), `metrics.json`, and `final/`: a save_pretrained
-folder with tokenizer, generation config, model card, loss curve (matplotlib's Agg backend: works headless) and
-`training_metrics.json`, written to `.tmp-final` and renamed when complete.
+"""What a run leaves besides checkpoints: `run_config.json` (marks a run folder), `metrics.json` and `final/`
+(save_pretrained + tokenizer, generation config, model card, loss curve, `training_metrics.json`; written to
+`.tmp-final` and renamed when complete).
 """
 
 from __future__ import annotations

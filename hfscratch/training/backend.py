@@ -1,8 +1,6 @@
-"""The engine under the step: one object per engine, so the step itself never asks which one runs.
-
-`AccelerateBackend` covers one process, DDP and FSDP2 (the loop clips, steps and skips bad updates itself);
-`DeepSpeedBackend` covers ZeRO-2/3 (the engine reduces, clips and updates inside `engine.step()`). The Accelerator
-is created here too, with the environment workarounds it needs.
+"""The engine under the step, one object per engine so the step never asks which one runs: `AccelerateBackend`
+(one process, DDP, FSDP2: the loop clips, steps and skips bad updates itself) or `DeepSpeedBackend` (ZeRO-2/3: the
+engine reduces, clips and updates inside `engine.step()`). Also the Accelerator, with its environment workarounds.
 """
 
 from __future__ import annotations
@@ -48,21 +46,6 @@ def deepspeed_on_cpu_requested() -> bool:
     return _env_flag("ACCELERATE_USE_DEEPSPEED") and launched and not _env_flag("ACCELERATE_USE_CPU") and not has_accelerator
 
 
-def skip_deepspeed_shm_comm_op() -> None:
-    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (minutes, or a crash without a C++ toolchain)
-    that only its inference uses; `__compatible_ops__` is the module-level switch it reads before building it."""
-    import deepspeed.ops  # lazily: DeepSpeed is an optional extra
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def quiet_library_progress_bars() -> None:
-    """One progress bar (ours): transformers' per-save shard bars and accelerate's tied-weight notes are noise here."""
-    hf_logging.disable_progress_bar()
-    for name in ("accelerate.utils.other", "accelerate.checkpointing"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def warn_on_silent_fallback(accelerator) -> None:
     """Accelerate drops FSDP/DeepSpeed without a word when it cannot use them (CPU): say it loudly once."""
     running = f"Accelerate is running {accelerator.distributed_type.value} on {accelerator.device.type}"
@@ -84,13 +67,20 @@ def create_accelerator(args: TrainConfig, output_dir: Path) -> tuple[Accelerator
         # precision; clearing it keeps the process group (PartialState) and is what Accelerate's tests do.
         AcceleratorState._reset_state(reset_partial_state=False)
     if deepspeed_on_cpu := deepspeed_on_cpu_requested():
-        skip_deepspeed_shm_comm_op()
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (minutes, or a crash without a C++ toolchain)
+        # that only its inference uses; `__compatible_ops__` is the module-level switch it reads before building it.
+        import deepspeed.ops  # lazily: DeepSpeed is an optional extra
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     accelerator = Accelerator(  # tensorboard logs go to <output_dir>/logs/<run_name>; the loop steps the schedule itself
         mixed_precision=mixed_precision, log_with=args.trackers() or None, project_dir=str(output_dir / "logs"),
         step_scheduler_with_optimizer=False, dataloader_config=DataLoaderConfiguration(split_batches=False),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
     )
-    quiet_library_progress_bars()
+    # One progress bar (ours): transformers' per-save shard bars and accelerate's tied-weight notes are noise here.
+    hf_logging.disable_progress_bar()
+    for name in ("accelerate.utils.other", "accelerate.checkpointing"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warn_on_silent_fallback(accelerator)
     return accelerator, mixed_precision
 
@@ -132,8 +122,7 @@ class TrainingBackend:
 
     def step(self, approve: Callable[[float | None], bool]) -> tuple[float | None, bool]:
         """Clip and update; returns (gradient norm, whether the update was applied). `approve(grad_norm)` is called
-        exactly once: engines that can still hold the update back apply it only if it returns True; engines that
-        update inside their own step call it afterwards, for the record."""
+        once: before the update where it can still be held back (applied only if True), else after, for the record."""
         raise NotImplementedError
 
 
@@ -158,8 +147,7 @@ class AccelerateBackend(TrainingBackend):
         max_norm = self.args.max_grad_norm if self.args.max_grad_norm > 0 else float("inf")
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else None
-        applied = approve(grad_norm)
-        if applied:
+        if applied := approve(grad_norm):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, applied
@@ -176,9 +164,9 @@ class DeepSpeedBackend(TrainingBackend):
 
     @contextlib.contextmanager
     def model_init_context(self):
-        """Build the model whole unless the DeepSpeed config asks for `zero3_init_flag`: Accelerate registers the ZeRO-3
-        config with transformers whatever that flag says, and transformers would then build it partitioned (with another
-        RNG order). Built whole, ZeRO-3 starts from the weights 1 process or DDP get; the flag is for models too big."""
+        """Build the model whole unless the config sets `zero3_init_flag`: Accelerate registers the ZeRO-3 config with
+        transformers regardless, which would build it partitioned (another RNG order). Built whole, ZeRO-3 starts from
+        the weights 1 process or DDP get; the flag is for models too big for that."""
         plugin = self.plugin
         if plugin is None or plugin.zero3_init_flag or plugin.deepspeed_config.get("zero_optimization", {}).get("stage") != 3:
             yield

@@ -1,13 +1,7 @@
-"""Atomic, resumable checkpoints: `accelerate save_state` + a `save_pretrained` folder + the trainer state.
-
-Layout of `<output_dir>/checkpoints/checkpoint-0000100/`:
-  model.safetensors, optimizer.bin, scheduler.bin, random_states_<rank>.pkl   (accelerate save_state;
-      FSDP writes sharded `pytorch_model_fsdp_0/` + `optimizer_0/` instead)
-  hf/                      save_pretrained folder (loads with AutoModelForCausalLM) + tokenizer
-  trainer_state.json       step, tokens seen, data position, loss history, stability statistics
-
-A checkpoint is written to `.tmp-checkpoint-…` and renamed when complete, `trainer_state.json` last (a folder
-without it is never treated as a checkpoint): a kill or a full disk mid-write leaves the previous one untouched.
+"""Atomic, resumable checkpoints in `<output_dir>/checkpoints/checkpoint-0000100/`: `accelerate save_state`
+(model, optimizer, scheduler, RNG; sharded under FSDP), `hf/` (a `save_pretrained` folder + tokenizer) and
+`trainer_state.json` (step, data position, histories, stability statistics). Written to `.tmp-checkpoint-…`,
+`trainer_state.json` last, then renamed: a kill or a full disk mid-write leaves the previous one untouched.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""`hfscratch pretrain`: the same `main` as `accelerate launch recipes/pretrain.py`.
-
-Multi-process runs go through `accelerate launch` (or torchrun) on the recipe; the command runs in this process.
-"""
+"""`hfscratch pretrain`, in this process: the `main` of `recipes/pretrain.py` (launch that for multi-process runs)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The pretraining stage's configuration tree: `PretrainConfig` = model + data (the data stage's `DataConfig`,
-nested, not mirrored) + train. `hfscratch.options.parse_config` fills it from a YAML with one section each plus
-command-line overrides. Field defaults are the tiny CPU run; the shipped YAMLs spell out the values they rely on.
+"""The pretraining configuration tree: `PretrainConfig` = model + data (the data stage's `DataConfig`, nested, not
+mirrored) + train, filled by `hfscratch.options.parse_config`. Defaults are the tiny CPU run.
 """
 
 from __future__ import annotations
@@ -14,22 +13,17 @@ from ..data.config import DataConfig
 from ..errors import ConfigError
 from ..options import option
 
-# Model size presets: (hidden, layers, heads, kv_heads, intermediate or None, max_positions, style).
-# "gpt2_*" presets use GPT-2's architecture (learned positions, LayerNorm, GELU); the rest are Llama-style.
+# Model size presets; "gpt2_*" use GPT-2's architecture (learned positions, LayerNorm, GELU), the rest Llama's.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512),
     "small": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024),
-    "gpt2_124m": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
-        style="gpt2",
-    ),
+    "gpt2_124m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12,
+                      max_position_embeddings=1024, style="gpt2"),
     "llama_124m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048),
     "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=2048),
     # Llama-3.2-1B shape (hidden 2048, 16 layers, GQA 32/8, SwiGLU 8192): ~1.0B with a 50k vocab.
-    "1b": dict(
-        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192,
-        max_position_embeddings=2048, rope_theta=500000.0,
-    ),
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               intermediate_size=8192, max_position_embeddings=2048, rope_theta=500000.0),
 }
 
 
@@ -130,10 +124,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.max_steps is not None and self.max_tokens is not None:
             raise ConfigError("give max_steps or max_tokens, not both")
-        for name in ("per_device_train_batch_size", "keep_last_k", "logging_steps", "max_consecutive_skips", "sample_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "max_tokens", "gradient_accumulation_steps", "global_batch_size"):
+        for name in ("per_device_train_batch_size", "keep_last_k", "logging_steps", "max_consecutive_skips",
+                     "sample_max_new_tokens", "max_steps", "max_tokens", "gradient_accumulation_steps",
+                     "global_batch_size"):  # the last four may be None
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")

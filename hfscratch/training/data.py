@@ -1,9 +1,7 @@
-"""What the loop reads: packed blocks, the labels it predicts, and this rank's micro-batches in order.
+"""What the loop reads: packed blocks, their labels, and this rank's micro-batches in order.
 
-Exact resume rests on this module: the data order is a function of (seed, epoch) only, and the position in
-it is a number of sequences consumed (stored in every checkpoint). Packed blocks keep documents apart
-through restarting `position_ids` (the model builds a document-aware causal mask from them); the first
-token of each document is not predicted from the previous one.
+Exact resume rests here: the data order depends on (seed, epoch) only and the position is a count of sequences.
+Documents in a block are kept apart by restarting `position_ids` (the model's document-aware causal mask).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from ..data.prepare import prepare_data_distributed
 from ..errors import DataError
 
 IGNORE_INDEX = -100
+
 
 @dataclass
 class TrainingData:
@@ -42,13 +41,12 @@ class PackedBlocks:
         if len(dataset) == 0:
             raise DataError("packed dataset split is empty; prepare more data or lower block_size")
         self.dataset = dataset
-        self.has_positions = "position_ids" in dataset.column_names
+        self.columns = ["input_ids"] + (["position_ids"] if "position_ids" in dataset.column_names else [])
         self.block_size = len(dataset[0]["input_ids"])
         self.arrays = None
         if len(dataset) * self.block_size * 8 * 2 <= in_memory_limit_bytes:
-            columns = ["input_ids"] + (["position_ids"] if self.has_positions else [])
-            table = dataset.with_format("numpy", columns=columns)
-            self.arrays = {c: np.asarray(table[c], dtype=np.int64) for c in columns}
+            table = dataset.with_format("numpy", columns=self.columns)
+            self.arrays = {c: np.asarray(table[c], dtype=np.int64) for c in self.columns}
             if self.arrays["input_ids"].ndim != 2:
                 raise DataError("packed blocks have different lengths; every block must hold exactly block_size tokens")
 
@@ -60,7 +58,7 @@ class PackedBlocks:
             batch = {k: torch.from_numpy(v[indices]) for k, v in self.arrays.items()}
         else:
             rows = self.dataset[indices]
-            batch = {k: torch.tensor(rows[k], dtype=torch.long) for k in (["input_ids", "position_ids"] if self.has_positions else ["input_ids"])}
+            batch = {k: torch.tensor(rows[k], dtype=torch.long) for k in self.columns}
         if "position_ids" not in batch:
             batch["position_ids"] = torch.arange(self.block_size).expand_as(batch["input_ids"]).contiguous()
         return batch
@@ -70,11 +68,8 @@ class PackedBlocks:
 
 
 def make_labels(input_ids: torch.Tensor, position_ids: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
-    """Labels for next-token prediction on packed blocks.
-
-    A token at position 0 starts a new document: under the document mask it cannot see the previous
-    document, so predicting it from there would be noise; padding is never a target.
-    """
+    """Next-token labels on packed blocks: a document's first token (position 0, which cannot see the previous
+    document) and padding are never targets."""
     labels = input_ids.clone()
     labels[position_ids == 0] = IGNORE_INDEX
     if pad_token_id is not None:
@@ -87,13 +82,9 @@ def predicted_token_count(labels: torch.Tensor) -> torch.Tensor:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Micro-batches for this rank, in order, from a global sequence position onwards.
-
-    The global stream of sequence indices is one seeded permutation per epoch, concatenated. Step `s`
-    takes the next `sequences_per_step` of them; rank `r` takes micro-batch `m`'s slice
-    `[(m * world + r) * micro, ... + micro)`. Being a map-style dataset, a DataLoader can prefetch it with
-    workers and the position is just an integer.
-    """
+    """Micro-batches for this rank, in order, from a global sequence position onwards (map-style: workers can
+    prefetch it). The stream is one seeded permutation per epoch; within a step, rank `r` takes micro-batch `m`'s
+    slice `[(m * world + r) * micro, ... + micro)`."""
 
     def __init__(self, blocks: PackedBlocks, *, seed: int, start_sequence: int, num_steps: int, micro: int, accum: int, world: int, rank: int):
         self.blocks, self.seed, self.start = blocks, seed, start_sequence
@@ -127,8 +118,7 @@ def load_training_data(config: DataConfig, accelerator) -> TrainingData:
         splits = load_from_disk(config.dataset_path)
     except (FileNotFoundError, ValueError) as err:
         raise DataError(f"dataset_path {config.dataset_path} is not a saved DatasetDict ({err}); write it with DatasetDict.save_to_disk") from None
-    missing = [s for s in ("train", "validation") if s not in splits]
-    if missing:
+    if missing := [s for s in ("train", "validation") if s not in splits]:
         raise DataError(f"dataset_path {config.dataset_path} lacks split(s) {missing}; it needs train and validation")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_path)

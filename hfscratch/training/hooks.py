@@ -1,5 +1,5 @@
-"""What the loop does between steps (it decides when): log, validate, sample, run lm-eval, checkpoint, push to the Hub.
-These functions do the work on the trainer they are handed and record what they measured on it."""
+"""What the loop does between steps (it decides when): log, validate, sample, run lm-eval, checkpoint, push to the Hub,
+recording what they measure on the trainer they are handed."""
 
 from __future__ import annotations
 
@@ -134,8 +134,8 @@ def run_lm_eval(trainer, pbar) -> None:
         data_dir=args.eval_harness_data_dir, step=trainer.step, tokens=trainer.tokens_seen, run_dir=str(trainer.output_dir),
     )
     trainer.accelerator.log({f"harness/{k}": float(v) for k, v in results.items()}, step=trainer.step)
-    if trainer.accelerator.is_main_process and pbar:
-        pbar.write(f"step {trainer.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in results.items())
+    write_message(trainer.accelerator, pbar, f"step {trainer.step}: {scores}")
 
 
 def save_periodic_checkpoint(trainer, pbar) -> Path:

@@ -1,16 +1,10 @@
 """The pretraining loop on Accelerate primitives.
 
-What it guarantees, and where:
-* Token-weighted loss across micro-batches and ranks, and the skip of NaN/Inf or spiking updates: `step.py`,
-  on whichever engine `backend.py` provides (one process, DDP, FSDP2 or DeepSpeed ZeRO).
-* Exact resume: the data order is a function of (seed, epoch) only (`data.py`), and a checkpoint stores how
-  many sequences were consumed; model/optimizer/scheduler/RNG come from `accelerate save_state`.
-* Checkpoints never hold NaN (`checkpoint.py`); evaluation, samples, lm-eval, checkpoints and Hub pushes
-  run between steps (`hooks.py`); the final folder is written by `artifacts.py`.
-
-Accelerate's `accumulate()` / prepared dataloaders are not used: the loop does its own accumulation
-(`no_sync` on all but the last micro-batch) and its own rank sharding, because token weighting needs the
-global token count up front and exact resume needs the data position in sequences, not batches.
+The per-batch math lives in `step.py` on a `backend.py` engine; between steps `hooks.py` validates, samples,
+checkpoints and pushes; `artifacts.py` writes the final folder. Exact resume: the data order depends on
+(seed, epoch) only (`data.py`) and checkpoints store the sequences consumed.
+Accelerate's `accumulate()` and prepared dataloaders are not used: token weighting needs the global token count
+up front, and exact resume needs the data position in sequences, not batches.
 """
 
 from __future__ import annotations
@@ -78,10 +72,9 @@ class Pretrainer:
             model = build_model(model_args, self.tokenizer)
         max_id = max(self.train_blocks.max_token_id(), self.val_blocks.max_token_id())
         if max_id >= model.config.vocab_size or max_id >= len(self.tokenizer):
-            raise ConfigError(
-                f"the data holds token id {max_id} but the tokenizer has {len(self.tokenizer)} tokens and the model "
-                f"{model.config.vocab_size}; the data was tokenized with another tokenizer: re-prepare it or pass the matching tokenizer_path"
-            )
+            raise ConfigError(f"the data holds token id {max_id} but the tokenizer has {len(self.tokenizer)} tokens "
+                              f"and the model {model.config.vocab_size}; the data was tokenized with another "
+                              "tokenizer: re-prepare it or pass the matching tokenizer_path")
         if args.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.plan = plan_batches(args, acc.num_processes, self.block_size, len(self.train_blocks))
@@ -90,13 +83,10 @@ class Pretrainer:
             acc.unwrap_model(self.model).compile()  # in place: state_dict keys and saving are unchanged
 
         self.detector = SpikeDetector(args.spike_zscore, args.spike_warmup_steps, args.max_consecutive_skips)
-        self.train_step = TrainStep(
-            acc, self.backend, self.detector, accumulation_steps=self.plan.gradient_accumulation_steps, pad_token_id=self.tokenizer.pad_token_id, z_loss=args.z_loss,
-        )
+        self.train_step = TrainStep(acc, self.backend, self.detector, pad_token_id=self.tokenizer.pad_token_id,
+                                    accumulation_steps=self.plan.gradient_accumulation_steps, z_loss=args.z_loss)
         self.validation = hooks.Validation(acc, self.val_blocks, self.tokenizer, self.plan.per_device_train_batch_size, args.eval_max_batches)
-        self.step = 0
-        self.sequences_consumed = 0
-        self.tokens_seen = 0
+        self.step = self.sequences_consumed = self.tokens_seen = 0
         self.train_time = 0.0
         self.loss_history: list[tuple[int, float | None]] = []
         self.validation_history: list[tuple[int, float]] = []
@@ -110,8 +100,6 @@ class Pretrainer:
     def unwrapped(self):
         return self.backend.unwrapped_model()
 
-    # ------------------------------------------------------------------ state
-
     def trainer_state(self) -> dict:
         return {
             "step": self.step, "sequences_consumed": self.sequences_consumed, "tokens_seen": self.tokens_seen,
@@ -124,10 +112,9 @@ class Pretrainer:
     def restore(self, path: Path) -> None:
         state = ckpt.load_checkpoint(self.accelerator, path)
         if state.get("block_size") != self.block_size or state.get("seed") != self.args.seed:
-            raise ConfigError(
-                f"checkpoint {path} was trained with block_size {state.get('block_size')} and seed {state.get('seed')}, this run uses "
-                f"{self.block_size} and {self.args.seed}; resume with the same data and seed"
-            )
+            raise ConfigError(f"checkpoint {path} was trained with block_size {state.get('block_size')} and "
+                              f"seed {state.get('seed')}, this run uses {self.block_size} and {self.args.seed}; "
+                              "resume with the same data and seed")
         self.step, self.sequences_consumed, self.tokens_seen = state["step"], state["sequences_consumed"], state["tokens_seen"]
         self.train_time = state.get("train_time_s", 0.0)
         self.loss_history = [tuple(x) for x in state.get("loss_history", [])]
@@ -137,8 +124,7 @@ class Pretrainer:
         self.detector.load_state_dict(state["stability"])
         print_main(self.accelerator, f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens seen)")
 
-    # ------------------------------------------------------------------ hooks (overridable one by one)
-
+    # Hooks, overridable one by one (the benchmark overrides `_run_eval`).
     def evaluate(self) -> dict[str, float]:
         return self.validation.evaluate(self.model)
 
@@ -164,8 +150,6 @@ class Pretrainer:
     def save_final(self) -> Path | None:
         return artifacts.save_final(self)
 
-    # ------------------------------------------------------------------ training
-
     def train(self) -> PretrainResult:
         acc, args, plan = self.accelerator, self.args, self.plan
         if args.resume_from_checkpoint:
@@ -174,19 +158,17 @@ class Pretrainer:
         if args.trackers():
             acc.init_trackers(args.run_name, config={k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat_config(self.config).items() if v is not None})
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.unwrapped.parameters())  # ZeRO-3 leaves empty placeholders
-        print_main(
-            acc,
-            f"model: {n_params / 1e6:.2f}M parameters | {plan.max_steps} steps x {plan.tokens_per_step:,} tokens "
-            f"(micro {plan.per_device_train_batch_size} x accum {plan.gradient_accumulation_steps} x {plan.world_size} proc x block {self.block_size}) "
-            f"= {plan.max_steps * plan.tokens_per_step:,} tokens | precision {self.mixed_precision} | {acc.device.type} | MFU peak: {self.peak_source}",
-        )
-        remaining = plan.max_steps - self.step
-        loader = torch.utils.data.DataLoader(
-            StepBatches(self.train_blocks, seed=args.seed, start_sequence=self.sequences_consumed, num_steps=max(0, remaining),
-                        micro=plan.per_device_train_batch_size, accum=plan.gradient_accumulation_steps, world=acc.num_processes, rank=acc.process_index),
-            batch_size=None, shuffle=False, num_workers=args.dataloader_num_workers, pin_memory=acc.device.type == "cuda",
-            persistent_workers=False,
-        )
+        micro, accum = plan.per_device_train_batch_size, plan.gradient_accumulation_steps
+        print_main(acc, f"model: {n_params / 1e6:.2f}M parameters | {plan.max_steps} steps x {plan.tokens_per_step:,} "
+                   f"tokens (micro {micro} x accum {accum} x {plan.world_size} proc x block {self.block_size}) "
+                   f"= {plan.max_steps * plan.tokens_per_step:,} tokens | precision {self.mixed_precision} | "
+                   f"{acc.device.type} | MFU peak: {self.peak_source}")
+        step_batches = StepBatches(self.train_blocks, seed=args.seed, start_sequence=self.sequences_consumed,
+                                   num_steps=max(0, plan.max_steps - self.step), micro=micro, accum=accum,
+                                   world=acc.num_processes, rank=acc.process_index)
+        loader = torch.utils.data.DataLoader(step_batches, batch_size=None, shuffle=False, persistent_workers=False,
+                                             num_workers=args.dataloader_num_workers,
+                                             pin_memory=acc.device.type == "cuda")
         batches = iter(loader)
         pbar = tqdm(total=plan.max_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True, disable=not acc.is_main_process, file=sys.stdout)
         window = hooks.TrainLogWindow()
@@ -228,10 +210,8 @@ class Pretrainer:
         finally:
             pbar.close()
             acc.end_training()
-        return PretrainResult(
-            self.output_dir, final_dir, self.final_metrics(), self.loss_history, self.validation_history, self.last_sample, self.skipped_steps,
-            acc.is_main_process,
-        )
+        return PretrainResult(self.output_dir, final_dir, self.final_metrics(), self.loss_history,
+                              self.validation_history, self.last_sample, self.skipped_steps, acc.is_main_process)
 
 
 def pretrain(config: PretrainConfig, data: TrainingData | None = None) -> PretrainResult:

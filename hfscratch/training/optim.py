@@ -30,12 +30,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
 
 
 def lr_multiplier(step: int, *, max_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float, wsd_decay_ratio: float = 0.2) -> float:
-    """Factor on the peak LR for the update with index `step` (0-based).
-
-    Linear warmup reaches the peak at `step == warmup_steps - 1` (the first update uses 1/warmup of it,
-    never 0). Cosine: from the peak at `warmup_steps` to `min_lr_ratio` at `max_steps`. WSD (warmup-stable-
-    decay): flat at the peak, then linear to `min_lr_ratio` over the last `wsd_decay_ratio` of the steps.
-    """
+    """Factor on the peak LR for the update with index `step` (0-based). Linear warmup reaches the peak at
+    `warmup_steps - 1` (the first update gets 1/warmup, never 0); cosine then decays to `min_lr_ratio` at `max_steps`;
+    WSD stays at the peak, then decays linearly to `min_lr_ratio` over the last `wsd_decay_ratio` of the steps."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":

@@ -1,8 +1,7 @@
 """Loss / gradient-norm spike and NaN detection: skip the bad update, stop after K in a row.
 
-A step is judged after its gradients are computed and all-reduced, before the optimizer sees them, so a skipped
-step leaves the weights and the Adam moments untouched. Statistics are means and variances over a window of
-accepted steps, from globally-reduced values only, so every rank takes the same decision.
+A step is judged on globally-reduced values before the optimizer sees it (a skip leaves weights and Adam moments
+untouched), against a window of accepted steps, so every rank takes the same decision.
 """
 
 from __future__ import annotations

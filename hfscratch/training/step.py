@@ -1,9 +1,7 @@
 """One optimizer step: token-weighted loss over micro-batches, backward, clipping and the stability verdict.
 
-Every micro-batch contributes the *sum* of its token NLLs divided by the global count of predicted tokens in the
-optimizer step (all-reduced before the first forward), times the world size because DDP averages gradients over
-ranks: 4 x 2 sequences, 2 ranks x 4 sequences or 1 x 8 sequences give the same gradient. NaN/Inf and spikes skip the
-update (`stability.py`); the engine (`backend.py`) does backward, reduction, clipping and update.
+Each micro-batch's loss is its summed token NLL over the step's global predicted-token count (all-reduced up front),
+so any split of the batch over micro-batches and ranks gives the same gradient.
 """
 
 from __future__ import annotations

@@ -6,20 +6,15 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-from datatrove.pipeline.filters import (
-    C4QualityFilter,
-    FineWebQualityFilter,
-    GopherQualityFilter,
-    GopherRepetitionFilter,
-)
+from datatrove.pipeline import filters
 
 from hfscratch.errors import ConfigError
 from hfscratch.options import option
 
 EXECUTORS = ("local", "slurm", "ray")
 DECONT_MODES = ("drop", "report")
-QUALITY_FILTERS = {"gopher_repetition": GopherRepetitionFilter, "gopher_quality": GopherQualityFilter,
-                   "c4_quality": C4QualityFilter, "fineweb_quality": FineWebQualityFilter}
+QUALITY_FILTERS = {"gopher_repetition": filters.GopherRepetitionFilter, "gopher_quality": filters.GopherQualityFilter,
+                   "c4_quality": filters.C4QualityFilter, "fineweb_quality": filters.FineWebQualityFilter}
 # which threshold to name when a filter empties the corpus
 RELAX_HINT = {
     "exact_dedup": "every document is an exact copy of another; set exact_dedup: false to keep copies",

@@ -3,6 +3,7 @@ them (`clean_corpus`)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import shutil
@@ -51,18 +52,14 @@ def _exclusion(config: CleanConfig, root: Path, stage: str):
 
 
 def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depends=None):
+    common = dict(tasks=stage.tasks, workers=min(config.workers, stage.tasks), logging_dir=str(logging_dir),
+                  depends=depends)
     if config.executor == "local":
-        return LocalPipelineExecutor(
-            stage.pipeline, tasks=stage.tasks, workers=min(config.workers, stage.tasks),
-            logging_dir=str(logging_dir), depends=depends,
-            start_method=config.start_method or ("fork" if sys.platform.startswith("linux") else "forkserver"),
-        )
+        start_method = config.start_method or ("fork" if sys.platform.startswith("linux") else "forkserver")
+        return LocalPipelineExecutor(stage.pipeline, start_method=start_method, **common)
     if config.executor == "ray":
-        return RayPipelineExecutor(
-            stage.pipeline, tasks=stage.tasks, workers=min(config.workers, stage.tasks),
-            logging_dir=str(logging_dir), depends=depends, cpus_per_task=config.ray_cpus_per_task,
-            mem_per_cpu_gb=config.ray_mem_per_cpu_gb, **config.ray_options,
-        )
+        return RayPipelineExecutor(stage.pipeline, cpus_per_task=config.ray_cpus_per_task,
+                                   mem_per_cpu_gb=config.ray_mem_per_cpu_gb, **common, **config.ray_options)
     options = dict(tasks=stage.tasks, time=config.slurm_time, partition=config.slurm_partition,
                    cpus_per_task=config.slurm_cpus_per_task, mem_per_cpu_gb=config.slurm_mem_per_cpu_gb,
                    job_name=f"hfscratch-clean-{stage.name}", logging_dir=str(logging_dir), depends=depends,
@@ -159,18 +156,15 @@ def _write_input_documents(documents: Iterable[dict], folder: Path, text_field: 
     """Spread in-memory documents over `shards` jsonl.gz files so the pipeline can read them in parallel."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"input_{i:05d}.jsonl.gz" for i in range(shards)]
-    handles = [gzip.open(p, "wt", encoding="utf-8") for p in paths]
     written = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(gzip.open(p, "wt", encoding="utf-8")) for p in paths]
         for index, doc in enumerate(documents):
             if not isinstance(doc, dict) or not isinstance(doc.get(text_field), str):
                 raise DataError(f"document {index} has no string {text_field!r} field; pass dicts with the text in text_field")
             record = {"text": doc[text_field], "id": str(doc.get("id", index))}
             handles[index % shards].write(json.dumps(record, ensure_ascii=False) + "\n")
             written += 1
-    finally:
-        for handle in handles:
-            handle.close()
     if written == 0:
         raise DataError("clean_corpus got an empty document iterable; pass at least one document")
     return [str(p) for p in paths[: min(shards, written)]]
@@ -180,9 +174,8 @@ def clean_corpus(sources: list[str] | Iterable[dict], output_dir: str | Path, co
                  text_field: str = "text", txt_mode: str = "file", limit: int | None = None) -> CleanResult:
     """Run the cleaning pipeline on `sources` (paths/globs/Hub ids, or an iterable of dicts) into `output_dir`.
 
-    `txt_mode` splits .txt files into documents (file | paragraph | line); `limit` caps the documents each read
-    task yields. The run happens in `<output_dir>.partial` and is renamed to `output_dir` only when complete, so a
-    crash never leaves a half-written output (re-running resumes from the completed datatrove tasks).
+    `limit` caps the documents each read task yields. The run happens in `<output_dir>.partial`, renamed when
+    complete, so a crash never leaves a half-written output (a rerun resumes from the completed datatrove tasks).
     """
     config = config or CleanConfig()
     config.validate()

@@ -27,8 +27,7 @@ def _per_rank_documents(logging_dir: Path) -> dict[int, int]:
     for file in (logging_dir / "stats").glob("*.json"):
         for step in json.loads(file.read_text()):
             if step["name"].endswith(METER_PREFIX + "read"):
-                value = step["stats"].get("documents", 0)
-                counts[int(file.stem)] = value["total"] if isinstance(value, dict) else int(value)
+                counts[int(file.stem)] = _total(step["stats"], "documents")
     return counts
 
 

@@ -1,8 +1,7 @@
 """Pipeline blocks datatrove does not have: per-stage meter, rank-pinned shard reader, PII scrubber with phone
-numbers, local eval-set N-gram indexer, and the decontamination filter with a report-only mode.
+numbers, local eval-set N-gram indexer, and a decontamination filter with a report-only mode.
 
-Executors (ray, slurm, spawn/forkserver workers) pickle these steps; they are found again by this module path.
-"""
+Executors (ray, slurm, spawn/forkserver workers) pickle these steps and find them again by this module path."""
 
 from __future__ import annotations
 
@@ -32,9 +31,8 @@ METER_PREFIX = "METER: after "
 class StageMeter(PipelineStep):
     """Pass-through step counting documents and UTF-8 bytes after a stage, for the per-stage table.
 
-    Datatrove filters count documents and characters, not bytes, and not in the same place for every block
-    type (formatters and dedup filters differ), so one uniform meter after each stage keeps the table honest.
-    """
+    Datatrove blocks count documents and characters, not bytes, each type in its own place: one uniform meter after
+    each stage keeps the table honest."""
 
     type = "📏 - METER"
 
@@ -53,10 +51,8 @@ class StageMeter(PipelineStep):
 class ShardReader(JsonlReader):
     """Reads exactly `<rank>.jsonl.gz` from an intermediate folder.
 
-    Datatrove's dedup filters match documents by (rank, index in stream), so each task must re-read the very
-    shard it wrote in the previous stage. `JsonlReader`'s own sharding assigns files by position in the listing,
-    which shifts when some task wrote no file; this override pins the file to the rank.
-    """
+    Datatrove's dedup filters match documents by (rank, index in stream), so each task must re-read the shard it
+    wrote; `JsonlReader` assigns files by position in the listing, which shifts when some task wrote no file."""
 
     name = "🐿 shard"
 
@@ -93,11 +89,9 @@ def looks_like_phone(match: str) -> bool:
 
 
 class PIIScrubber(PIIFormatter):
-    """datatrove's PIIFormatter (emails, IPs) plus phone numbers, counting what it replaced.
+    """datatrove's PIIFormatter (emails, IPs) plus phone numbers (which datatrove 0.10 lacks), counting replacements.
 
-    datatrove 0.10 has no phone-number formatter, so phones use the same `PIIReplacer` machinery with the
-    regex above; replacement numbers are from the 555-01xx range reserved for fiction.
-    """
+    Replacement numbers are from the 555-01xx range reserved for fiction."""
 
     name = "📞 PII (emails, IPs, phones)"
 
@@ -121,14 +115,11 @@ class PIIScrubber(PIIFormatter):
 
 
 class LocalEvalIndexer(PipelineStep):
-    """Builds the N-gram index `NGramsDecontFilter` reads, from local eval-set documents.
+    """Builds the N-gram index `NGramsDecontFilter` reads, from local eval-set documents (`metadata["task"]`).
 
-    datatrove's `NGramsDecontIndexer` cannot be used here: it requires `lighteval` and always loads the eval
-    tasks through lighteval's registry (a Hub download), even when documents are passed in. This step hashes
-    N-grams exactly as that indexer does (same text normalisation, word tokenizer and hash function) and writes
-    the same `<task>.index.hashes` files, so datatrove's filter does the matching unchanged.
-    Input documents: `text` = one eval item (question, answer, context, choice...), `metadata["task"]`.
-    """
+    Not datatrove's `NGramsDecontIndexer`: it requires `lighteval` and always loads the eval tasks from the Hub.
+    This step hashes N-grams exactly as that indexer does and writes the same `<task>.index.hashes` files, so
+    datatrove's filter does the matching unchanged."""
 
     type = "🦠 - DECONT"
     name = "💥 N-grams index (local eval files)"
@@ -163,9 +154,8 @@ class LocalEvalIndexer(PipelineStep):
 class EvalOverlapFilter(NGramsDecontFilter):
     """datatrove's N-gram decontamination filter with a report-only mode.
 
-    In `report` mode a contaminated document is kept; it gets `contaminated_ngram`/`contaminated_task` in its
-    metadata and is counted (`reported_<task>`), so users can measure overlap before deciding to drop.
-    """
+    In `report` mode a contaminated document is kept (with `contaminated_*` metadata) and counted as
+    `reported_<task>`, so users can measure overlap before deciding to drop."""
 
     def __init__(self, index_folder, config: NGramsDecontConfig, mode: str = "drop", exclusion_writer=None, language="en"):
         super().__init__(index_folder, config=config, exclusion_writer=exclusion_writer, language=language)

@@ -1,22 +1,15 @@
-"""Dataset loaders for the offline (`*_local`) lm-eval task copies in this folder.
+"""Dataset loaders for the offline (`*_local`) lm-eval task copies in this folder (their YAMLs' `custom_dataset`).
 
-lm-eval builds a task's dataset with `datasets.load_dataset(dataset_path, ...)`, which needs the Hub for the
-stock tasks. Each `*_local.yaml` here instead names one of these functions as `custom_dataset`; lm-eval calls
-it with the task's metadata (where `TaskManager(metadata={"data_dir": ...})`, `simple_evaluate(metadata=...)`
-and `lm_eval --metadata '{"data_dir": ...}'` put the data folder) plus the YAML's `dataset_kwargs`.
-Without a `data_dir` the folder comes from $HFSCRATCH_EVAL_DATA.
-
-The folder layout is the one of shared/data: `gsm8k/{train,test}.jsonl`, `hellaswag/hellaswag_val_full.txt.bz2`,
-`eval-icl/<name>.jsonl` (MosaicML "Eval Gauntlet" local_data format). Rows are mapped to the field names the
-lm-eval task templates read, so the YAMLs stay close to lm-eval's own.
-
-This file must not need hfscratch: lm-eval imports it by path, also where only lm-eval and transformers are
-installed (a model loaded with `trust_remote_code=True`).
+lm-eval calls them with the task's metadata (`data_dir`, else $HFSCRATCH_EVAL_DATA) plus the YAML's `dataset_kwargs`.
+The folder layout is shared/data's: `gsm8k/{train,test}.jsonl`, `hellaswag/hellaswag_val_full.txt.bz2`,
+`eval-icl/<name>.jsonl` (MosaicML Eval Gauntlet); rows get the field names lm-eval's templates read.
+Must not need hfscratch: lm-eval imports it by path, also where hfscratch is not installed.
 """
 
 from __future__ import annotations
 
 import bz2
+import functools
 import json
 import os
 import re
@@ -54,11 +47,9 @@ EXPECTED_FORMATS = {
 def required_data_dir(data_dir: str | os.PathLike | None) -> Path:
     chosen = data_dir or os.environ.get(DATA_ENV_VAR)
     if not chosen:
-        raise LocalEvalDataError(
-            f"the *_local eval tasks need a data folder: pass --data_dir DIR (lm_eval: --metadata "
-            f"'{{\"data_dir\": \"DIR\"}}') or set ${DATA_ENV_VAR}; DIR holds gsm8k/, hellaswag/ and eval-icl/ "
-            f"as in shared/data"
-        )
+        raise LocalEvalDataError(f"the *_local eval tasks need a data folder: pass --data_dir DIR (lm_eval: "
+                                 f"--metadata '{{\"data_dir\": \"DIR\"}}') or set ${DATA_ENV_VAR}; DIR holds "
+                                 "gsm8k/, hellaswag/ and eval-icl/ as in shared/data")
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise LocalEvalDataError(f"eval data folder {path} does not exist; pass --data_dir or ${DATA_ENV_VAR} pointing at it")
@@ -68,10 +59,9 @@ def required_data_dir(data_dir: str | os.PathLike | None) -> Path:
 def data_file(data_dir: str | os.PathLike | None, relative: str) -> Path:
     path = required_data_dir(data_dir) / relative
     if not path.is_file():
-        raise LocalEvalDataError(
-            f"missing eval data file {path}; expected {EXPECTED_FORMATS.get(relative, 'the shared/data layout')} "
-            f"(copy it from shared/data/{relative} or fix --data_dir)"
-        )
+        raise LocalEvalDataError(f"missing eval data file {path}; expected "
+                                 f"{EXPECTED_FORMATS.get(relative, 'the shared/data layout')} "
+                                 f"(copy it from shared/data/{relative} or fix --data_dir)")
     return path
 
 
@@ -100,6 +90,7 @@ _CACHE: dict[tuple, datasets.DatasetDict] = {}
 def _cached(loader):
     """Reuse a parsed dataset while its file is unchanged: the in-training eval reloads tasks every N steps."""
 
+    @functools.wraps(loader)
     def wrapper(data_dir: str | None = None, **kwargs):
         folder = required_data_dir(data_dir)
         stamp = tuple(sorted((str(p), p.stat().st_mtime_ns) for sub in ("gsm8k", "hellaswag", "eval-icl")
@@ -109,8 +100,6 @@ def _cached(loader):
             _CACHE[key] = loader(str(folder), **kwargs)
         return _CACHE[key]
 
-    wrapper.__name__ = loader.__name__
-    wrapper.__doc__ = loader.__doc__
     return wrapper
 
 
@@ -126,10 +115,7 @@ def load_gsm8k(data_dir: str | None = None, **_metadata) -> datasets.DatasetDict
 
 def _hellaswag_clean(text: str) -> str:
     # lm-eval's hellaswag preprocessing; the llama.cpp text export already did most of it, this makes the rest match
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    return text.replace("  ", " ")
+    return re.sub("\\[.*?\\]", "", text.strip().replace(" [title]", ". ")).replace("  ", " ")
 
 
 @_cached
@@ -147,11 +133,8 @@ def load_hellaswag(data_dir: str | None = None, **_metadata) -> datasets.Dataset
         label = lines[start + 1].strip()
         if label not in {"0", "1", "2", "3"}:
             raise LocalEvalDataError(f"{path}:{start + 2} should be the gold index 0-3, got {label[:40]!r}")
-        rows.append({
-            "query": _hellaswag_clean(lines[start]),
-            "choices": [_hellaswag_clean(e) for e in lines[start + 2:start + 6]],
-            "label": int(label),
-        })
+        choices = [_hellaswag_clean(e) for e in lines[start + 2:start + 6]]
+        rows.append({"query": _hellaswag_clean(lines[start]), "choices": choices, "label": int(label)})
     return datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)})
 
 
@@ -160,12 +143,8 @@ def load_icl_multiple_choice(data_dir: str | None = None, file: str = "", split:
                              strip_prefix: str = "", **_metadata) -> datasets.DatasetDict:
     """Eval-Gauntlet multiple choice JSONL (`query`, `choices`, `gold`) -> query/choices/label."""
     rows = _read_jsonl(data_file(data_dir, f"eval-icl/{file}"), ("query", "choices", "gold"))
-    out = []
-    for row in rows:
-        query = row["query"].rstrip()
-        if strip_prefix and query.startswith(strip_prefix):
-            query = query[len(strip_prefix):]
-        out.append({"query": query, "choices": list(row["choices"]), "label": int(row["gold"])})
+    out = [{"query": r["query"].rstrip().removeprefix(strip_prefix), "choices": list(r["choices"]),
+            "label": int(r["gold"])} for r in rows]
     return datasets.DatasetDict({split: datasets.Dataset.from_list(out)})
 
 
