@@ -1,6 +1,6 @@
 """Procedural grade-school math word problems in the GSM8K format: the embedded, offline default corpus.
 
-Each problem is a short story (`synthetic_math_themes`) built from a chain of arithmetic steps, solved GSM8K-style
+Each problem is a short story (`synthetic_math_themes.yaml`) built from a chain of arithmetic steps, solved GSM8K-style
 (``She has 3 + 4 = <<3+4=7>>7 apples.``) and ending with ``#### <integer answer>``. Hand-written because no library
 generates verifiable math word problems with controllable difficulty (`SyntheticMathConfig`) and a provably
 disjoint held-out split, and the corpus must exist offline on a fresh machine.
@@ -25,10 +25,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
+
+import yaml
 
 from ..errors import ConfigError
 from ..options import option
-from .synthetic_math_themes import NAMES, PERCENTS, PRONOUNS, THEMES
 
 __all__ = ["SyntheticMathConfig", "HELDOUT_PERCENT", "OPERATIONS", "generate_problems", "iter_problems", "problem_split",
            "problem_to_text", "to_chat", "restated_solution", "to_preference", "PREFERENCE_KINDS", "to_grpo",
@@ -37,6 +39,12 @@ __all__ = ["SyntheticMathConfig", "HELDOUT_PERCENT", "OPERATIONS", "generate_pro
 HELDOUT_PERCENT = 10  # share of the problem space (by question hash) reserved for the held-out split
 OPERATIONS = ("+", "-", "*", "/")
 SPLITS = ("train", "heldout")
+# Story themes, names and percentages are data: they live in a YAML file next to this module.
+_TABLES = yaml.safe_load(Path(__file__).with_name("synthetic_math_themes.yaml").read_text(encoding="utf-8"))
+THEMES: dict[str, dict] = _TABLES["themes"]
+NAMES = [tuple(entry) for entry in _TABLES["names"]]
+PRONOUNS = {gender: tuple(forms) for gender, forms in _TABLES["pronouns"].items()}
+PERCENTS = tuple(_TABLES["percents"])
 _MAX_ATTEMPTS = 2000  # consecutive failed draws before the difficulty settings are declared impossible
 
 # --- Safe arithmetic: the only expressions ever evaluated are the ones this module writes. ---
