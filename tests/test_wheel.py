@@ -33,7 +33,8 @@ def wheel_site(tmp_path_factory) -> Path:
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("hfscratch/configs/pretrain_tiny.yaml", "hfscratch/configs/sft_synthetic_math.yaml",
                     "hfscratch/evaluation/lm_eval_tasks/gsm8k_local.yaml", "hfscratch/evaluation/lm_eval_tasks/utils.py",
-                    "hfscratch/evaluation/metrics/bits_per_byte/bits_per_byte.py", "hfscratch/tokenizer.py"):
+                    "hfscratch/evaluation/metrics/bits_per_byte/bits_per_byte.py", "hfscratch/tokenizer.py",
+                    "hfscratch/data/synthetic_math_themes.yaml", "hfscratch/model_card.jinja"):
         assert shipped in names, f"{shipped} missing from {wheel.name}"
     assert not any(n.startswith(("tests/", "recipes/", "eval/")) for n in names)
     site = tmp_path_factory.mktemp("site")
