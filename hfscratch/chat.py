@@ -16,12 +16,10 @@ from dataclasses import dataclass, fields
 
 from .errors import ConfigError, HfscratchError
 from .hub import resolve_model_path
-from .loading import load_for_inference
+from .loading import load_for_inference, stop_token_ids
 from .model_card import human_count
 from .tokenizer import ensure_chat_template
 
-# End-of-turn markers of common chat templates: generation stops on them as well as on eos.
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 PROMPT = ">>> "
 HELP = """commands:
   /reset              forget the conversation (the system prompt stays)
@@ -99,7 +97,7 @@ class ChatSession:
         self.reset()
         self.announce = announce
         self.mode = self._choose_mode()
-        self.stop_ids = self._stop_token_ids()
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.max_context = getattr(model.config, "max_position_embeddings", None)
 
     def _choose_mode(self) -> str:
@@ -117,13 +115,6 @@ class ChatSession:
             return "chat"
         self.announce("the tokenizer has no chat template and the model has no role tokens: continuing plain text (a base model)")
         return "plain"
-
-    def _stop_token_ids(self) -> list[int]:
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        ids = (eos if isinstance(eos, list) else [eos]) + [self.tokenizer.eos_token_id]
-        vocab = self.tokenizer.get_vocab()
-        ids += [vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab]
-        return list(dict.fromkeys(i for i in ids if i is not None))
 
     def reset(self) -> None:
         self.messages: list[dict] = []

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("hfscratch.alignment.merge", "merge a LoRA adapter into a standalone checkpoint"),
     "eval": ("hfscratch.evaluation.cli", "evaluate with lm-eval (GSM8K, HellaSwag, ARC, ...) and bits-per-byte"),
     "chat": ("hfscratch.chat", "chat with a model in the terminal (streamed)"),
+    "serve": ("hfscratch.serve", "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
     "push": ("hfscratch.hub", "push a model folder to the Hugging Face Hub"),
     "export": ("hfscratch.export", "export to a stock transformers architecture (llama, qwen3)"),
 }

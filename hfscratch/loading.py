@@ -58,3 +58,16 @@ def load_for_inference(model_or_path, tokenizer=None, device=None, dtype="auto",
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer_from(tokenizer or source, trust_remote_code)
     return model.to(device).eval(), tokenizer
+
+
+# End-of-turn markers of common chat templates: generation stops on them as well as on eos.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a reply: the generation config's eos, the tokenizer's eos and known end-of-turn markers."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
+    return list(dict.fromkeys(i for i in ids if i is not None))

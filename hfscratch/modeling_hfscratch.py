@@ -208,8 +208,8 @@ class HfscratchAttention(nn.Module):
         if position_embeddings is not None:  # None with learned absolute positions
             cos, sin = position_embeddings
             query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if cache is not None:
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+        if cache is not None:  # kwargs: the paged cache of continuous batching reads and fills them (as Llama)
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
