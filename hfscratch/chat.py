@@ -278,13 +278,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow modeling code shipped with a non-hfscratch model")
 
 
-def _interactive(session: ChatSession, header: str) -> int:
+def _interactive(session: ChatSession, header: str, model: str) -> int:
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
         pass
     print(header, flush=True)
     print("type /help for commands, /exit to quit", flush=True)
+    print(f"(in a browser or over the OpenAI API instead: hfscratch serve {model}, then open "
+          "http://127.0.0.1:8000/)", flush=True)
     while True:
         try:
             line = input(PROMPT)
@@ -323,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     header = (f"hfscratch chat | {args.model} | {human_count(n_params)} parameters | {model.device} {str(model.dtype).removeprefix('torch.')}"
               f" | {'chat template' if session.mode == 'chat' else 'plain text'}")
-    return _interactive(session, header)
+    return _interactive(session, header, args.model)
 
 
 __all__ = ["ChatSession", "SamplingConfig", "add_arguments", "load_for_chat", "run"]
