@@ -15,11 +15,11 @@ import unittest
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 from transformers.models.auto import modeling_auto
 from transformers.testing_utils import require_torch, torch_device
 
-from hfscratch import HfscratchConfig, HfscratchForCausalLM
+from hfscratch import HfscratchConfig, HfscratchForCausalLM, HfscratchForSequenceClassification
 from hfscratch.modeling_hfscratch import HfscratchModel
 
 from .generation.test_utils import GenerationTesterMixin  # an empty stub here: generate tests are not run
@@ -36,6 +36,8 @@ if _EXPECTED and transformers.__version__ != _EXPECTED:
 # same classes with the Auto classes. Changed in this test process only.
 modeling_auto.MODEL_MAPPING_NAMES.setdefault(HfscratchConfig.model_type, "HfscratchModel")
 modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(HfscratchConfig.model_type, "HfscratchForCausalLM")
+modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.setdefault(HfscratchConfig.model_type,
+                                                                         "HfscratchForSequenceClassification")
 
 
 # The small config of transformers' `CausalLMModelTester` (tests/causal_lm_tester.py), passed to both config classes.
@@ -58,12 +60,13 @@ SHARED_CONFIG = dict(
 class SmallCausalLMModelTester:
     """What `ModelTesterMixin` reads from `self.model_tester`, as transformers' `CausalLMModelTester` provides it."""
 
-    def __init__(self, parent, config_class, base_model_class, causal_lm_class, batch_size=13, seq_length=7,
+    def __init__(self, parent, config_class, base_model_class, causal_lm_class, classifier_class, batch_size=13, seq_length=7,
                  is_training=True, use_input_mask=True, num_labels=3, num_choices=4, type_sequence_label_size=2):
         self.parent = parent
         self.config_class = config_class
         self.base_model_class = base_model_class
         self.causal_lm_class = causal_lm_class
+        self.classifier_class = classifier_class
         self.batch_size = batch_size
         self.seq_length = seq_length
         self.is_training = is_training
@@ -77,7 +80,7 @@ class SmallCausalLMModelTester:
 
     @property
     def all_model_classes(self):
-        return (self.base_model_class, self.causal_lm_class)
+        return (self.base_model_class, self.causal_lm_class, self.classifier_class)
 
     def get_config(self):
         return self.config_class(**SHARED_CONFIG)
@@ -95,19 +98,22 @@ class SmallCausalLMModelTester:
 class _SmallCausalLMTest(ModelTesterMixin, GenerationTesterMixin):
     """Not collected (no TestCase base); the two subclasses below are."""
 
-    config_class = base_model_class = causal_lm_class = None
+    config_class = base_model_class = causal_lm_class = classifier_class = None
 
     def setUp(self):
-        self.model_tester = SmallCausalLMModelTester(self, self.config_class, self.base_model_class, self.causal_lm_class)
+        self.model_tester = SmallCausalLMModelTester(self, self.config_class, self.base_model_class, self.causal_lm_class,
+                                                     self.classifier_class)
 
 
 @require_torch
 class HfscratchGenericModelTest(_SmallCausalLMTest, unittest.TestCase):
     config_class, base_model_class, causal_lm_class = HfscratchConfig, HfscratchModel, HfscratchForCausalLM
-    all_model_classes = (HfscratchModel, HfscratchForCausalLM)
+    classifier_class = HfscratchForSequenceClassification  # the reward-model head (num_labels from the mixin's inputs)
+    all_model_classes = (HfscratchModel, HfscratchForCausalLM, HfscratchForSequenceClassification)
 
 
 @require_torch
 class LlamaGenericModelTest(_SmallCausalLMTest, unittest.TestCase):
     config_class, base_model_class, causal_lm_class = LlamaConfig, LlamaModel, LlamaForCausalLM
-    all_model_classes = (LlamaModel, LlamaForCausalLM)
+    classifier_class = LlamaForSequenceClassification
+    all_model_classes = (LlamaModel, LlamaForCausalLM, LlamaForSequenceClassification)

@@ -34,6 +34,7 @@ AUTO_MAP = {
     "AutoConfig": "configuration_hfscratch.HfscratchConfig",
     "AutoModel": "modeling_hfscratch.HfscratchModel",
     "AutoModelForCausalLM": "modeling_hfscratch.HfscratchForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_hfscratch.HfscratchForSequenceClassification",
 }
 MODELING_FILES = ("configuration_hfscratch.py", "modeling_hfscratch.py")
 _BRANCH_RE = re.compile(r"^(?!/)(?!.*//)(?!.*\.\.)(?!.*@\{)(?!.*\.lock$)(?!.*/$)[A-Za-z0-9._\-/]{1,200}$")

@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -480,4 +480,23 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
 # checkpoint (auto_map / trust_remote_code, as here): 39 us a token, 5-9 us with this precomputed one.
 HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausalLM.forward)
 
-__all__ = ["HfscratchForCausalLM", "HfscratchModel", "HfscratchPreTrainedModel"]
+
+
+# ---------------------------------------------------------------------------------------------- reward model
+
+
+class HfscratchForSequenceClassification(GenericForSequenceClassification, HfscratchPreTrainedModel):
+    """The backbone plus a `score` head read at each row's last non-pad token (a reward model when num_labels=1):
+    transformers' generic head, the one Llama uses, so the forward follows the installed transformers."""
+
+    def __init__(self, config: HfscratchConfig):
+        # Not the generic __init__: it builds the backbone through AutoModel, which remote-code loading (no
+        # hfscratch installed, so no Auto registration) cannot resolve.
+        HfscratchPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = HfscratchModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+
+__all__ = ["HfscratchForCausalLM", "HfscratchForSequenceClassification", "HfscratchModel", "HfscratchPreTrainedModel"]

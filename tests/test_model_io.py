@@ -134,3 +134,22 @@ def test_gpt2_style_trains_on_real_text(tiny_tokenizer, shakespeare_text):
         optimizer.zero_grad()
     after = held_out_loss()
     assert after < before - 1.0, (before, after)  # random init is ~ln(512)=6.2 nats; 60 steps get well below
+
+
+def test_reward_model_loads_as_remote_code_without_hfscratch(tmp_path, tiny_tokenizer):
+    from hfscratch import HfscratchForSequenceClassification
+
+    torch.manual_seed(0)
+    model = HfscratchForSequenceClassification(tiny_config(tiny_tokenizer, num_labels=1)).eval()
+    folder = tmp_path / "reward_model"
+    model.save_pretrained(folder)
+    ids = [[5, 17, 42, 9, 100]]
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    script = REMOTE_CODE_SCRIPT.replace("AutoModelForCausalLM", "AutoModelForSequenceClassification")
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(folder), json.dumps(ids)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["cls"] == "HfscratchForSequenceClassification"
+    with torch.no_grad():
+        assert torch.equal(torch.tensor(result["logits"]), model(torch.tensor(ids)).logits.flatten())
