@@ -59,6 +59,7 @@ def main() -> None:
                 top = logits.topk(2).values
                 partings.append(f"{question!r}: token {at} of {NEW_TOKENS}, top-2 logit gap {float(top[0] - top[1]):.2e}")
         size = gguf_file.stat().st_size / 2**20
+        llm.close()
     print(f"# GGUF export in llama.cpp {llama_cpp.__version__} vs hfscratch generate (6.5M model, f32, batch 1, "
           f"{NEW_TOKENS} new tokens, 2 threads)\n")
     print("| | value |\n|---|---|")

@@ -120,3 +120,12 @@ def test_llama_cpp_tokenizes_and_decodes_like_transformers(model_folder, gguf_fi
             if len(got) == len(expected):
                 break
         assert got == expected, prompt
+    llm.close()
+
+
+def test_tied_embeddings_are_written_once(tmp_path, tiny_tokenizer):
+    folder = tmp_path / "tied"
+    HfscratchForCausalLM(tiny_config(tiny_tokenizer)).save_pretrained(folder)  # hfscratch ties by default
+    tiny_tokenizer.save_pretrained(folder)
+    names = {t.name for t in GGUFReader(export_gguf(folder, tmp_path / "tied.gguf")).tensors}
+    assert "token_embd.weight" in names and "output.weight" not in names  # llama.cpp reads the embedding
