@@ -104,7 +104,8 @@ class Generation:
         if output.error is not None:
             raise RuntimeError(output.error)
         self.tokens = len(output.generated_tokens)
-        full = self.tokenizer.decode(output.generated_tokens, skip_special_tokens=True)
+        # No clean-up of spaces before punctuation: it can rewrite text already sent when the next token arrives.
+        full = self.tokenizer.decode(output.generated_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         cut = min((full.find(s) for s in self.stop if s in full), default=-1)
         if cut >= 0:
             full, self.finish_reason = full[:cut], "stop"
