@@ -35,7 +35,10 @@ def page_server(model_folder):  # noqa: F811
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.fail("chromium and chromedriver are needed (apt-get install chromium chromium-driver; .ci/run does it)")
+        why = "the browser test needs Debian's chromium and chromedriver: apt-get install chromium chromium-driver"
+        if os.environ.get("CI"):  # .ci/run installs them, so in CI their absence is a failure, not a skip
+            pytest.fail(why)
+        pytest.skip(why)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,720"):
