@@ -18,10 +18,10 @@ STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # The canary's packages (newest releases that install here) and the tests that show drift in them first.
-LATEST_PACKAGES := transformers accelerate trl peft datasets lm-eval
+LATEST_PACKAGES := transformers accelerate trl peft datasets lm-eval gguf
 LATEST_TESTS := tests/test_model_behaviour.py tests/test_model_parity.py tests/test_model_io.py tests/test_export.py \
 	tests/test_lora_merge.py tests/test_alignment_sft.py tests/test_alignment_dpo.py tests/test_alignment_grpo.py \
-	tests/test_eval_consistency.py tests/test_chat.py
+	tests/test_eval_consistency.py tests/test_chat.py tests/test_serve.py tests/test_export_gguf.py
 
 .PHONY: install pretrain test lint fmt test-latest test-oldest test-generic lock clean
 
