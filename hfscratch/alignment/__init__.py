@@ -1,8 +1,5 @@
-"""Alignment with TRL and PEFT: SFT, DPO, GRPO and LoRA on an hfscratch (or any causal LM) checkpoint.
-
-Library entry points (the recipes in recipes/ and the `hfscratch sft|dpo|grpo|merge` commands call these):
-`run_sft`, `run_dpo`, `run_grpo` (each measures held-out metrics before and after training) and `merge_adapter`.
-"""
+"""Alignment with TRL and PEFT: `run_sft`, `run_dpo`, `run_grpo` (each measures held-out metrics before and after
+training) and `merge_adapter`, which the recipes and the `hfscratch sft|dpo|grpo|merge` commands call."""
 
 from .config import (
     DEFAULT_CHECKPOINT,

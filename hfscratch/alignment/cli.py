@@ -1,7 +1,5 @@
-"""`hfscratch sft|dpo|grpo` (the same `main` as `recipes/sft.py`, `dpo.py`, `grpo.py`).
-
-Multi-process runs go through `accelerate launch` or torchrun on the recipe; the command runs in this process.
-"""
+"""`hfscratch sft|dpo|grpo`: the same `main` as `recipes/sft.py`, `dpo.py`, `grpo.py` (multi-process runs go through
+`accelerate launch` or torchrun on the recipe; the command runs in this process)."""
 
 from __future__ import annotations
 
@@ -12,19 +10,15 @@ from .grpo import run_grpo
 from .sft import run_sft
 
 
-def main_sft(argv: list[str]) -> int:
-    config = parse_config(SFTStageConfig, argv, prog="hfscratch sft", default_config="sft_synthetic_math")
-    run_sft(config.model, config.data, config.train)
-    return 0
+def _stage_main(stage: str, config_class, run):
+    def main(argv: list[str]) -> int:
+        config = parse_config(config_class, argv, prog=f"hfscratch {stage}", default_config=f"{stage}_synthetic_math")
+        run(config.model, config.data, config.train)
+        return 0
+
+    return main
 
 
-def main_dpo(argv: list[str]) -> int:
-    config = parse_config(DPOStageConfig, argv, prog="hfscratch dpo", default_config="dpo_synthetic_math")
-    run_dpo(config.model, config.data, config.train)
-    return 0
-
-
-def main_grpo(argv: list[str]) -> int:
-    config = parse_config(GRPOStageConfig, argv, prog="hfscratch grpo", default_config="grpo_synthetic_math")
-    run_grpo(config.model, config.data, config.train)
-    return 0
+main_sft = _stage_main("sft", SFTStageConfig, run_sft)
+main_dpo = _stage_main("dpo", DPOStageConfig, run_dpo)
+main_grpo = _stage_main("grpo", GRPOStageConfig, run_grpo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,7 +47,10 @@ def check_chat_template(tokenizer, fix: bool) -> bool:
     return len(tokenizer) != before
 
 
-def load_alignment_tokenizer(model_args: AlignmentModelConfig, trust_remote_code: bool = False):
+def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False):
+    """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
+    `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
+    check_checkpoint_path(model_args.model_name_or_path)
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -55,14 +59,6 @@ def load_alignment_tokenizer(model_args: AlignmentModelConfig, trust_remote_code
     if (tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token) and not model_args.use_hfscratch_chat_template:
         raise ConfigError(f"the tokenizer in {source} has no pad token distinct from eos (the eos label would be masked); "
                           "pass --use_hfscratch_chat_template true to add one")
-    return tokenizer
-
-
-def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False):
-    """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
-    `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
-    check_checkpoint_path(model_args.model_name_or_path)
-    tokenizer = load_alignment_tokenizer(model_args, trust_remote_code)
     added = check_chat_template(tokenizer, model_args.use_hfscratch_chat_template)
     kwargs = {"dtype": resolve_dtype(model_args.dtype), "trust_remote_code": trust_remote_code,
               **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
@@ -88,12 +84,10 @@ def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = 
 
 
 def peft_config_for(model, model_args: AlignmentModelConfig):
-    if not model_args.use_peft:
-        if model_args.load_in_4bit:
-            raise ConfigError("load_in_4bit (QLoRA) trains adapters only; also set use_peft true")
-        return None
-    if model_args.adapter_name_or_path:
-        return None  # training continues on the loaded adapter
+    if model_args.load_in_4bit and not model_args.use_peft:
+        raise ConfigError("load_in_4bit (QLoRA) trains adapters only; also set use_peft true")
+    if not model_args.use_peft or model_args.adapter_name_or_path:
+        return None  # full training, or training continues on the loaded adapter
     return lora.build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
                                   model_args.lora_dropout, model_args.lora_modules_to_save)
 
@@ -101,64 +95,48 @@ def peft_config_for(model, model_args: AlignmentModelConfig):
 def parse_column_map(text: str | None) -> dict | None:
     if not text:
         return None
-    try:
-        mapping = json.loads(text)
-    except json.JSONDecodeError:
-        mapping = None
-    if not isinstance(mapping, dict):
-        raise ConfigError(f'dataset_column_map must be a JSON object like {{"query": "question"}}, got {text!r}')
-    return mapping
+    with contextlib.suppress(json.JSONDecodeError):
+        if isinstance(mapping := json.loads(text), dict):
+            return mapping
+    raise ConfigError(f'dataset_column_map must be a JSON object like {{"query": "question"}}, got {text!r}')
 
 
 def start_stage(stage: str, model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None):
-    """Seed; the model and tokenizer (unless given); the stage's training and held-out rows."""
+    """Seed; the model and tokenizer (unless given); training rows in `stage` format and held-out rows (``eval`` rows:
+    prompt + answer; ``dpo`` rows: pairs) or None."""
     set_seed(training_args.seed)
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
-    return model, tokenizer, *load_train_and_eval(stage, script_args)
-
-
-def load_train_and_eval(stage: str, script_args: AlignmentDataConfig):
-    """Training rows in `stage` format and held-out rows (``eval`` rows: prompt + answer; ``dpo`` rows: pairs)."""
     column_map = parse_column_map(script_args.dataset_column_map)
     synthetic, styles = script_args.synthetic, script_args.synthetic_styles()
     train = load_stage_dataset(stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
                                column_map, script_args.max_train_samples, script_args.synthetic_train_size, synthetic, styles)
     if stage == "dpo":  # the trainer takes prompt/chosen/rejected only; kind and answer are for held-out metrics
         train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
-    if script_args.eval_samples <= 0:
-        return train, None
     eval_name, eval_stage = script_args.eval_dataset_name or script_args.dataset_name, "dpo" if stage == "dpo" else "eval"
-    if eval_name == SYNTHETIC:
+    held = None  # also when no held-out data is named: never measure on training rows
+    if script_args.eval_samples > 0 and eval_name == SYNTHETIC:
         held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
                                   script_args.eval_samples, synthetic, styles)
-    elif script_args.dataset_test_split or script_args.eval_dataset_name:
+    elif script_args.eval_samples > 0 and (script_args.dataset_test_split or script_args.eval_dataset_name):
         held = load_stage_dataset(eval_stage, eval_name, script_args.dataset_test_split or "test", script_args.dataset_config,
                                   column_map, script_args.eval_samples)
-    else:
-        return train, None  # no held-out data named: never measure on training rows
-    if eval_stage == "eval" and stage == "sft" and "answer" not in held.column_names:
+    if held is not None and stage == "sft" and "answer" not in held.column_names:
         raise DataError("held-out metrics need rows with a verifiable answer; set eval_dataset_name to a GSM8K-style file")
-    return train, held
-
-
-def _compared_keys(before: dict, after: dict) -> list[str]:
-    return [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+    return model, tokenizer, train, held
 
 
 def write_alignment_results(output_dir: str | Path, stage: str, before: dict | None, after: dict | None, extra: dict | None = None) -> dict:
-    """`<output_dir>/alignment_results.json` and a before/after bar chart PNG."""
+    """`<output_dir>/alignment_results.json`, and a before/after bar chart PNG and table when both were measured."""
     output_dir = Path(output_dir)
     result = {"stage": stage, "before": before, "after": after, **(extra or {})}
     write_file_atomically(output_dir / "alignment_results.json", json.dumps(result, indent=2, default=str) + "\n")
     if before and after:
-        import matplotlib  # lazily: slow to import, and the headless Agg backend must be chosen before pyplot loads
+        from matplotlib.figure import Figure  # lazily: slow to import; a bare Figure needs no pyplot or GUI backend
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        keys = _compared_keys(before, after)
-        fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.5))
+        keys = [k for k, v in before.items() if isinstance(v, (int, float)) and k != "n" and k in after]
+        fig = Figure(figsize=(1.6 * len(keys) + 2, 3.5))
+        ax = fig.subplots()
         xs = range(len(keys))
         ax.bar([x - 0.2 for x in xs], [before[k] for k in keys], width=0.4, label="before")
         ax.bar([x + 0.2 for x in xs], [after[k] for k in keys], width=0.4, label="after")
@@ -168,23 +146,22 @@ def write_alignment_results(output_dir: str | Path, stage: str, before: dict | N
         ax.legend()
         fig.tight_layout()
         save_figure_atomically(fig, output_dir / f"{stage}_before_after.png", dpi=100)
-        plt.close(fig)
+        print(f"\n{stage} held-out metrics (n={after.get('n')}):")
+        width = max([len("metric"), *map(len, keys)]) + 2
+        print(f"  {'metric':<{width}}{'before':>10}{'after':>10}{'change':>10}")
+        for key in keys:
+            print(f"  {key:<{width}}{before[key]:>10.4f}{after[key]:>10.4f}{after[key] - before[key]:>+10.4f}")
     return result
 
 
-def print_comparison(stage: str, before: dict | None, after: dict | None) -> None:
-    if not before or not after:
-        return
-    print(f"\n{stage} held-out metrics (n={after.get('n')}):")
-    keys = _compared_keys(before, after)
-    width = max([len("metric"), *map(len, keys)]) + 2
-    print(f"  {'metric':<{width}}{'before':>10}{'after':>10}{'change':>10}")
-    for key in keys:
-        print(f"  {key:<{width}}{before[key]:>10.4f}{after[key]:>10.4f}{after[key] - before[key]:>+10.4f}")
-
-
-def finish_training(trainer, tokenizer, model_args: AlignmentModelConfig, training_args, stage: str, before, measure, extra=None) -> dict | None:
-    """Save `<output_dir>/final` atomically (adapter or full model + tokenizer), merge if asked, measure, write results."""
+def train_and_finish(trainer_class, stage: str, model, tokenizer, train, measure, model_args: AlignmentModelConfig,
+                     training_args, extra: dict, **trainer_kwargs) -> dict | None:
+    """Measure, train, save `<output_dir>/final` atomically (adapter or full model + tokenizer), merge if asked,
+    measure again and write the results."""
+    before = measure(model) if measure and is_main_process() else None
+    trainer = trainer_class(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
+                            **trainer_kwargs)
+    trainer.train()
     final, accelerator = Path(training_args.output_dir) / "final", trainer.accelerator
     tmp = final.with_name("final.tmp")
     if accelerator.is_main_process and tmp.exists():
@@ -200,11 +177,10 @@ def finish_training(trainer, tokenizer, model_args: AlignmentModelConfig, traini
         replace_folder_atomically(lambda out: tmp.rename(out), final)
         merged = merge_adapter(final, final.parent / "merged", base_model=model_args.model_name_or_path) if is_adapter and model_args.merge_lora else None
         after = measure(model) if measure else None
-        result = write_alignment_results(training_args.output_dir, stage, before, after,
-                               {"final": str(final), "merged": str(merged) if merged else None, "adapter": is_adapter,
-                                "train_loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
-                                "world_size": accelerator.num_processes, **(extra or {})})
-        print_comparison(stage, before, after)
+        result = write_alignment_results(training_args.output_dir, stage, before, after, {
+            "final": str(final), "merged": str(merged) if merged else None, "adapter": is_adapter,
+            "train_loss": [h.get("loss") for h in trainer.state.log_history if "loss" in h],
+            "world_size": accelerator.num_processes, **extra})
         print(f"saved {'adapter' if is_adapter else 'model'} to {final}" + (f"; merged model in {merged}" if merged else ""))
     accelerator.wait_for_everyone()
     return result

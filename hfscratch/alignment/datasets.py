@@ -1,15 +1,11 @@
-"""Load datasets of common shapes and turn them into the formats TRL's trainers take.
-
-Stage formats (TRL conversational, so the tokenizer's chat template is applied by the trainer):
-  * SFT : ``messages`` (list of {role, content}); plain ``prompt``/``completion`` strings are kept as they are.
-  * DPO : ``prompt`` (messages) + ``chosen`` / ``rejected`` (one assistant message each).
-  * GRPO: ``prompt`` (messages) + ``answer`` (the verifiable final answer).
-Shapes are recognised by their columns (the *_SHAPES below; rename others with ``column_map={"old": "new"}``);
-``synthetic_math`` names the embedded generator (hfscratch.data.synthetic_math).
-"""
+"""Load datasets of common shapes (recognised by their columns, see *_SHAPES; ``column_map`` renames others, and
+``synthetic_math`` names the embedded generator) and turn them into TRL's conversational stage formats:
+SFT ``messages`` (plain ``prompt``/``completion`` strings kept), DPO ``prompt`` + one-message ``chosen``/``rejected``,
+GRPO ``prompt`` + ``answer`` (the verifiable final answer)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import random
@@ -137,8 +133,8 @@ def to_sft_format(ds, name: str = "dataset"):
 
 
 def check_assistant_turns(ds, name: str = "dataset") -> None:
-    """SFT's assistant-only loss learns from the assistant turns only, so every conversation must have one. TRL would
-    stop at the first such row with a RuntimeError about chat templates; this names the rows and the fix up front."""
+    """Every conversation needs an assistant turn for the assistant-only loss; TRL would stop at the first row without
+    one with a RuntimeError about chat templates, so this names the rows and the fix up front."""
     if "messages" not in ds.column_names:
         return
     missing = [i for i, messages in enumerate(ds["messages"])
@@ -207,8 +203,8 @@ def _gsm8k_answer(answer: str) -> str:
 
 
 def to_grpo_format(ds, name: str = "dataset", keep_messages: bool = False):
-    """Rows of ``prompt`` (messages) + ``answer``; with ``keep_messages`` (held-out rows) also the reference solution
-    as ``messages`` when the source has one (a question+answer pair or a conversation)."""
+    """Rows of ``prompt`` (messages) + ``answer``; with ``keep_messages`` (the held-out ``eval`` format) also the
+    reference solution as ``messages`` when the source has one (a question+answer pair or a conversation)."""
     cols = set(ds.column_names)
     if {"prompt", "answer"} <= cols and not (keep_messages and "question" in cols):
         return ds.map(lambda r: {"prompt": _user(r["prompt"]) if isinstance(r["prompt"], str) else r["prompt"],
@@ -227,11 +223,6 @@ def to_grpo_format(ds, name: str = "dataset", keep_messages: bool = False):
     raise _shape_error(name, cols, "GRPO", GRPO_SHAPES)
 
 
-def to_eval_format(ds, name: str = "dataset"):
-    """Held-out rows: GRPO rows that also keep the reference solution as ``messages`` when the source has one."""
-    return to_grpo_format(ds, name, keep_messages=True)
-
-
 def _mixed_flags(n: int, fraction: float, rng: random.Random) -> list[bool]:
     """Exactly round(n * fraction) True values in a seeded random order (a mix that does not drift with n)."""
     if not 0.0 <= fraction <= 1.0:
@@ -243,12 +234,8 @@ def _mixed_flags(n: int, fraction: float, rng: random.Random) -> list[bool]:
 
 def synthetic_dataset(stage: str, n: int, split: str = "train", synthetic: SyntheticMathConfig | None = None,
                       restated_fraction: float = 0.0, style_fraction: float = 0.0):
-    """The embedded synthetic math set in the format of `stage` (sft | dpo | grpo | eval).
-
-    ``restated_fraction`` (SFT): share of solutions that end with a redundant ``The answer is N.`` line, so the SFT
-    model learns both styles. ``style_fraction`` (DPO): share of pairs whose rejected answer is the correct solution
-    with that line (``pair_kind`` "style"); the rest reject a solution with an arithmetic slip ("slip").
-    DPO rows also carry the verifiable ``answer`` so the held-out set can measure exact-match after DPO."""
+    """The embedded synthetic math set in `stage`'s format (sft | dpo | grpo | eval); see AlignmentDataConfig for the
+    two style fractions. DPO rows carry ``pair_kind`` and the verifiable ``answer`` (for held-out exact-match)."""
     synthetic = synthetic or SyntheticMathConfig()
     seed, problems = synthetic.seed, generate_problems(n, split, synthetic)
     if stage == "sft":
@@ -270,14 +257,14 @@ def synthetic_dataset(stage: str, n: int, split: str = "train", synthetic: Synth
 def load_stage_dataset(stage: str, name: str, split: str = "train", config: str | None = None, column_map: dict | None = None,
                        max_samples: int | None = None, synthetic_size: int = 2000, synthetic: SyntheticMathConfig | None = None,
                        synthetic_styles: dict | None = None):
-    """Load `name` (a path, Hub id or ``synthetic_math``) and convert it to `stage`'s TRL format; ``synthetic_styles``
-    holds ``restated_fraction`` / ``style_fraction`` for the synthetic set (see `synthetic_dataset`)."""
+    """Load `name` (a path, Hub id or ``synthetic_math``) and convert it to `stage`'s TRL format."""
     if name == SYNTHETIC:
         ds = synthetic_dataset(stage, synthetic_size if max_samples is None else max_samples,
                                split="heldout" if split in ("test", "heldout", "validation") else "train",
                                synthetic=synthetic, **(synthetic_styles or {}))
     else:
-        convert = {"sft": to_sft_format, "dpo": to_dpo_format, "grpo": to_grpo_format, "eval": to_eval_format}[stage]
+        convert = {"sft": to_sft_format, "dpo": to_dpo_format, "grpo": to_grpo_format,
+                   "eval": functools.partial(to_grpo_format, keep_messages=True)}[stage]
         ds = convert(load_raw_dataset(name, split, config, column_map), name)
         if max_samples is not None:
             ds = ds.select(range(min(max_samples, len(ds))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trl import GRPOTrainer
 
-from .common import finish_training, is_main_process, peft_config_for, start_stage
+from .common import peft_config_for, start_stage, train_and_finish
 from .config import AlignmentDataConfig, AlignmentModelConfig
 from .metrics import make_measure
 from .rewards import correctness_reward, format_reward
@@ -19,9 +19,7 @@ def run_grpo(model_args: AlignmentModelConfig, script_args: AlignmentDataConfig,
     format_weight = training_args.reward_weights[1] / training_args.reward_weights[0]
     measure = make_measure("grpo", tokenizer, held, script_args.eval_max_new_tokens, format_weight=format_weight,
                            num_samples=script_args.eval_num_samples)
-    before = measure(model) if measure and is_main_process() else None
-    trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=training_args, train_dataset=train,
-                          processing_class=tokenizer, peft_config=peft_config_for(model, model_args))
-    trainer.train()
-    return finish_training(trainer, tokenizer, model_args, training_args, "grpo", before, measure,
-                           {"train_prompts": len(train), "dataset": script_args.dataset_name})
+    return train_and_finish(GRPOTrainer, "grpo", model, tokenizer, train, measure, model_args, training_args,
+                            {"train_prompts": len(train), "dataset": script_args.dataset_name},
+                            reward_funcs=[correctness_reward, format_reward],
+                            peft_config=peft_config_for(model, model_args))

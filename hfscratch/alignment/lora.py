@@ -1,9 +1,10 @@
-"""LoRA / QLoRA configuration with PEFT, and the checks before a model or adapter is loaded: its path (with a hint
-naming the stage that writes it) and a fingerprint that ties an adapter to the base it was trained on."""
+"""LoRA / QLoRA configs with PEFT; checks of a model or adapter path (naming the stage that writes it) and of the
+fingerprint that ties an adapter to the base it was trained on."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,15 +20,10 @@ BASE_FINGERPRINT_FILE = "hfscratch_base.json"
 # Config keys that change with the save, not with the model's identity.
 _VOLATILE = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "auto_map", "use_cache",
              "quantization_config", "_commit_hash")
-# The default chain (pretrain -> SFT -> DPO -> GRPO): each stage's default input is the previous stage's default output.
-# The hint names the `hfscratch` command (same options as recipes/<stage>.py), which also exists for a wheel install.
+# Each stage's default input is the previous one's default output; the hint names the `hfscratch` command (not the
+# recipe), which a wheel install also has.
 DEFAULT_CHAIN = {DEFAULT_CHECKPOINT: "hfscratch pretrain", "outputs/sft-synthetic-math/final": "hfscratch sft",
                  "outputs/dpo-synthetic-math/final": "hfscratch dpo"}
-
-
-def looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) <= 2 and all(parts) and not name.startswith(("outputs", ".", "/", "~"))
 
 
 def check_checkpoint_path(name: str, what: str = "model") -> None:
@@ -37,20 +33,17 @@ def check_checkpoint_path(name: str, what: str = "model") -> None:
             raise CheckpointError(f"{name} has no config.json: point the {what} at a save_pretrained folder (e.g. outputs/<run>/final)")
     elif producer := DEFAULT_CHAIN.get(Path(name).as_posix()):
         raise CheckpointError(f"no checkpoint at {name}; run `{producer}` first (or pass --model_name_or_path)")
-    elif not looks_like_hub_id(name):  # a Hub id: from_pretrained reports what is wrong with it
+    # not a Hub id either (for a Hub id, from_pretrained reports what is wrong with it)
+    elif len(parts := name.split("/")) > 2 or not all(parts) or name.startswith(("outputs", ".", "/", "~")):
         raise CheckpointError(f"{what} {name} not found; pass an existing checkpoint folder or a Hub id")
-
-
-def linear_module_names(model) -> list[str]:
-    """Short names of the Linear layers LoRA can wrap (lm_head excluded, as PEFT's all-linear does)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)} - {"lm_head"})
 
 
 def build_lora_config(model, target_modules=("all-linear",), r: int = 16, alpha: int = 32, dropout: float = 0.05,
                       modules_to_save=None) -> LoraConfig:
     targets = list(target_modules)
-    if targets != ["all-linear"]:
-        available = linear_module_names(model)
+    if targets != ["all-linear"]:  # the short names of the Linear layers, lm_head excluded as PEFT's all-linear does
+        available = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                            if isinstance(module, torch.nn.Linear)} - {"lm_head"})
         if unknown := [t for t in targets if t not in available]:
             raise ConfigError(f"lora_target_modules {unknown} are not Linear layers of this model; choose from {available} or use all-linear")
     if r < 1:
@@ -64,9 +57,7 @@ def qlora_unavailable_reason() -> str | None:
     """Why QLoRA cannot run here (None when it can): it needs a CUDA GPU and bitsandbytes."""
     if not torch.cuda.is_available():
         return "QLoRA (load_in_4bit) needs a CUDA GPU, and none is visible; train plain LoRA (use_peft without load_in_4bit)"
-    try:
-        import bitsandbytes  # noqa: F401  (an optional package: only its presence is checked)
-    except ImportError:
+    if importlib.util.find_spec("bitsandbytes") is None:
         return "QLoRA (load_in_4bit) needs bitsandbytes: pip install bitsandbytes (or drop load_in_4bit)"
     return None
 
@@ -79,9 +70,8 @@ def quantization_config() -> BitsAndBytesConfig:
 
 
 def base_fingerprint(model) -> str:
-    """Cheap identity of a base model: its architecture config plus a sample of its weights. Hashing every weight of a
-    multi-GB base would take minutes; the config plus the first rows of the embedding, the first attention projection
-    and the last norm already differ between any two trainings."""
+    """Cheap identity of a base model: its config plus the first values of its first parameters and last norm, which
+    already differ between any two trainings (hashing every weight of a multi-GB base would take minutes)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = {k: v for k, v in base.config.to_dict().items() if k not in _VOLATILE}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())

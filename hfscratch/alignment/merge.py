@@ -1,8 +1,5 @@
-"""`hfscratch merge ADAPTER OUT`: fold a LoRA adapter into its base and write a standalone checkpoint.
-
-The result loads with `AutoModelForCausalLM.from_pretrained(OUT)` (no PEFT needed) and, checked by default,
-greedy-generates token for token what base + adapter generated. An adapter of another base is refused.
-"""
+"""`hfscratch merge ADAPTER OUT`: fold a LoRA adapter into its base (an adapter of another base is refused) and write
+a standalone checkpoint that, checked by default, greedy-generates token for token what base + adapter generated."""
 
 from __future__ import annotations
 

@@ -31,17 +31,6 @@ def _prompt_ids(tokenizer, prompt_messages) -> list[int]:
     return tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
-def _pad(batch: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask); left padding for generation, so every prompt ends where generation starts."""
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, ids in enumerate(batch):
-        span = slice(width - len(ids), width) if left else slice(0, len(ids))
-        input_ids[i, span], attention_mask[i, span] = torch.tensor(ids), 1
-    return input_ids, attention_mask
-
-
 def _scores(texts: list[str], answers: list[str], format_weight: float):
     """(correct, formatted, reward) per completion, the reward as GRPO computes it."""
     correct = [float(answers_match(extract_final_answer(t), a)) for t, a in zip(texts, answers)]
@@ -52,9 +41,9 @@ def _scores(texts: list[str], answers: list[str], format_weight: float):
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts, max_new_tokens: int = 128, batch_size: int = 32, num_samples: int = 0,
                          temperature: float = 1.0, seed: int = 0, encode=_prompt_ids) -> list[tuple[str, bool]]:
-    """Completions for chat prompts (``encode(tokenizer, prompt)`` makes their token ids): (text without special tokens,
-    whether generation ended with eos). Greedy when ``num_samples`` is 0; otherwise ``num_samples`` completions per
-    prompt (prompt-major order), sampled at ``temperature`` with a private seeded RNG (the caller's RNG is untouched)."""
+    """(text without special tokens, whether it ended with eos) per completion of the chat prompts (``encode`` makes
+    their ids). Greedy when ``num_samples`` is 0, else that many per prompt (prompt-major) sampled at ``temperature``
+    with a private seeded RNG (the caller's RNG is untouched)."""
     sampling = {"do_sample": False} if num_samples <= 0 else {
         "do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0, "num_return_sequences": num_samples}
     if num_samples > 0:
@@ -71,42 +60,38 @@ def generate_completions(model, tokenizer, prompts, max_new_tokens: int = 128, b
 
 
 def _generate_batch(model, tokenizer, batch: list[list[int]], max_new_tokens, sampling) -> list[tuple[str, bool]]:
-    eos_id, device = tokenizer.eos_token_id, next(model.parameters()).device
-    input_ids, attention_mask = _pad(batch, tokenizer.pad_token_id, left=True)
-    out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=max_new_tokens,
+    eos_id = tokenizer.eos_token_id
+    # left padding, so every prompt ends where generation starts
+    padded = tokenizer.pad({"input_ids": batch}, padding_side="left", return_attention_mask=True, return_tensors="pt")
+    out = model.generate(**padded.to(next(model.parameters()).device), max_new_tokens=max_new_tokens,
                          eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, **sampling)
-    rows = out[:, input_ids.shape[1] :].tolist()
+    rows = out[:, padded["input_ids"].shape[1] :].tolist()
     return [(tokenizer.decode(row[: row.index(eos_id)] if eos_id in row else row, skip_special_tokens=True), eos_id in row) for row in rows]
 
 
 def generation_metrics(model, tokenizer, examples, max_new_tokens: int = 128, format_weight: float = 0.2,
                        batch_size: int = 32) -> dict:
-    """Greedy decoding through the chat template, over rows with ``prompt`` (messages) and ``answer``: exact-match, the
-    shares that end with eos, carry calculator annotations / a restated line, are in ``#### N`` format; mean reward."""
+    """Greedy chat-template decoding of rows with ``prompt`` (messages) and ``answer``: exact-match, mean reward and
+    the shares that end with eos, carry calculator annotations / a restated line, or are in ``#### N`` format."""
     prompts, answers = [row["prompt"] for row in examples], [str(row["answer"]) for row in examples]
     outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     texts = [text for text, _ in outputs]
     correct, formatted, rewards = _scores(texts, answers, format_weight)
     n = max(len(examples), 1)
     return {
-        "exact_match": sum(correct) / n,
-        "annotated_rate": sum(bool(_CALCULATOR.search(t)) for t in texts) / n,
+        "exact_match": sum(correct) / n, "annotated_rate": sum(bool(_CALCULATOR.search(t)) for t in texts) / n,
         "restated_rate": sum(bool(_RESTATED.search(t)) for t in texts) / n,
-        "eos_rate": sum(stopped for _, stopped in outputs) / n,
-        "format_rate": sum(formatted) / n,
-        "mean_reward": sum(rewards) / n,
-        "n": len(examples),
+        "eos_rate": sum(stopped for _, stopped in outputs) / n, "format_rate": sum(formatted) / n,
+        "mean_reward": sum(rewards) / n, "n": len(examples),
         "samples": [{"prompt": p[-1]["content"], "completion": t, "answer": a} for p, t, a in list(zip(prompts, texts, answers))[:3]],
     }
 
 
 @torch.no_grad()
 def gsm8k_format_metrics(model, tokenizer, examples, max_new_tokens: int = 128, batch_size: int = 32) -> dict:
-    """Exact-match on the same questions as plain-text GSM8K prompts (``Question: ...\nAnswer:``, no chat template).
-
-    This is lm-eval's gsm8k prompt (zero-shot here: the tiny checkpoints have 256-token contexts) and the format of
-    the pretraining corpus. Greedy; the answer is cut at eos or at the next ``Question:`` (lm-eval's stop sequence);
-    ``strict`` needs a ``#### N`` line, ``flexible`` also takes the last number."""
+    """Greedy exact-match on the questions as plain-text GSM8K prompts, lm-eval's (zero-shot: the tiny checkpoints have
+    256-token contexts) and the pretraining corpus's format. Answers end at eos or the next ``Question:`` (lm-eval's
+    stop sequence); ``strict`` needs a ``#### N`` line, ``flexible`` also takes the last number."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
     def encode(tokenizer, prompt) -> list[int]:
@@ -133,7 +118,6 @@ def sampled_generation_metrics(model, tokenizer, examples, num_samples: int = 8,
 
 def _completion_token_logprobs(model, tokenizer, prompts, completions, batch_size: int = 32) -> list[torch.Tensor]:
     """Per-token log-probs of each assistant completion (its eos included), conditioned on the prompt."""
-    model = getattr(model, "module", model)
     device = next(model.parameters()).device
     pieces = []
     for prompt, completion in zip(prompts, completions):
@@ -145,9 +129,11 @@ def _completion_token_logprobs(model, tokenizer, prompts, completions, batch_siz
     out = []
     for start in range(0, len(pieces), batch_size):
         batch = pieces[start : start + batch_size]
-        input_ids, attention_mask = _pad([ids for ids, _ in batch], tokenizer.pad_token_id, left=False)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+        padded = tokenizer.pad({"input_ids": [ids for ids, _ in batch]}, padding_side="right",
+                               return_attention_mask=True, return_tensors="pt").to(device)
+        logits = model(**padded).logits.float()
+        targets = padded["input_ids"][:, 1:].unsqueeze(-1)
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets).squeeze(-1)
         out += [logprobs[i, prompt_len - 1 : len(ids) - 1].cpu() for i, (ids, prompt_len) in enumerate(batch)]
     return out
 
@@ -187,10 +173,8 @@ def answer_loglik(model, tokenizer, chats, batch_size: int = 32) -> float:
 
 def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
                  gsm8k_format: bool = False):
-    """The held-out measurement for `stage`, as a function of the model (same code before and after training).
-
-    ``num_samples`` > 0 adds the mean reward / exact-match of that many temperature-1 samples per prompt;
-    ``gsm8k_format`` adds exact-match on the same questions as plain-text ``Question: ...\nAnswer:`` prompts."""
+    """The held-out measurement for `stage` as a function of the model (the same code before and after training);
+    ``num_samples`` > 0 adds temperature-1 sampled metrics, ``gsm8k_format`` the plain-text GSM8K-prompt ones."""
     if held is None:
         return None
 

@@ -1,10 +1,6 @@
-"""Verifiable rewards for math answers (GRPO) and the answer extraction the metrics share.
-
-The final answer is read from the GSM8K marker ``#### N`` (last one wins), else from the last number in the text.
-Two answers match when they are the same number (commas, ``$`` and a trailing ``.`` ignored); anything else
-(``3/4``, ``\\frac{3}{4}``, ``0.75`` vs ``3/4``) is compared with ``math-verify`` (symbolic and LaTeX equivalence).
-Reward functions follow TRL's signature ``f(prompts, completions, **dataset_columns) -> list[float]``.
-"""
+"""Verifiable rewards for math answers (GRPO, TRL's ``f(prompts, completions, **dataset_columns) -> list[float]``)
+and the answer extraction the metrics share. Two answers match when they are the same number (commas, ``$`` and a
+trailing ``.`` ignored); anything else (``\\frac{3}{4}`` vs ``0.75``) is compared with ``math-verify``."""
 
 from __future__ import annotations
 

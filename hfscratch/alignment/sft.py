@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
-from .common import finish_training, is_main_process, peft_config_for, start_stage
+from .common import peft_config_for, start_stage, train_and_finish
 from .config import AlignmentDataConfig, AlignmentModelConfig
 from .datasets import check_assistant_turns
 from .metrics import make_measure
@@ -18,9 +18,6 @@ def run_sft(model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, 
     if training_args.assistant_only_loss:
         check_assistant_turns(train, script_args.dataset_name)  # before TRL, which would stop with a traceback
     measure = make_measure("sft", tokenizer, held, script_args.eval_max_new_tokens, gsm8k_format=True)
-    before = measure(model) if measure and is_main_process() else None
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
-                         peft_config=peft_config_for(model, model_args))
-    trainer.train()
-    return finish_training(trainer, tokenizer, model_args, training_args, "sft", before, measure,
-                           {"train_rows": len(train), "dataset": script_args.dataset_name})
+    return train_and_finish(SFTTrainer, "sft", model, tokenizer, train, measure, model_args, training_args,
+                            {"train_rows": len(train), "dataset": script_args.dataset_name},
+                            peft_config=peft_config_for(model, model_args))
