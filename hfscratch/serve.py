@@ -293,9 +293,9 @@ class Server:
 
     async def _respond(self, request: web.Request, body: dict, prompt_ids: list[int], chat: bool):
         sampling = self._sampling(body, prompt_ids)
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise RequestError(400, "'stream' must be true or false", param="stream")
+        stream, stream_options = body.get("stream", False), body.get("stream_options") or {}
+        if not isinstance(stream, bool) or not isinstance(stream_options, dict):
+            raise RequestError(400, "'stream' must be true or false and 'stream_options' an object", param="stream")
         request_id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         kind = "chat.completion" if chat else "text_completion"
         created, name = int(time.time()), self.engine.name
@@ -322,7 +322,7 @@ class Server:
             last = {"delta": {}} if chat else {"text": "", "logprobs": None}
             await response.write(_chunk(kind, request_id, created, name,
                                         {"index": 0, **last, "finish_reason": generation.finish_reason}))
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if stream_options.get("include_usage"):
                 usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": generation.tokens,
                          "total_tokens": len(prompt_ids) + generation.tokens}
                 payload = {"id": request_id, "object": kind, "created": created, "model": name, "choices": [],

@@ -181,7 +181,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(client, ser
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     for path, body in [("/v1/chat/completions", "{not json"), ("/v1/chat/completions", "[1, 2]"),
                        ("/v1/chat/completions", json.dumps({"messages": "hello"})),
-                       ("/v1/completions", json.dumps({"prompt": 42})), ("/v1/nothing", "{}")]:
+                       ("/v1/completions", json.dumps({"prompt": 42})), ("/v1/nothing", "{}"),
+                       ("/v1/completions", json.dumps({"prompt": "x", "stream": True, "stream_options": "usage"}))]:
         response = httpx.post(f"{server}{path}", content=body, headers=headers)
         assert 400 <= response.status_code < 500, (path, body, response.status_code)
         assert response.json()["error"]["message"], response.text
