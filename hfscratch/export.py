@@ -274,7 +274,7 @@ def export_model(src, out, to: str = "llama") -> Path:
             if item.is_file() and item.name != "config.json" and not skip:
                 shutil.copy2(item, tmp / item.name)
         write_model_card(tmp, base_model=None, extra={
-            "model_name": out.name,
+            "model_name": out.name, "repo_id": f"path/to/{out.name}",  # the final name, not the temp folder's
             "description": f"Exported from the hfscratch checkpoint `{src.name}` to the stock `{target.architectures[0]}` "
                            "architecture (weights copied unchanged; no remote code needed).",
         })

@@ -55,6 +55,7 @@ def test_export_matches_logits_and_greedy_generation(tmp_path, tiny_tokenizer, o
         assert torch.equal(exported.generate(prompt, **kwargs), source.generate(prompt, **kwargs))
     card = (out / "README.md").read_text()
     assert "trust_remote_code" not in card and stock_class.__name__ in card
+    assert f"path/to/{out.name}" in card and "path/to/." not in card  # the loading snippet names the export
 
 
 @pytest.mark.parametrize(
