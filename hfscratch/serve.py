@@ -197,6 +197,11 @@ class Engine:
 # ------------------------------------------------------------------------------------------- HTTP
 
 
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
 def _chunk(kind: str, request_id: str, created: int, model: str, choice: dict) -> bytes:
     payload = {"id": request_id, "object": kind, "created": created, "model": model, "choices": [choice]}
     return f"data: {json.dumps(payload)}\n\n".encode()
@@ -205,6 +210,8 @@ def _chunk(kind: str, request_id: str, created: int, model: str, choice: dict) -
 class Server:
     def __init__(self, engine: Engine, api_key: str | None):
         self.engine, self.api_key = engine, api_key
+        template = resources.files("hfscratch").joinpath("serve_chat.html").read_text(encoding="utf-8")
+        self.page_html = template.replace("{{MODEL}}", engine.name)
         self.app = web.Application(middlewares=[self.errors_as_json], client_max_size=8 * 2**20)
         self.app.add_routes([
             web.get("/", self.page), web.get("/health", self.health), web.get("/v1/models", self.models),
@@ -229,8 +236,7 @@ class Server:
             return web.json_response(body, status=500)
 
     async def page(self, request: web.Request) -> web.Response:
-        html = resources.files("hfscratch").joinpath("serve_chat.html").read_text(encoding="utf-8")
-        return web.Response(text=html.replace("{{MODEL}}", self.engine.name), content_type="text/html")
+        return web.Response(text=self.page_html, content_type="text/html")
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self.engine.name, "in_flight": self.engine.in_flight})
@@ -305,10 +311,8 @@ class Server:
             text = "".join([delta async for delta in deltas])
             choice = {"index": 0, "finish_reason": generation.finish_reason, "logprobs": None}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-            usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": generation.tokens,
-                     "total_tokens": len(prompt_ids) + generation.tokens}
             return web.json_response({"id": request_id, "object": kind, "created": created, "model": name,
-                                      "choices": [choice], "usage": usage})
+                                      "choices": [choice], "usage": usage(len(prompt_ids), generation.tokens)})
         kind += ".chunk" if chat else ""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -323,10 +327,8 @@ class Server:
             await response.write(_chunk(kind, request_id, created, name,
                                         {"index": 0, **last, "finish_reason": generation.finish_reason}))
             if stream_options.get("include_usage"):
-                usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": generation.tokens,
-                         "total_tokens": len(prompt_ids) + generation.tokens}
                 payload = {"id": request_id, "object": kind, "created": created, "model": name, "choices": [],
-                           "usage": usage}
+                           "usage": usage(len(prompt_ids), generation.tokens)}
                 await response.write(f"data: {json.dumps(payload)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
         except RequestError as err:  # the deadline passed mid-stream: the status is already sent, so say it inline
