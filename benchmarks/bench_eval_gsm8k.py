@@ -57,6 +57,16 @@ def load(kind: str, path: Path, args):
     return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(path), backend="causal", batch_size=args.batch_size)
 
 
+def gsm8k_requests(data_dir, limit: int, max_gen_toks: int) -> list:
+    """The first `limit` 5-shot `gsm8k_local` generation requests, each capped at `max_gen_toks` new tokens."""
+    task = load_planned_tasks(plan_tasks(["gsm8k_local"], data_dir=data_dir))["tasks"]["gsm8k_local"]
+    task.set_fewshot_seed(1234)
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    for request in task.instances:
+        request.arguments = (request.arguments[0], {**request.arguments[1], "max_gen_toks": max_gen_toks})
+    return task.instances
+
+
 def sync(device: str):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -89,13 +99,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         hf_path = build_checkpoint(args, tmp)
         llama_path = export_model(hf_path, tmp / "llama", to="llama")
-        plan = plan_tasks(["gsm8k_local"], data_dir=args.data_dir)
-        task = load_planned_tasks(plan)["tasks"]["gsm8k_local"]
-        task.set_fewshot_seed(1234)
-        task.build_all_requests(limit=args.limit, rank=0, world_size=1)
-        requests = task.instances
-        for request in requests:
-            request.arguments = (request.arguments[0], {**request.arguments[1], "max_gen_toks": args.max_gen_toks})
+        requests = gsm8k_requests(args.data_dir, args.limit, args.max_gen_toks)
         models = {"hfscratch": load("hfscratch", hf_path, args), "llama": load("llama", llama_path, args)}
         prompt_tokens = sum(len(models["hfscratch"].tok_encode(r.args[0])) for r in requests)
 

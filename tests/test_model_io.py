@@ -70,7 +70,12 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     with torch.no_grad():
         logits = model(torch.tensor(ids)).logits
-    print(json.dumps({"cls": type(model).__name__, "logits": logits.flatten().tolist()}))
+    result = {"cls": type(model).__name__, "logits": logits.flatten().tolist()}
+    if hasattr(model, "generate"):  # the causal LM: the lean decoding loop and transformers' own
+        result["lean"] = model.generate(torch.tensor(ids), max_new_tokens=10, do_sample=False, eos_token_id=None).tolist()
+        model.lean_decoding = False
+        result["reference"] = model.generate(torch.tensor(ids), max_new_tokens=10, do_sample=False, eos_token_id=None).tolist()
+    print(json.dumps(result))
     """
 )
 
@@ -91,6 +96,9 @@ def test_trust_remote_code_without_hfscratch(tmp_path, tiny_tokenizer):
     with torch.no_grad():
         expected = model(torch.tensor(ids)).logits.flatten()
     assert torch.equal(torch.tensor(result["logits"]), expected)
+    # the copied file carries the lean decoding loop too: same tokens as transformers' loop and as the installed class
+    generated = model.generate(torch.tensor(ids), max_new_tokens=10, do_sample=False, eos_token_id=None).tolist()
+    assert result["lean"] == result["reference"] == generated
 
 
 def test_text_generation_pipeline(tmp_path, tiny_tokenizer):

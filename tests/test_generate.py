@@ -1,0 +1,169 @@
+"""The lean decoding loop behind `model.generate`: the same tokens as transformers' own loop (and as Llama with the
+same weights), the same streamer, processor and stopping-criteria behaviour, and a fallback wherever it does not
+apply. `lean_decoding = False` on a model is transformers' loop, the reference here."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+import hfscratch.modeling_hfscratch as modeling
+from tests.test_model_behaviour import ARCHS, make_model
+
+SAMPLING = dict(do_sample=True, temperature=0.9, top_k=20, top_p=0.9)
+
+
+def padded_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    ids = torch.randint(3, 101, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4], mask[2, :7] = 0, 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def both_loops(model, seed=0, **kwargs):
+    """(lean, reference) outputs of the same generate call, each from the same seed."""
+    outputs = []
+    for lean in (True, False):
+        model.lean_decoding = lean
+        torch.manual_seed(seed)
+        outputs.append(model.generate(**kwargs))
+    model.lean_decoding = True
+    return outputs
+
+
+@pytest.fixture
+def lean_calls(monkeypatch):
+    """Counts the calls that took the lean loop."""
+    calls = []
+    original = modeling.lean_sample
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "lean_sample", counting)
+    return calls
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, "tied"])
+@pytest.mark.parametrize("mode", ["greedy", "sampling"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_lean_loop_gives_transformers_tokens(arch, mode, padded, lean_calls):
+    model = make_model("llama" if arch == "tied" else arch, tie_word_embeddings=arch == "tied")
+    ids, mask = padded_batch()
+    inputs = dict(input_ids=ids, attention_mask=mask) if padded else dict(input_ids=ids[:1])
+    lean, reference = both_loops(model, max_new_tokens=24, eos_token_id=None, pad_token_id=0,
+                                 **(SAMPLING if mode == "sampling" else dict(do_sample=False)), **inputs)
+    assert lean_calls, "the lean loop did not run"
+    assert lean.shape == reference.shape == (inputs["input_ids"].shape[0], 9 + 24)
+    assert torch.equal(lean, reference)
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    model = make_model()
+    ids, mask = padded_batch()
+    runs = [both_loops(model, seed=seed, input_ids=ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None,
+                       pad_token_id=0, **SAMPLING)[0] for seed in (5, 5, 6)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_greedy_tokens_equal_llamas_with_the_same_weights():
+    model = make_model(tie_word_embeddings=False)
+    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in model.config.to_dict().items()
+                                           if k in LlamaConfig().to_dict()})).eval()
+    llama.load_state_dict(model.state_dict(), strict=False)
+    ids, mask = padded_batch()
+    for inputs in (dict(input_ids=ids[:1]), dict(input_ids=ids, attention_mask=mask)):
+        kwargs = dict(max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0, **inputs)
+        assert torch.equal(model.generate(**kwargs), llama.generate(**kwargs))
+
+
+def test_eos_stops_rows_and_pads_finished_ones_like_transformers():
+    model = make_model()
+    ids, mask = padded_batch()
+    free = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    eos = int(free[1, 9 + 3])  # row 1 ends where this token first appears (others may end too, or run on)
+    first = int((free[1, 9:] == eos).nonzero()[0])
+    lean, reference = both_loops(model, input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(lean, reference)
+    assert lean[1, 9 + first] == eos and (lean[1, 9 + first + 1:] == 0).all() and lean.shape[1] > 9 + first + 1
+
+
+class Collect(BaseStreamer):
+    def __init__(self):
+        self.pieces, self.ended = [], False
+
+    def put(self, value):
+        self.pieces.append(value.tolist())
+
+    def end(self):
+        self.ended = True
+
+
+class StopAfter(StoppingCriteria):
+    """lm-eval's stop-sequence criteria have this shape: a look at the ids so far, a bool per row."""
+
+    def __init__(self, length):
+        self.length = length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] >= self.length, dtype=torch.bool)
+
+
+def test_streamer_processors_and_custom_stopping_criteria_behave_alike(lean_calls):
+    model = make_model()
+    ids = padded_batch()[0][:1]
+    streams, outputs = [], []
+    for lean in (True, False):
+        model.lean_decoding = lean
+        streamer = Collect()
+        outputs.append(model.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=None, streamer=streamer,
+                                      repetition_penalty=1.3, no_repeat_ngram_size=2,
+                                      stopping_criteria=StoppingCriteriaList([StopAfter(9 + 11)])))
+        streams.append(streamer)
+    assert lean_calls == [1]
+    assert torch.equal(outputs[0], outputs[1]) and outputs[0].shape[1] == 9 + 11
+    assert streams[0].pieces == streams[1].pieces and streams[0].ended and streams[1].ended
+    assert streams[0].pieces[0] == ids.tolist()  # the prompt first, as transformers streams it
+
+
+@pytest.mark.parametrize("case", ["scores", "beams", "hook", "eager", "no_cache"])
+def test_falls_back_to_transformers_where_the_lean_loop_does_not_apply(case, lean_calls):
+    model = make_model(attn_implementation="eager") if case == "eager" else make_model()
+    ids = padded_batch()[0][:1]
+    kwargs = dict(max_new_tokens=8, do_sample=False, eos_token_id=None)
+    kwargs.update({"scores": dict(return_dict_in_generate=True, output_scores=True), "beams": dict(num_beams=2),
+                   "no_cache": dict(use_cache=False)}.get(case, {}))
+    handle = model.model.layers[0].register_forward_pre_hook(lambda module, args: None) if case == "hook" else None
+    out = model.generate(ids, **kwargs)
+    sequences = out.sequences if case == "scores" else out
+    assert sequences.shape == (1, 9 + 8) and not lean_calls
+    if handle is not None:
+        handle.remove()
+        assert torch.equal(model.generate(ids, **kwargs), sequences) and lean_calls
+
+
+def test_lora_model_decodes_through_the_lean_loop_with_its_adapters(lean_calls):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model()
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
+    ids = padded_batch()[0][:1]
+    kwargs = dict(input_ids=ids, max_new_tokens=16, do_sample=False, eos_token_id=None)
+    lean = peft_model.generate(**kwargs)
+    assert lean_calls
+    model.lean_decoding = False
+    assert torch.equal(lean, peft_model.generate(**kwargs))
+    with peft_model.disable_adapter():  # the adapters really took part
+        assert not torch.equal(lean, peft_model.generate(**kwargs))
+
+
+def test_bf16_autocast_decoding_matches_transformers_loop():
+    model = make_model()
+    ids = padded_batch()[0][:1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lean, reference = both_loops(model, input_ids=ids, max_new_tokens=16, do_sample=False, eos_token_id=None)
+    assert torch.equal(lean, reference)
