@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("hfscratch.alignment.cli:main_sft", "supervised fine-tuning with TRL (same as recipes/sft.py)"),
     "dpo": ("hfscratch.alignment.cli:main_dpo", "direct preference optimisation with TRL (same as recipes/dpo.py)"),
     "grpo": ("hfscratch.alignment.cli:main_grpo", "GRPO with a verifiable math reward (same as recipes/grpo.py)"),
+    "reward": ("hfscratch.alignment.cli:main_reward", "train a reward model on preference pairs with TRL (same as recipes/reward.py)"),
     "merge": ("hfscratch.alignment.merge", "merge a LoRA adapter into a standalone checkpoint"),
     "eval": ("hfscratch.evaluation.cli", "evaluate with lm-eval (GSM8K, HellaSwag, ARC, ...) and bits-per-byte"),
     "chat": ("hfscratch.chat", "chat with a model in the terminal (streamed)"),

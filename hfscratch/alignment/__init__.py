@@ -1,5 +1,5 @@
-"""Alignment with TRL and PEFT: `run_sft`, `run_dpo`, `run_grpo` (each measures held-out metrics before and after
-training) and `merge_adapter`, which the recipes and the `hfscratch sft|dpo|grpo|merge` commands call."""
+"""Alignment with TRL and PEFT: `run_sft`, `run_dpo`, `run_grpo`, `run_reward` (each measures held-out metrics before
+and after training) and `merge_adapter`, which the recipes and the `hfscratch sft|dpo|grpo|reward|merge` commands call."""
 
 from .config import (
     DEFAULT_CHECKPOINT,
@@ -7,14 +7,16 @@ from .config import (
     AlignmentModelConfig,
     DPOStageConfig,
     GRPOStageConfig,
+    RewardStageConfig,
     SFTStageConfig,
 )
 from .dpo import run_dpo
 from .grpo import run_grpo
 from .merge import merge_adapter
+from .reward import run_reward
 from .sft import run_sft
 
 __all__ = [
     "DEFAULT_CHECKPOINT", "AlignmentModelConfig", "AlignmentDataConfig", "SFTStageConfig", "DPOStageConfig",
-    "GRPOStageConfig", "run_sft", "run_dpo", "run_grpo", "merge_adapter",
+    "GRPOStageConfig", "RewardStageConfig", "run_sft", "run_dpo", "run_grpo", "run_reward", "merge_adapter",
 ]

@@ -1,12 +1,13 @@
-"""`hfscratch sft|dpo|grpo`: the same `main` as `recipes/sft.py`, `dpo.py`, `grpo.py` (multi-process runs go through
+"""`hfscratch sft|dpo|grpo|reward`: the same `main` as `recipes/sft.py`, `dpo.py`, `grpo.py`, `reward.py` (multi-process runs go through
 `accelerate launch` or torchrun on the recipe; the command runs in this process)."""
 
 from __future__ import annotations
 
 from ..options import parse_config
-from .config import DPOStageConfig, GRPOStageConfig, SFTStageConfig
+from .config import DPOStageConfig, GRPOStageConfig, RewardStageConfig, SFTStageConfig
 from .dpo import run_dpo
 from .grpo import run_grpo
+from .reward import run_reward
 from .sft import run_sft
 
 
@@ -22,3 +23,4 @@ def _stage_main(stage: str, config_class, run):
 main_sft = _stage_main("sft", SFTStageConfig, run_sft)
 main_dpo = _stage_main("dpo", DPOStageConfig, run_dpo)
 main_grpo = _stage_main("grpo", GRPOStageConfig, run_grpo)
+main_reward = _stage_main("reward", RewardStageConfig, run_reward)

@@ -1,8 +1,9 @@
-"""What SFT, DPO and GRPO share: loading the checkpoint and tokenizer, checks, result files."""
+"""What SFT, DPO, GRPO and the reward model share: loading the checkpoint and tokenizer, checks, result files."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ import warnings
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from ..atomic import replace_folder_atomically, save_figure_atomically, write_file_atomically
 from ..devices import resolve_dtype
@@ -47,9 +49,11 @@ def check_chat_template(tokenizer, fix: bool) -> bool:
     return len(tokenizer) != before
 
 
-def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False):
-    """The causal LM and its tokenizer, checked for a usable chat template; embeddings resized if tokens were added.
-    `trust_remote_code` comes from the TRL config (its field of that name), so YAML has one key for it."""
+def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False,
+                             reward: bool = False):
+    """The causal LM (``reward``: a one-label sequence classifier on its backbone) and its tokenizer, checked for a
+    usable chat template; embeddings resized if tokens were added. `trust_remote_code` comes from the TRL config (its
+    field of that name), so YAML has one key for it."""
     check_checkpoint_path(model_args.model_name_or_path)
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     try:
@@ -63,14 +67,19 @@ def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = 
     kwargs = {"dtype": resolve_dtype(model_args.dtype), "trust_remote_code": trust_remote_code,
               **({"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}),
               **({"quantization_config": lora.quantization_config()} if model_args.load_in_4bit else {})}
+    # A reward model starts from a causal LM: its new `score` head is missing from the checkpoint and an untied lm_head
+    # is left over, both by design, so TRL's scoped override keeps transformers from reporting them as load problems.
+    auto_class, quiet = ((AutoModelForSequenceClassification, suppress_seqcls_warning) if reward
+                         else (AutoModelForCausalLM, contextlib.nullcontext))
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        with quiet():
+            model = auto_class.from_pretrained(model_args.model_name_or_path, **kwargs, **({"num_labels": 1} if reward else {}))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"could not load {model_args.model_name_or_path}: {str(err).splitlines()[0]}") from None
     if added or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if (gen := model.generation_config) is not None:
+    if (gen := getattr(model, "generation_config", None)) is not None:  # a reward model has none
         gen.pad_token_id, gen.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     if model_args.adapter_name_or_path:
         check_checkpoint_path(model_args.adapter_name_or_path, "adapter")
@@ -83,13 +92,18 @@ def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = 
     return model, tokenizer
 
 
-def peft_config_for(model, model_args: AlignmentModelConfig):
+def peft_config_for(model, model_args: AlignmentModelConfig, task_type: str = "CAUSAL_LM"):
+    """The LoRA config of a use_peft run (None otherwise); ``SEQ_CLS`` for a reward model."""
     if model_args.load_in_4bit and not model_args.use_peft:
         raise ConfigError("load_in_4bit (QLoRA) trains adapters only; also set use_peft true")
     if not model_args.use_peft or model_args.adapter_name_or_path:
         return None  # full training, or training continues on the loaded adapter
-    return lora.build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
-                                  model_args.lora_dropout, model_args.lora_modules_to_save)
+    config = lora.build_lora_config(model, model_args.lora_target_modules, model_args.lora_r, model_args.lora_alpha,
+                                    model_args.lora_dropout, model_args.lora_modules_to_save)
+    if task_type == "SEQ_CLS":  # the `score` head starts random: a low-rank update of it would learn nothing useful,
+        # so it trains in full and is saved with the adapter
+        config = dataclasses.replace(config, task_type=task_type, modules_to_save=[*(config.modules_to_save or []), "score"])
+    return config
 
 
 def parse_column_map(text: str | None) -> dict | None:
@@ -101,26 +115,45 @@ def parse_column_map(text: str | None) -> dict | None:
     raise ConfigError(f'dataset_column_map must be a JSON object like {{"query": "question"}}, got {text!r}')
 
 
+def _split_off_heldout(stage: str, train, script_args: AlignmentDataConfig):
+    """(training rows, held-out rows) for eval_from_train: the held-out rows are the last eval_samples, so a
+    max_train_samples cap never reaches them."""
+    if stage not in ("dpo", "reward"):  # SFT/GRPO measure on verifiable answers, which their training rows lack
+        raise ConfigError(f"eval_from_train works for preference pairs (dpo, reward), not {stage}; name held-out data with eval_dataset_name")
+    if script_args.eval_dataset_name or script_args.dataset_test_split:
+        raise ConfigError("eval_from_train takes the held-out rows from the training data; drop eval_dataset_name and dataset_test_split")
+    if (n := script_args.eval_samples) >= len(train):
+        raise DataError(f"eval_from_train holds out {n} rows, but {script_args.dataset_name} has only {len(train)}; lower eval_samples")
+    rest = len(train) - n
+    return train.select(range(min(rest, script_args.max_train_samples or rest))), train.select(range(rest, len(train)))
+
+
 def start_stage(stage: str, model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None):
     """Seed; the model and tokenizer (unless given); training rows in `stage` format and held-out rows (``eval`` rows:
-    prompt + answer; ``dpo`` rows: pairs) or None."""
-    set_seed(training_args.seed)
+    prompt + answer; ``dpo`` and ``reward`` rows: pairs) or None."""
+    set_seed(training_args.seed)  # also before loading: a reward model's new head is drawn at random
     if model is None:
-        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code)
-    column_map = parse_column_map(script_args.dataset_column_map)
+        model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code,
+                                                    reward=stage == "reward")
+    pairs = stage in ("dpo", "reward")  # a reward model learns from DPO's pairs
+    data_stage, column_map = "dpo" if pairs else stage, parse_column_map(script_args.dataset_column_map)
     synthetic, styles = script_args.synthetic, script_args.synthetic_styles()
-    train = load_stage_dataset(stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
-                               column_map, script_args.max_train_samples, script_args.synthetic_train_size, synthetic, styles)
-    if stage == "dpo":  # the trainer takes prompt/chosen/rejected only; kind and answer are for held-out metrics
-        train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
-    eval_name, eval_stage = script_args.eval_dataset_name or script_args.dataset_name, "dpo" if stage == "dpo" else "eval"
+    carve = script_args.eval_from_train and script_args.eval_samples > 0
+    train = load_stage_dataset(data_stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
+                               column_map, None if carve else script_args.max_train_samples, script_args.synthetic_train_size,
+                               synthetic, styles)
+    eval_name, eval_stage = script_args.eval_dataset_name or script_args.dataset_name, "dpo" if pairs else "eval"
     held = None  # also when no held-out data is named: never measure on training rows
-    if script_args.eval_samples > 0 and eval_name == SYNTHETIC:
+    if carve:
+        train, held = _split_off_heldout(stage, train, script_args)
+    elif script_args.eval_samples > 0 and eval_name == SYNTHETIC:
         held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
                                   script_args.eval_samples, synthetic, styles)
     elif script_args.eval_samples > 0 and (script_args.dataset_test_split or script_args.eval_dataset_name):
         held = load_stage_dataset(eval_stage, eval_name, script_args.dataset_test_split or "test", script_args.dataset_config,
                                   column_map, script_args.eval_samples)
+    if pairs:  # the trainers take prompt/chosen/rejected only; kind and answer are for held-out metrics
+        train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
     if held is not None and stage == "sft" and "answer" not in held.column_names:
         raise DataError("held-out metrics need rows with a verifiable answer; set eval_dataset_name to a GSM8K-style file")
     return model, tokenizer, train, held
@@ -170,7 +203,9 @@ def train_and_finish(trainer_class, stage: str, model, tokenizer, train, measure
     trainer.save_model(str(tmp))  # every rank takes part (sharded states); only the main one writes
     result = None
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(trainer.model)
+        # Without keep_fp32_wrapper=False the unwrapped forward keeps Accelerate's bf16 autocast, so "after" would be
+        # measured in bf16 while "before" ran in fp32.
+        model = accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         tokenizer.save_pretrained(tmp)
         if is_adapter := isinstance(model, PeftModel):
             lora.write_base_fingerprint(tmp, model, model_args.model_name_or_path)

@@ -1,5 +1,5 @@
 """The alignment stages' configuration trees: model (what to load, LoRA) + data (dataset, held-out metrics) + train
-(TRL's own SFTConfig / DPOConfig / GRPOConfig, every field of which works from YAML or the command line)."""
+(TRL's own SFTConfig / DPOConfig / GRPOConfig / RewardConfig, every field of which works from YAML or the command line)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class AlignmentDataConfig:
     synthetic_restated_fraction: float = option(0.5, "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line")
     synthetic_style_fraction: float = option(0.5, "DPO: share of synthetic pairs that reject the correct solution with that redundant line (the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0")
     eval_samples: int = option(100, "held-out rows for before/after metrics (0 to skip)")
+    eval_from_train: bool = option(False, "dpo/reward: hold out the last eval_samples pairs of the training data for the metrics and train on the pairs before them (a dataset with one split, e.g. one file)")
     eval_max_new_tokens: int = option(96, "greedy generation length for exact-match")
     eval_num_samples: int = option(8, "GRPO: sampled completions (temperature 1) per held-out prompt for the sampled reward (0 to skip)")
 
@@ -82,3 +83,13 @@ class GRPOStageConfig:
     model: AlignmentModelConfig = field(default_factory=AlignmentModelConfig)
     data: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
     train: trl.GRPOConfig = field(default_factory=trl.GRPOConfig)
+
+
+@dataclass
+class RewardStageConfig:
+    """A reward model (scalar `score` head on the checkpoint's backbone) with TRL's RewardTrainer on preference pairs
+    (held-out pairwise accuracy and margin before and after, next to a length-only baseline)."""
+
+    model: AlignmentModelConfig = field(default_factory=AlignmentModelConfig)
+    data: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
+    train: trl.RewardConfig = field(default_factory=trl.RewardConfig)

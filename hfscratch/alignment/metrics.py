@@ -1,5 +1,6 @@
 """Held-out measurements for the alignment stages, computed the same way before and after training: greedy and
-sampled generation on verifiable answers, GSM8K-format prompts, DPO preference margins, answer likelihood."""
+sampled generation on verifiable answers, GSM8K-format prompts, DPO preference margins, answer likelihood, reward-model
+pairwise accuracy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 
 import torch
 
+from ..errors import DataError
 from .rewards import MARKER, answers_match, extract_final_answer, format_reward
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")  # a GSM8K calculator annotation <<a+b=c>>
@@ -171,14 +173,74 @@ def answer_loglik(model, tokenizer, chats, batch_size: int = 32) -> float:
     return (torch.cat(token_lps).sum() / sum(len(t) for t in token_lps)).item()
 
 
+def reward_input_ids(tokenizer, prompt, answer) -> list[int]:
+    """Prompt + one answer tokenized as TRL's RewardTrainer does, so training and measuring see the same tokens: the
+    chat template over the messages (conversational rows), else the text with eos appended to the answer."""
+    if isinstance(answer, list):
+        return tokenizer.apply_chat_template(list(prompt or []) + answer, tokenize=True, return_dict=True)["input_ids"]
+    eos = tokenizer.eos_token
+    return tokenizer((prompt or "") + (answer if answer.endswith(eos) else answer + eos))["input_ids"]
+
+
+@torch.no_grad()
+def sequence_rewards(model, tokenizer, sequences: list[list[int]], batch_size: int = 32) -> torch.Tensor:
+    """The scalar reward of each token sequence, scored in batches of similar length (little padding)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    rewards = torch.empty(len(sequences))
+    with _evaluating(model) as model:
+        device = next(model.parameters()).device
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            padded = tokenizer.pad({"input_ids": [sequences[i] for i in batch]}, padding_side="right",
+                                   return_attention_mask=True, return_tensors="pt").to(device)
+            rewards[batch] = model(**padded).logits.float().squeeze(-1).cpu()
+    return rewards
+
+
+def reward_metrics(model, tokenizer, pairs, max_length: int | None = None, batch_size: int = 32) -> dict:
+    """Pairwise accuracy (share of pairs with reward(chosen) > reward(rejected)) and mean margin of a reward model,
+    next to the length-only baselines: the accuracy of always preferring the answer with more tokens (ties count half)
+    or the one with fewer, and how often the model itself ranks the longer answer higher. Also per ``pair_kind`` when rows have one. Pairs
+    longer than ``max_length`` tokens are left out, as the trainer leaves them out."""
+    chosen = [reward_input_ids(tokenizer, row["prompt"], row["chosen"]) for row in pairs]
+    rejected = [reward_input_ids(tokenizer, row["prompt"], row["rejected"]) for row in pairs]
+    keep = [i for i in range(len(pairs)) if max_length is None or max(len(chosen[i]), len(rejected[i])) <= max_length]
+    if not keep:
+        raise DataError(f"no held-out pair fits max_length={max_length} tokens; raise max_length or use shorter pairs")
+    n = len(keep)
+    scores = sequence_rewards(model, tokenizer, [chosen[i] for i in keep] + [rejected[i] for i in keep], batch_size)
+    margin = scores[:n] - scores[n:]
+    # the prompt is shared, so the sequence length difference is the answers' token-count difference
+    longer = torch.tensor([len(chosen[i]) - len(rejected[i]) for i in keep]).sign()
+    baseline = (longer > 0).float() + 0.5 * (longer == 0).float()
+    model_longer = (margin.sign() == longer)[longer != 0]
+    result = {"accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(),
+              "length_baseline_accuracy": baseline.mean().item(), "shorter_baseline_accuracy": 1 - baseline.mean().item(),
+              "prefers_longer_rate": model_longer.float().mean().item() if len(model_longer) else 0.5,
+              "chosen_reward": scores[:n].mean().item(), "rejected_reward": scores[n:].mean().item(), "n": n}
+    if (ties := longer == 0).any():  # where length says nothing, only the content can rank the pair
+        result["equal_length_accuracy"] = (margin[ties] > 0).float().mean().item()
+    if n < len(pairs):
+        result["too_long_left_out"] = len(pairs) - n
+    kinds = [pairs[i]["pair_kind"] for i in keep] if "pair_kind" in pairs.column_names else []
+    for kind in sorted(set(kinds)):
+        mask = torch.tensor([k == kind for k in kinds])
+        result[f"accuracy_{kind}"], result[f"margin_{kind}"] = (margin[mask] > 0).float().mean().item(), margin[mask].mean().item()
+        result[f"length_baseline_accuracy_{kind}"] = baseline[mask].mean().item()
+    return result
+
+
 def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
-                 gsm8k_format: bool = False):
+                 gsm8k_format: bool = False, max_length: int | None = None):
     """The held-out measurement for `stage` as a function of the model (the same code before and after training);
-    ``num_samples`` > 0 adds temperature-1 sampled metrics, ``gsm8k_format`` the plain-text GSM8K-prompt ones."""
+    ``num_samples`` > 0 adds temperature-1 sampled metrics, ``gsm8k_format`` the plain-text GSM8K-prompt ones;
+    ``max_length`` is the reward trainer's (longer pairs are left out)."""
     if held is None:
         return None
 
     def measure(model) -> dict:
+        if stage == "reward":
+            return reward_metrics(model, tokenizer, held, max_length)
         if stage == "dpo":
             result = preference_metrics(model, tokenizer, held)
             if "answer" in held.column_names:  # verifiable pairs (synthetic math): greedy exact-match must not fall
