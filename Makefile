@@ -23,7 +23,7 @@ LATEST_TESTS := tests/test_model_behaviour.py tests/test_model_parity.py tests/t
 	tests/test_lora_merge.py tests/test_alignment_sft.py tests/test_alignment_dpo.py tests/test_alignment_grpo.py \
 	tests/test_eval_consistency.py tests/test_chat.py tests/test_serve.py tests/test_export_gguf.py
 
-.PHONY: install pretrain test lint fmt test-latest test-oldest test-generic lock clean
+.PHONY: install pretrain speedrun test lint fmt test-latest test-oldest test-generic lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ install: $(STAMP)
 
 pretrain: $(STAMP)
 	$(VENV)/bin/accelerate launch --config_file recipes/accelerate/single.yaml recipes/pretrain.py $(ARGS)
+
+# make speedrun: data -> pretrain -> SFT -> reward -> RLHF -> eval in one command, report in outputs/speedrun/REPORT.md.
+# The CPU default reads only local data (offline); the GPU config streams FineWeb-Edu from the Hub:
+#   make speedrun ARGS="--config speedrun_gpu" SPEEDRUN_ENV=
+SPEEDRUN_ENV ?= $(OFFLINE)
+speedrun: $(STAMP)
+	$(SPEEDRUN_ENV) $(VENV)/bin/python -m hfscratch.cli speedrun $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet .

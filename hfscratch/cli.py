@@ -24,12 +24,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("hfscratch.alignment.cli:main_dpo", "direct preference optimisation with TRL (same as recipes/dpo.py)"),
     "grpo": ("hfscratch.alignment.cli:main_grpo", "GRPO with a verifiable math reward (same as recipes/grpo.py)"),
     "reward": ("hfscratch.alignment.cli:main_reward", "train a reward model on preference pairs with TRL (same as recipes/reward.py)"),
+    "rlhf": ("hfscratch.alignment.cli:main_rlhf", "RLHF: GRPO against a learned reward model, KL to the start (same as recipes/rlhf.py)"),
     "merge": ("hfscratch.alignment.merge", "merge a LoRA adapter into a standalone checkpoint"),
     "eval": ("hfscratch.evaluation.cli", "evaluate with lm-eval (GSM8K, HellaSwag, ARC, ...) and bits-per-byte"),
     "chat": ("hfscratch.chat", "chat with a model in the terminal (streamed)"),
     "serve": ("hfscratch.serve", "serve a model over an OpenAI-compatible HTTP API, with a web chat page"),
     "push": ("hfscratch.hub", "push a model folder to the Hugging Face Hub"),
     "export": ("hfscratch.export", "export to a stock transformers architecture (llama, qwen3)"),
+    "speedrun": ("hfscratch.speedrun:main", "the whole chain (data -> pretrain -> SFT -> reward -> RLHF -> eval) in one command, with a report"),
 }
 
 

@@ -95,3 +95,25 @@ def sft_run() -> dict:
     result = run_sft(AlignmentModelConfig(model_name_or_path=str(base)), script_args(), args)
     _CACHE["sft"] = result
     return result
+
+
+def reward_model_run(split: str = "train") -> dict:
+    """A reward model from the SFT model on synthetic "slip" pairs (correct answer chosen, an arithmetic slip rejected)
+    of the generator's `split`: "train" for the one RLHF trains against, "heldout" for the independent judge (its
+    pairs share no problem with the first's)."""
+    if f"reward-{split}" in _CACHE:
+        return _CACHE[f"reward-{split}"]
+    from trl import RewardConfig
+
+    from hfscratch.alignment.config import AlignmentModelConfig
+    from hfscratch.alignment.reward import run_reward
+
+    data = script_args(dataset_name="synthetic_math", dataset_train_split=split, synthetic_train_size=480,
+                       synthetic_style_fraction=0.0, eval_samples=0)
+    args = RewardConfig(output_dir=str(_ROOT / f"reward-{split}"), max_steps=40, per_device_train_batch_size=16,
+                        learning_rate=1e-3, lr_scheduler_type="constant", logging_steps=10, report_to="none",
+                        save_strategy="no", max_length=256, seed=SEED, use_cpu=True, disable_tqdm=True,
+                        gradient_checkpointing=False)
+    result = run_reward(AlignmentModelConfig(model_name_or_path=sft_run()["final"]), data, args)
+    _CACHE[f"reward-{split}"] = result
+    return result

@@ -1,11 +1,21 @@
 """The one option parser: YAML sections + command line into the stage config trees, with one-line errors."""
 
-import pytest
+from pathlib import Path
 
-from hfscratch.alignment.config import SFTStageConfig
+import pytest
+import torch
+
+from hfscratch.alignment.config import (
+    DPOStageConfig,
+    GRPOStageConfig,
+    RewardStageConfig,
+    RLHFStageConfig,
+    SFTStageConfig,
+)
 from hfscratch.data import DataConfig
 from hfscratch.errors import ConfigError
 from hfscratch.options import parse_config
+from hfscratch.speedrun import SpeedrunConfig
 from hfscratch.training import PretrainConfig
 
 
@@ -97,3 +107,17 @@ def test_yaml_keys_belong_to_their_section(tmp_path):
     flat.write_text("data:\n  seed: 1\n")  # tails are a command-line convenience only: data.seed is not data.synthetic.seed
     with pytest.raises(ConfigError, match=r"unknown key 'seed' in .*\(section data\) \(it is a field of train / data.synthetic"):
         parse(["--config", str(flat)])
+
+
+TREES = {"data": DataConfig, "pretrain": PretrainConfig, "sft": SFTStageConfig, "dpo": DPOStageConfig,
+         "grpo": GRPOStageConfig, "reward": RewardStageConfig, "rlhf": RLHFStageConfig, "speedrun": SpeedrunConfig}
+SHIPPED = sorted((Path(__file__).parents[1] / "hfscratch" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_config_parses_into_its_stage_tree(path):
+    # A typo'd key or a value out of range in a shipped YAML fails here, not in a user's run.
+    tree, argv = TREES[path.stem.split("_")[0]], ["--config", str(path)]
+    if path.stem.endswith("_gpu") and tree is not SpeedrunConfig and not torch.cuda.is_available():
+        argv += ["--bf16", "false"]  # transformers refuses bf16 training args without a GPU; every other key is checked
+    assert isinstance(parse_config(tree, argv, path.stem), tree)

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from ..options import parse_config
-from .config import DPOStageConfig, GRPOStageConfig, RewardStageConfig, SFTStageConfig
+from .config import DPOStageConfig, GRPOStageConfig, RewardStageConfig, RLHFStageConfig, SFTStageConfig
 from .dpo import run_dpo
-from .grpo import run_grpo
+from .grpo import run_grpo, run_rlhf
 from .reward import run_reward
 from .sft import run_sft
 
@@ -24,3 +24,4 @@ main_sft = _stage_main("sft", SFTStageConfig, run_sft)
 main_dpo = _stage_main("dpo", DPOStageConfig, run_dpo)
 main_grpo = _stage_main("grpo", GRPOStageConfig, run_grpo)
 main_reward = _stage_main("reward", RewardStageConfig, run_reward)
+main_rlhf = _stage_main("rlhf", RLHFStageConfig, run_rlhf)

@@ -49,12 +49,46 @@ def check_chat_template(tokenizer, fix: bool) -> bool:
     return len(tokenizer) != before
 
 
+def saved_architectures(name: str) -> list[str]:
+    """The `architectures` a local checkpoint folder's config.json names (empty for Hub ids and adapters)."""
+    config = Path(name).expanduser() / "config.json"
+    return json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+
+
+def is_sequence_classifier(name: str) -> bool:
+    return any(arch.endswith("ForSequenceClassification") for arch in saved_architectures(name))
+
+
+def load_reward_model(name: str, policy_tokenizer, what: str = "reward model", trust_remote_code: bool = False):
+    """A frozen one-label sequence classifier (`hfscratch reward` output, full or LoRA) for scoring completions; it
+    must read the policy's tokens, since TRL hands it the policy's text re-tokenized with the reward model's tokenizer
+    and a different vocabulary would score something else than what the reward model learned."""
+    check_checkpoint_path(name, what)
+    if saved_architectures(name) and not is_sequence_classifier(name):
+        raise CheckpointError(f"{name} is a {saved_architectures(name)[0]}, not a reward model (a sequence classifier with "
+                              f"one label); train one with `hfscratch reward --model_name_or_path {name}`")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with suppress_seqcls_warning():
+            model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"could not load the {what} {name}: {str(err).splitlines()[0]}") from None
+    if tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+        raise CheckpointError(f"the {what} {name} uses a different tokenizer from the policy's; train it from the policy's "
+                              "starting checkpoint (`hfscratch reward --model_name_or_path <the SFT model>`)")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval().requires_grad_(False)
+
+
 def load_model_and_tokenizer(model_args: AlignmentModelConfig, training: bool = True, trust_remote_code: bool = False,
                              reward: bool = False):
     """The causal LM (``reward``: a one-label sequence classifier on its backbone) and its tokenizer, checked for a
     usable chat template; embeddings resized if tokens were added. `trust_remote_code` comes from the TRL config (its
     field of that name), so YAML has one key for it."""
     check_checkpoint_path(model_args.model_name_or_path)
+    if not reward and is_sequence_classifier(model_args.model_name_or_path):
+        raise CheckpointError(f"{model_args.model_name_or_path} is a reward model (a sequence classifier), not a causal LM; "
+                              "start from the SFT checkpoint and pass the reward model as --reward_model_name_or_path")
     source = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -116,16 +150,24 @@ def parse_column_map(text: str | None) -> dict | None:
 
 
 def _split_off_heldout(stage: str, train, script_args: AlignmentDataConfig):
-    """(training rows, held-out rows) for eval_from_train: the held-out rows are the last eval_samples, so a
-    max_train_samples cap never reaches them."""
-    if stage not in ("dpo", "reward"):  # SFT/GRPO measure on verifiable answers, which their training rows lack
-        raise ConfigError(f"eval_from_train works for preference pairs (dpo, reward), not {stage}; name held-out data with eval_dataset_name")
+    """(training rows, held-out rows) for eval_from_train: the held-out rows are the last eval_samples, so the
+    training window (skip_train_samples, max_train_samples) never reaches them."""
+    if stage == "sft":  # SFT measures exact match on verifiable answers, which its training rows (chats) lack
+        raise ConfigError("eval_from_train works for pairs and prompts (dpo, reward, grpo, rlhf), not sft; name held-out data with eval_dataset_name")
     if script_args.eval_dataset_name or script_args.dataset_test_split:
         raise ConfigError("eval_from_train takes the held-out rows from the training data; drop eval_dataset_name and dataset_test_split")
     if (n := script_args.eval_samples) >= len(train):
         raise DataError(f"eval_from_train holds out {n} rows, but {script_args.dataset_name} has only {len(train)}; lower eval_samples")
-    rest = len(train) - n
-    return train.select(range(min(rest, script_args.max_train_samples or rest))), train.select(range(rest, len(train)))
+    return train.select(range(len(train) - n)), train.select(range(len(train) - n, len(train)))
+
+
+def _training_window(train, script_args: AlignmentDataConfig):
+    """The training rows from skip_train_samples on, at most max_train_samples of them."""
+    start = script_args.skip_train_samples
+    if start >= len(train):
+        raise DataError(f"skip_train_samples {start} skips all {len(train)} training rows of {script_args.dataset_name}; lower it")
+    end = len(train) if script_args.max_train_samples is None else min(len(train), start + script_args.max_train_samples)
+    return train.select(range(start, end))
 
 
 def start_stage(stage: str, model_args: AlignmentModelConfig, script_args: AlignmentDataConfig, training_args, model=None, tokenizer=None):
@@ -139,19 +181,26 @@ def start_stage(stage: str, model_args: AlignmentModelConfig, script_args: Align
     data_stage, column_map = "dpo" if pairs else stage, parse_column_map(script_args.dataset_column_map)
     synthetic, styles = script_args.synthetic, script_args.synthetic_styles()
     carve = script_args.eval_from_train and script_args.eval_samples > 0
-    train = load_stage_dataset(data_stage, script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config,
-                               column_map, None if carve else script_args.max_train_samples, script_args.synthetic_train_size,
+    window = carve or script_args.skip_train_samples > 0  # then the cap applies after carving and skipping
+    # GRPO rows carved for held-out use are read in the held-out format (with the reference answer's messages)
+    train = load_stage_dataset("eval" if carve and stage == "grpo" else data_stage, script_args.dataset_name,
+                               script_args.dataset_train_split, script_args.dataset_config, column_map,
+                               None if window else script_args.max_train_samples, script_args.synthetic_train_size,
                                synthetic, styles)
     eval_name, eval_stage = script_args.eval_dataset_name or script_args.dataset_name, "dpo" if pairs else "eval"
     held = None  # also when no held-out data is named: never measure on training rows
     if carve:
         train, held = _split_off_heldout(stage, train, script_args)
+        if "messages" in train.column_names and stage == "grpo":  # read as held-out rows; GRPO trains on prompts
+            train = train.remove_columns("messages")
     elif script_args.eval_samples > 0 and eval_name == SYNTHETIC:
         held = load_stage_dataset(eval_stage, SYNTHETIC, "heldout", None, None, script_args.eval_samples,
                                   script_args.eval_samples, synthetic, styles)
     elif script_args.eval_samples > 0 and (script_args.dataset_test_split or script_args.eval_dataset_name):
         held = load_stage_dataset(eval_stage, eval_name, script_args.dataset_test_split or "test", script_args.dataset_config,
                                   column_map, script_args.eval_samples)
+    if window:
+        train = _training_window(train, script_args)
     if pairs:  # the trainers take prompt/chosen/rejected only; kind and answer are for held-out metrics
         train = train.remove_columns([c for c in ("pair_kind", "answer") if c in train.column_names])
     if held is not None and stage == "sft" and "answer" not in held.column_names:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import trl
 
 from ..data.synthetic_math import SyntheticMathConfig
+from ..errors import ConfigError
 from ..options import option
 
 # TRL 1.16's configs default to `gradient_checkpointing=True`, a field transformers 5.24 renamed
@@ -45,14 +46,24 @@ class AlignmentDataConfig:
     eval_dataset_name: str | None = option(None, "a different dataset for held-out metrics")
     dataset_column_map: str | None = option(None, 'JSON rename map, e.g. {"query": "question"}')
     max_train_samples: int | None = option(None, "cap on training rows")
+    skip_train_samples: int = option(0, "skip the first N training rows (before max_train_samples): e.g. a judge reward model trained on pairs disjoint from the first one's")
     synthetic_train_size: int = option(2000, "rows drawn from the synthetic generator")
     synthetic: SyntheticMathConfig = field(default_factory=SyntheticMathConfig)
     synthetic_restated_fraction: float = option(0.5, "SFT: share of synthetic solutions ending with a redundant 'The answer is N.' line")
     synthetic_style_fraction: float = option(0.5, "DPO: share of synthetic pairs that reject the correct solution with that redundant line (the rest reject a solution with an arithmetic slip); dpo_synthetic_math.yaml uses 1.0")
     eval_samples: int = option(100, "held-out rows for before/after metrics (0 to skip)")
-    eval_from_train: bool = option(False, "dpo/reward: hold out the last eval_samples pairs of the training data for the metrics and train on the pairs before them (a dataset with one split, e.g. one file)")
+    eval_from_train: bool = option(False, "dpo/reward/grpo/rlhf: hold out the last eval_samples rows of the training data for the metrics and train on the rows before them (a dataset with one split, e.g. one file)")
+    max_prompt_tokens: int | None = option(None, "grpo/rlhf: leave out training and held-out prompts longer than this many tokens (chat template applied): TRL does not truncate prompts, and a long conversation (hh-rlhf) can outgrow the model's positions")
     eval_max_new_tokens: int = option(96, "greedy generation length for exact-match")
     eval_num_samples: int = option(8, "GRPO: sampled completions (temperature 1) per held-out prompt for the sampled reward (0 to skip)")
+
+    def __post_init__(self):
+        for name in ("skip_train_samples", "eval_samples", "eval_num_samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_train_samples", "max_prompt_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (or unset for no limit), got {getattr(self, name)}")
 
     def synthetic_styles(self) -> dict:
         return {"restated_fraction": self.synthetic_restated_fraction, "style_fraction": self.synthetic_style_fraction}
@@ -77,12 +88,25 @@ class DPOStageConfig:
 
 
 @dataclass
+class GRPOModelConfig(AlignmentModelConfig):
+    reward_model_name_or_path: str | None = option(None, "a reward model (`hfscratch reward` output) scoring every completion: RLHF; its weight is the last of train.reward_weights")
+    verifiable_reward: bool = option(True, "with a reward model: also score the verifiable math reward (correct answer + format)")
+    judge_model_name_or_path: str | None = option(None, "a second reward model, trained on pairs disjoint from the first's, scored on held-out completions only (never trained on): the independent check for reward hacking")
+
+
+@dataclass
 class GRPOStageConfig:
     """GRPO with a verifiable math reward, TRL's GRPOTrainer (held-out reward and exact match before and after)."""
 
-    model: AlignmentModelConfig = field(default_factory=AlignmentModelConfig)
+    model: GRPOModelConfig = field(default_factory=GRPOModelConfig)
     data: AlignmentDataConfig = field(default_factory=AlignmentDataConfig)
     train: trl.GRPOConfig = field(default_factory=trl.GRPOConfig)
+
+
+@dataclass
+class RLHFStageConfig(GRPOStageConfig):
+    """RLHF: online GRPO against a learned reward model (optionally plus the verifiable reward), KL to the starting
+    model; held-out learned reward, exact match, length and an independent judge before and after."""
 
 
 @dataclass

@@ -28,7 +28,8 @@ SFT_SHAPES = ("messages", "prompt+completion", "prompt+response (Dolly)", "instr
               "question+answer (GSM8K)")
 DPO_SHAPES = ("prompt+chosen+rejected", "chosen+rejected transcripts (hh-rlhf)",
               "instruction+input+response1+response2+annotator1..3 (PandaLM)")
-GRPO_SHAPES = ("prompt+answer", "question+answer (GSM8K)", "messages ending with an assistant answer")
+GRPO_SHAPES = ("prompt+answer", "question+answer (GSM8K)", "messages ending with an assistant answer",
+               "preference pairs as DPO reads them (prompts only: RLHF against a reward model)")
 
 
 def _shape_error(name: str, found, stage: str, shapes) -> DataError:
@@ -182,9 +183,22 @@ def _pandalm_pair(row):
             "rejected": [{"role": "assistant", "content": bad.strip()}]}
 
 
+def _is_pandalm(cols) -> bool:
+    return {"instruction", "response1", "response2"} <= cols and any(c.startswith("annotator") for c in cols)
+
+
+def _is_preference(cols) -> bool:
+    return {"chosen", "rejected"} <= cols or _is_pandalm(cols)
+
+
+def _as_messages(value, role: str = "user") -> list[dict]:
+    """A prompt or answer as chat messages: lists already are; a plain string is one message of `role`."""
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
 def to_dpo_format(ds, name: str = "dataset"):
     cols = set(ds.column_names)
-    pandalm = {"instruction", "response1", "response2"} <= cols and any(c.startswith("annotator") for c in cols)
+    pandalm = _is_pandalm(cols)
     if {"prompt", "chosen", "rejected"} <= cols:
         out = ds.select_columns(["prompt", "chosen", "rejected"])
     elif {"chosen", "rejected"} <= cols or pandalm:
@@ -220,6 +234,13 @@ def to_grpo_format(ds, name: str = "dataset", keep_messages: bool = False):
             raise DataError(f"no rows of {name} end with an assistant answer {'to measure against' if keep_messages else 'to take as the GRPO target'}")
         return out.map(lambda r: {"prompt": r["messages"][:-1], "answer": _gsm8k_answer(r["messages"][-1]["content"]),
                                   **({"messages": r["messages"]} if keep else {})}, remove_columns=ds.column_names)
+    if _is_preference(cols):
+        # Preference pairs (hh-rlhf, PandaLM, prompt/chosen/rejected): prompts without a verifiable answer, for RLHF
+        # against a reward model; the held-out rows keep the preferred reply as the reference answer's messages.
+        pairs = to_dpo_format(ds, name)
+        return pairs.map(lambda r: {"prompt": _as_messages(r["prompt"]),
+                                    **({"messages": _as_messages(r["prompt"]) + _as_messages(r["chosen"], "assistant")}
+                                       if keep_messages else {})}, remove_columns=pairs.column_names)
     raise _shape_error(name, cols, "GRPO", GRPO_SHAPES)
 
 

@@ -29,7 +29,7 @@ def _evaluating(model):
         model.train(was_training)
 
 
-def _prompt_ids(tokenizer, prompt_messages) -> list[int]:
+def chat_prompt_ids(tokenizer, prompt_messages) -> list[int]:
     return tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
 
@@ -42,7 +42,7 @@ def _scores(texts: list[str], answers: list[str], format_weight: float):
 
 @torch.no_grad()
 def generate_completions(model, tokenizer, prompts, max_new_tokens: int = 128, batch_size: int = 32, num_samples: int = 0,
-                         temperature: float = 1.0, seed: int = 0, encode=_prompt_ids) -> list[tuple[str, bool]]:
+                         temperature: float = 1.0, seed: int = 0, encode=chat_prompt_ids) -> list[tuple[str, bool]]:
     """(text without special tokens, whether it ended with eos) per completion of the chat prompts (``encode`` makes
     their ids). Greedy when ``num_samples`` is 0, else that many per prompt (prompt-major) sampled at ``temperature``
     with a private seeded RNG (the caller's RNG is untouched)."""
@@ -72,11 +72,13 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], max_new_tokens, sa
 
 
 def generation_metrics(model, tokenizer, examples, max_new_tokens: int = 128, format_weight: float = 0.2,
-                       batch_size: int = 32) -> dict:
+                       batch_size: int = 32, outputs: list[tuple[str, bool]] | None = None) -> dict:
     """Greedy chat-template decoding of rows with ``prompt`` (messages) and ``answer``: exact-match, mean reward and
-    the shares that end with eos, carry calculator annotations / a restated line, or are in ``#### N`` format."""
+    the shares that end with eos, carry calculator annotations / a restated line, or are in ``#### N`` format.
+    ``outputs``: the greedy completions, if already generated."""
     prompts, answers = [row["prompt"] for row in examples], [str(row["answer"]) for row in examples]
-    outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if outputs is None:
+        outputs = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     texts = [text for text, _ in outputs]
     correct, formatted, rewards = _scores(texts, answers, format_weight)
     n = max(len(examples), 1)
@@ -123,7 +125,7 @@ def _completion_token_logprobs(model, tokenizer, prompts, completions, batch_siz
     device = next(model.parameters()).device
     pieces = []
     for prompt, completion in zip(prompts, completions):
-        prompt_ids = _prompt_ids(tokenizer, prompt)
+        prompt_ids = chat_prompt_ids(tokenizer, prompt)
         full = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=True, return_dict=False)
         if full[: len(prompt_ids)] != prompt_ids:
             raise ValueError("the chat template is not prefix-preserving: the prompt tokens change when an answer follows")
@@ -230,11 +232,27 @@ def reward_metrics(model, tokenizer, pairs, max_length: int | None = None, batch
     return result
 
 
+def learned_reward_metrics(tokenizer, examples, outputs: list[tuple[str, bool]], reward_model, judge=None) -> dict:
+    """RLHF's held-out view of the greedy completions: the mean score the trained-against reward model gives them,
+    the mean score of an independent judge (a second reward model on disjoint pairs), and their length (tokens,
+    characters), since a policy that games a reward model often does it by answer length."""
+    sequences = [reward_input_ids(tokenizer, row["prompt"], [{"role": "assistant", "content": text}])
+                 for row, (text, _) in zip(examples, outputs)]
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text, _ in outputs]
+    n = max(len(outputs), 1)
+    result = {"learned_reward": sequence_rewards(reward_model, tokenizer, sequences).mean().item(),
+              "completion_tokens": sum(lengths) / n, "completion_chars": sum(len(text) for text, _ in outputs) / n}
+    if judge is not None:
+        result["judge_reward"] = sequence_rewards(judge, tokenizer, sequences).mean().item()
+    return result
+
+
 def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight: float = 0.2, num_samples: int = 0,
-                 gsm8k_format: bool = False, max_length: int | None = None):
+                 gsm8k_format: bool = False, max_length: int | None = None, reward_model=None, judge=None):
     """The held-out measurement for `stage` as a function of the model (the same code before and after training);
     ``num_samples`` > 0 adds temperature-1 sampled metrics, ``gsm8k_format`` the plain-text GSM8K-prompt ones;
-    ``max_length`` is the reward trainer's (longer pairs are left out)."""
+    ``max_length`` is the reward trainer's (longer pairs are left out); ``reward_model`` (and ``judge``) add the
+    learned-reward view of the greedy completions (RLHF)."""
     if held is None:
         return None
 
@@ -247,7 +265,16 @@ def make_measure(stage: str, tokenizer, held, max_new_tokens: int, format_weight
                 greedy = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
                 result.update({k: v for k, v in greedy.items() if k not in ("n", "samples")})
             return result
-        result = generation_metrics(model, tokenizer, held, max_new_tokens=max_new_tokens, format_weight=format_weight)
+        outputs = generate_completions(model, tokenizer, [row["prompt"] for row in held], max_new_tokens=max_new_tokens)
+        if "answer" not in held.column_names:  # prompts of preference pairs (RLHF): nothing to verify, only to score
+            result = {"n": len(held), "eos_rate": sum(ended for _, ended in outputs) / max(len(outputs), 1),
+                      **learned_reward_metrics(tokenizer, held, outputs, reward_model, judge)}
+            if "messages" in held.column_names:
+                result["answer_loglik"] = answer_loglik(model, tokenizer, held)
+            return result
+        result = generation_metrics(model, tokenizer, held, format_weight=format_weight, outputs=outputs)
+        if reward_model is not None:
+            result.update(learned_reward_metrics(tokenizer, held, outputs, reward_model, judge))
         if "messages" in held.column_names:
             result["answer_loglik"] = answer_loglik(model, tokenizer, held)
         if gsm8k_format:
