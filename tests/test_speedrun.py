@@ -18,6 +18,7 @@ from hfscratch.cli import OneLineErrorParser, main
 from hfscratch.data.config import DataConfig
 from hfscratch.evaluation import cli as eval_cli
 from hfscratch.options import parse_config
+from hfscratch.speedrun import report as speedrun_report
 from hfscratch.training.config import PretrainConfig
 
 DATA = {"pack": {"block_size": 32}, "tokenizer": {"vocab_size": 300, "bytes_per_token": 3.0},
@@ -119,7 +120,7 @@ def test_complete_chain_is_reused_and_reported(chain, capsys):
     assert (chain / "MODEL_CARD.md").read_text().startswith("---\nmodel-index:")
     assert "[MODEL_CARD.md](MODEL_CARD.md)" in report
     # the RL curve came from the trainer's TensorBoard log
-    assert speedrun.gather(speedrun.SpeedrunConfig(output_root=str(chain)))["rlhf"]["curves"]["reward"][-1][0] == 4
+    assert speedrun_report.gather(speedrun.SpeedrunConfig(output_root=str(chain)))["rlhf"]["curves"]["reward"][-1][0] == 4
 
 
 def test_rerun_continues_from_the_first_missing_stage(chain, monkeypatch):
