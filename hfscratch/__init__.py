@@ -4,10 +4,25 @@ Importing the package registers the model with the Auto classes; `register_for_a
 copy the modeling files and write `auto_map`, so a saved folder also loads elsewhere with `trust_remote_code=True`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+import logging
 
-from .configuration_hfscratch import HfscratchConfig
-from .modeling_hfscratch import (
+
+def _drop_torchao_import_notes(record: logging.LogRecord) -> bool:
+    """torchao (the fp8 extra) logs a warning for each CUDA extension a CPU build cannot load, and registering its
+    enums makes torch log a deprecation note, whenever it is imported; transformers imports it with its quantizers
+    (any model load) once it is installed. Neither concerns what runs here, and a normal run prints no warnings: drop
+    just those records, before transformers is imported (filters, not levels: torch resets its loggers' levels)."""
+    message = str(record.msg)
+    return not (message.startswith("Failed to load") or "is an Enum subclass and is now natively supported" in message)
+
+
+logging.getLogger("torchao").addFilter(_drop_torchao_import_notes)
+logging.getLogger("torch.utils._pytree").addFilter(_drop_torchao_import_notes)
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: E402
+
+from .configuration_hfscratch import HfscratchConfig  # noqa: E402
+from .modeling_hfscratch import (  # noqa: E402
     HfscratchForCausalLM,
     HfscratchForSequenceClassification,
     HfscratchModel,

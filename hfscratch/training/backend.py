@@ -18,8 +18,9 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProce
 from transformers.utils import logging as hf_logging
 
 from ..devices import resolve_dtype
+from ..errors import ConfigError
 from .config import BatchPlan, TrainConfig
-from .optim import build_optimizer, build_scheduler
+from .optim import build_muon_optimizer, build_optimizer, build_scheduler
 
 
 def print_main(accelerator, *args) -> None:
@@ -57,12 +58,15 @@ def warn_on_silent_fallback(accelerator) -> None:
 
 
 def create_accelerator(args: TrainConfig, output_dir: Path) -> tuple[Accelerator, str]:
-    """The run's Accelerator and its resolved mixed precision ("no", "bf16", "fp16")."""
+    """The run's Accelerator and its resolved mixed precision ("no", "bf16", "fp16", "fp8")."""
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    # fp8: the loop swaps the block linears for torchao's float8 ones (training/fp8.py); Accelerate autocasts the rest
+    # to bf16. (Accelerate's own fp8 path needs a CUDA device, and the float8 emulation here runs on any.)
+    autocast = "bf16" if mixed_precision == "fp8" else mixed_precision
     state = AcceleratorState._shared_state
-    if state and str(state.get("_mixed_precision", mixed_precision)) != mixed_precision:
+    if state and str(state.get("_mixed_precision", autocast)) != autocast:
         # Accelerate keeps one process-wide state and refuses a second run (a notebook, a sweep) with another
         # precision; clearing it keeps the process group (PartialState) and is what Accelerate's tests do.
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -73,7 +77,7 @@ def create_accelerator(args: TrainConfig, output_dir: Path) -> tuple[Accelerator
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     accelerator = Accelerator(  # tensorboard logs go to <output_dir>/logs/<run_name>; the loop steps the schedule itself
-        mixed_precision=mixed_precision, log_with=args.trackers() or None, project_dir=str(output_dir / "logs"),
+        mixed_precision=autocast, log_with=args.trackers() or None, project_dir=str(output_dir / "logs"),
         step_scheduler_with_optimizer=False, dataloader_config=DataLoaderConfiguration(split_batches=False),
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
     )
@@ -102,7 +106,11 @@ class TrainingBackend:
 
     def make_optimizer_and_scheduler(self, model, plan: BatchPlan):
         a = self.args
-        optimizer = build_optimizer(model, a.learning_rate, a.weight_decay, (a.adam_beta1, a.adam_beta2), a.adam_epsilon)
+        if a.optimizer == "muon":
+            optimizer = build_muon_optimizer(model, a.learning_rate, a.weight_decay, muon_lr=a.muon_learning_rate, momentum=a.muon_momentum,
+                                             adjust_lr_fn=a.muon_lr_adjust, betas=(a.adam_beta1, a.adam_beta2), eps=a.adam_epsilon)
+        else:
+            optimizer = build_optimizer(model, a.learning_rate, a.weight_decay, (a.adam_beta1, a.adam_beta2), a.adam_epsilon)
         return optimizer, build_scheduler(optimizer, max_steps=plan.max_steps, warmup_steps=plan.warmup_steps, schedule=a.lr_schedule,
                                           min_lr_ratio=a.min_lr_ratio, wsd_decay_ratio=a.wsd_decay_ratio)
 
@@ -220,6 +228,14 @@ class DeepSpeedBackend(TrainingBackend):
 
 
 def make_backend(accelerator, args: TrainConfig) -> TrainingBackend:
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    engine = accelerator.distributed_type
+    if args.optimizer == "muon" and engine in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        # Muon orthogonalises whole matrices; ZeRO flattens and FSDP2 shards them, so each rank would see a slice.
+        raise ConfigError(f"optimizer muon runs on one process or DDP, not {engine.value} (which shards the matrices Muon "
+                          "orthogonalises); use optimizer adamw with this engine")
+    if engine == DistributedType.DEEPSPEED:
+        if args.mixed_precision == "fp8":
+            raise ConfigError("mixed_precision fp8 is not supported with DeepSpeed (ZeRO flattens the float8 linears' weights); "
+                              "use FSDP2 or DDP for fp8, or mixed_precision bf16 with DeepSpeed")
         return DeepSpeedBackend(accelerator, args)
     return AccelerateBackend(accelerator, args)

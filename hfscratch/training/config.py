@@ -77,7 +77,8 @@ class TrainConfig:
     gradient_accumulation_steps: int | None = option(None, "default: from global_batch_size, else 1")
     global_batch_size: int | None = option(None, "sequences per optimizer step over all devices (= micro x accum x world)")
     # optimiser and schedule
-    learning_rate: float = option(3e-3, "peak learning rate (AdamW)")
+    optimizer: str = option("adamw", "adamw | muon (torch.optim.Muon on the hidden matrices, AdamW on embeddings, head, norms and biases)")
+    learning_rate: float = option(3e-3, "peak learning rate (AdamW; Muon too unless muon_learning_rate is set)")
     min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak")
     lr_schedule: str = option("cosine", "cosine | wsd | constant (all after linear warmup)")
     warmup_steps: int | None = option(None, "default: warmup_ratio x max_steps")
@@ -87,10 +88,17 @@ class TrainConfig:
     adam_beta1: float = option(0.9, "AdamW beta1")
     adam_beta2: float = option(0.95, "AdamW beta2")
     adam_epsilon: float = option(1e-8, "AdamW epsilon")
+    muon_learning_rate: float | None = option(None, "peak LR of the Muon matrices (default: learning_rate, which match_rms_adamw makes equivalent)")
+    muon_momentum: float = option(0.95, "Muon's Nesterov momentum")
+    muon_lr_adjust: str = option("match_rms_adamw", "match_rms_adamw (Muon's update at AdamW's RMS: AdamW's LR and decay carry over) | "
+                                 "original (Keller Jordan's scaling: LR near 0.02)")
     max_grad_norm: float = option(1.0, "clip the global gradient norm; 0 = off")
     z_loss: float = option(0.0, "weight of the z-loss (logsumexp^2) that keeps logits from drifting; 1e-4 is typical")
     # precision and speed
-    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else fp32) | bf16 | fp16 | no")
+    mixed_precision: str = option("auto", "auto (bf16 on GPUs that have it, else fp32) | bf16 | fp16 | fp8 (torchao float8 linears "
+                                  "inside the blocks, bf16 elsewhere) | no")
+    fp8_emulate: bool | None = option(None, "fp8: run the float8 matmuls in emulation (default: only where the hardware has no FP8, "
+                                      "e.g. CPUs and GPUs before compute capability 8.9)")
     torch_compile: bool = option(False, "compile the model with torch.compile")
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more compute)")
     allow_tf32: bool = option(True, "TF32 matmuls on Ampere+ GPUs")
@@ -136,8 +144,18 @@ class TrainConfig:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.mixed_precision not in ("auto", "bf16", "fp16", "no", "fp32"):
-            raise ConfigError(f"mixed_precision must be auto, bf16, fp16 or no, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "bf16", "fp16", "fp8", "no", "fp32"):
+            raise ConfigError(f"mixed_precision must be auto, bf16, fp16, fp8 or no, got {self.mixed_precision!r}")
+        if self.fp8_emulate is not None and self.mixed_precision != "fp8":
+            raise ConfigError("fp8_emulate applies to mixed_precision fp8 only; drop it or set mixed_precision fp8")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.muon_lr_adjust not in ("match_rms_adamw", "original"):
+            raise ConfigError(f"muon_lr_adjust must be match_rms_adamw or original, got {self.muon_lr_adjust!r}")
+        if self.muon_learning_rate is not None and self.muon_learning_rate <= 0:
+            raise ConfigError(f"muon_learning_rate must be positive, got {self.muon_learning_rate}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         for name in ("eval_steps", "save_steps", "eval_harness_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

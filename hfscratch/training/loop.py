@@ -27,6 +27,7 @@ from .artifacts import prepare_output_dir
 from .backend import create_accelerator, make_backend, print_main
 from .config import PretrainConfig, flat_config, plan_batches
 from .data import PackedBlocks, StepBatches, TrainingData, load_training_data
+from .fp8 import convert_to_fp8, resolve_fp8_emulate
 from .metrics import flops_per_token, peak_flops_per_device
 from .model_factory import build_model, max_positions
 from .stability import SpikeDetector
@@ -53,6 +54,8 @@ class Pretrainer:
         self.accelerator, self.mixed_precision = create_accelerator(args, self.output_dir)
         acc = self.accelerator
         self.backend = make_backend(acc, args)
+        if self.mixed_precision == "fp8":
+            resolve_fp8_emulate(args.fp8_emulate)  # fail before data preparation, which can take long
         prepare_output_dir(self.output_dir, args, acc.is_main_process)
         acc.wait_for_everyone()
         set_seed(args.seed)
@@ -75,6 +78,8 @@ class Pretrainer:
             raise ConfigError(f"the data holds token id {max_id} but the tokenizer has {len(self.tokenizer)} tokens "
                               f"and the model {model.config.vocab_size}; the data was tokenized with another "
                               "tokenizer: re-prepare it or pass the matching tokenizer_path")
+        if self.mixed_precision == "fp8":
+            convert_to_fp8(model, args.fp8_emulate)
         if args.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.plan = plan_batches(args, acc.num_processes, self.block_size, len(self.train_blocks))

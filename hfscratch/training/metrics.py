@@ -59,11 +59,11 @@ def peak_flops_per_device(device: torch.device, mixed_precision: str, override: 
         return float(override), "configured"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        column = 1 if mixed_precision in ("bf16", "fp16") else 2
+        column = 1 if mixed_precision in ("bf16", "fp16", "fp8") else 2  # fp8 MFU against the bf16 peak, as torchtitan reports it
         peak = next((row[column] for row in GPU_PEAK_FLOPS if row[0] in name), None)
         return peak, f"datasheet ({name})" if peak else f"unknown GPU {name!r}: pass --peak_flops for MFU"
     if device.type == "cpu":
-        return measure_cpu_peak_flops(torch.bfloat16 if mixed_precision == "bf16" else torch.float32), "measured (matmul probe)"
+        return measure_cpu_peak_flops(torch.bfloat16 if mixed_precision in ("bf16", "fp8") else torch.float32), "measured (matmul probe)"
     return None, f"unknown device {device.type}: pass --peak_flops for MFU"
 
 
