@@ -102,6 +102,7 @@ def test_bad_reward_model_inputs_are_one_line_errors(tmp_path, capsys, mismatche
              (["--reward_model_name_or_path", str(tmp_path / "missing")], "missing"),
              (["--reward_model_name_or_path", "none"], "needs a reward model"),
              (["--reward_model_name_or_path", reward, "--reward_weights", "1.0", "0.5"], "reward_weights has 2 values for 3"),
+             (["--reward_model_name_or_path", reward, "--judge_model_name_or_path", reward], "must be a second reward model"),
              (["--reward_model_name_or_path", reward, "--dataset_name", str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"),
                "--eval_from_train", "true", "--eval_samples", "8"], "no verifiable answers")]
     for extra, words in cases:

@@ -64,8 +64,8 @@ def load_reward_model(name: str, policy_tokenizer, what: str = "reward model", t
     must read the policy's tokens, since TRL hands it the policy's text re-tokenized with the reward model's tokenizer
     and a different vocabulary would score something else than what the reward model learned."""
     check_checkpoint_path(name, what)
-    if saved_architectures(name) and not is_sequence_classifier(name):
-        raise CheckpointError(f"{name} is a {saved_architectures(name)[0]}, not a reward model (a sequence classifier with "
+    if (architectures := saved_architectures(name)) and not is_sequence_classifier(name):
+        raise CheckpointError(f"{name} is a {architectures[0]}, not a reward model (a sequence classifier with "
                               f"one label); train one with `hfscratch reward --model_name_or_path {name}`")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)

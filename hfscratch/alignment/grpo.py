@@ -27,13 +27,13 @@ def run_grpo(model_args: GRPOModelConfig, script_args: AlignmentDataConfig, trai
         raise ConfigError(f"{script_args.dataset_name} has prompts but no verifiable answers (preference pairs?): train "
                           "against a reward model with --reward_model_name_or_path and --verifiable_reward false")
     reward_funcs, processing = ([correctness_reward, format_reward], [None, None]) if verifiable else ([], [])
+    if judge_path and judge_path == reward_path:
+        raise ConfigError("the judge must be a second reward model trained on pairs the first never saw, not the same one")
     reward_model = judge = None
     if reward_path:
         reward_model = load_reward_model(reward_path, tokenizer, trust_remote_code=training_args.trust_remote_code)
         reward_funcs, processing = [*reward_funcs, reward_model], [*processing, tokenizer]
     if judge_path:
-        if judge_path == reward_path:
-            raise ConfigError("the judge must be a second reward model trained on pairs the first never saw, not the same one")
         judge = load_reward_model(judge_path, tokenizer, "judge", trust_remote_code=training_args.trust_remote_code)
     if training_args.reward_weights is None:
         training_args.reward_weights = (list(DEFAULT_REWARD_WEIGHTS) if verifiable else []) + \
@@ -42,7 +42,8 @@ def run_grpo(model_args: GRPOModelConfig, script_args: AlignmentDataConfig, trai
         names = (["correctness", "format"] if verifiable else []) + (["reward model"] if reward_path else [])
         raise ConfigError(f"reward_weights has {len(training_args.reward_weights)} values for {len(reward_funcs)} rewards "
                           f"({', '.join(names)}); give one weight each, in that order")
-    format_weight = training_args.reward_weights[1] / training_args.reward_weights[0] if verifiable else 0.2
+    weights = training_args.reward_weights if verifiable else DEFAULT_REWARD_WEIGHTS  # the held-out score's format bonus
+    format_weight = weights[1] / weights[0]
     measure = make_measure("grpo", tokenizer, held, script_args.eval_max_new_tokens, format_weight=format_weight,
                            num_samples=script_args.eval_num_samples, reward_model=reward_model, judge=judge)
     return train_and_finish(GRPOTrainer, stage, model, tokenizer, train, measure, model_args, training_args,
