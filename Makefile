@@ -42,10 +42,11 @@ SPEEDRUN_ENV ?= $(OFFLINE)
 speedrun: $(STAMP)
 	$(SPEEDRUN_ENV) $(VENV)/bin/python -m hfscratch.cli speedrun $(ARGS)
 
-# The slowest tests are listed at the end, so the suite's time budget (15 min on 2 cores) stays visible.
+# The slowest tests are listed at the end, so the suite's time budget (15 min on 2 cores) stays visible. One pytest
+# worker per core (pytest-xdist; tests/conftest.py keeps the alignment chain in one worker and each worker on one thread).
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet .
-	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q -n auto --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

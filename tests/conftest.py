@@ -10,12 +10,25 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # deepspeed (imported by accelerate when installed) would probe for GPUs and log it
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on the two cores: one compute thread each (and in the processes they start),
+    # or their OpenMP pools would fight over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), the tests that share tests/alignment_setup.py's cached base, SFT and
+    reward models run in one worker, which builds them once."""
+    for item in items:
+        if "alignment_setup" in getattr(item.module, "__dict__", {}) or any(
+                getattr(value, "__module__", "") == "tests.alignment_setup" for value in vars(item.module).values()):
+            item.add_marker(pytest.mark.xdist_group("alignment"))
 
 
 def shared_data_dir() -> Path:

@@ -20,7 +20,7 @@ from hfscratch.alignment.metrics import reward_input_ids, reward_metrics
 from hfscratch.alignment.reward import run_reward
 from hfscratch.cli import run_command
 from hfscratch.data.synthetic_math import SyntheticMathConfig
-from tests.alignment_setup import EASY, SEED, root, sft_run
+from tests.alignment_setup import CPU_TRAINER, EASY, SEED, root, sft_run
 
 
 def length_balanced_pairs(tokenizer, split: str, n: int, path) -> str:
@@ -47,8 +47,8 @@ def pair_files():
 
 def reward_args(name: str, **overrides) -> RewardConfig:
     kwargs = dict(output_dir=str(root() / name), max_steps=40, per_device_train_batch_size=16, learning_rate=1e-3,
-                  lr_scheduler_type="constant", logging_steps=10, report_to="none", save_strategy="no", max_length=256,
-                  seed=SEED, use_cpu=True, disable_tqdm=True, gradient_checkpointing=False)
+                  lr_scheduler_type="constant", logging_steps=10, max_length=256,
+                  seed=SEED, **CPU_TRAINER)
     return RewardConfig(**{**kwargs, **overrides})
 
 

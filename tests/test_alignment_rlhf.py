@@ -6,6 +6,7 @@ answer chosen, an arithmetic slip rejected), the one RLHF trains against on the 
 its held-out split. The held-out prompts are another slice of the held-out split."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,24 +17,27 @@ from trl import GRPOConfig
 from hfscratch.alignment.config import GRPOModelConfig
 from hfscratch.alignment.grpo import run_rlhf
 from hfscratch.cli import run_command
-from tests.alignment_setup import reward_model_run, root, script_args, sft_run
+from tests.alignment_setup import CPU_TRAINER, reward_model_run, root, script_args, sft_run
+
+# In fp32 (tests/alignment_setup.py's CPU_TRAINER): at 1e-4 seed 1's learned reward rose only 0.17 in 20 steps, at 3e-4
+# its exact match fell 0.53 -> 0.38; 2e-4 passes every test here with seeds 0, 1 and 2.
+RLHF_LR = float(os.environ.get("HFSCRATCH_TEST_RLHF_LR", 2e-4))
 
 
 def rlhf(name: str, reward_weights: list[float], verifiable: bool) -> dict:
     args = GRPOConfig(output_dir=str(root() / name), max_steps=20, per_device_train_batch_size=64, num_generations=8,
-                      max_completion_length=40, learning_rate=1e-4, lr_scheduler_type="constant", logging_steps=5,
-                      report_to="none", save_strategy="no", beta=0.04, temperature=1.0, seed=0, use_cpu=True,
-                      disable_tqdm=True, reward_weights=reward_weights, gradient_checkpointing=False)
+                      max_completion_length=40, learning_rate=RLHF_LR, lr_scheduler_type="constant", logging_steps=5,
+                      beta=0.04, temperature=1.0, seed=0, reward_weights=reward_weights, **CPU_TRAINER)
     model = GRPOModelConfig(model_name_or_path=sft_run()["final"], reward_model_name_or_path=reward_model_run("train")["final"],
                             judge_model_name_or_path=reward_model_run("heldout")["final"], verifiable_reward=verifiable)
     return run_rlhf(model, script_args(synthetic_train_size=640, eval_max_new_tokens=40, eval_num_samples=0), args)
 
 
 def test_rlhf_raises_learned_reward_and_keeps_exact_match():
-    # Measured (seed 0, 64 held-out prompts): learned reward -0.27 -> 0.98, judge -0.65 -> 0.88, exact match
-    # 0.422 -> 0.469, completion tokens 34.9 -> 25.0 (the restated "The answer is N." line goes: both reward models
-    # learned from pairs without it, so they score it low; it carries no answer, so exact match does not care).
-    # With the reward model's weight at 0.5 instead of 0.2, exact match fell to 0.375: its pull outweighed correctness.
+    # Measured (64 held-out prompts; seeds 0 / 1 / 2): learned reward -0.41 -> 0.45 / -1.54 -> 0.27 / -0.48 -> 0.60,
+    # judge -0.75 -> 1.14 / -1.74 -> 0.44 / -0.36 -> -0.04, exact match 0.406 -> 0.578 / 0.531 -> 0.516 / 0.359 -> 0.406,
+    # completion tokens 34.1 -> 24.7 (seed 0): the restated "The answer is N." line goes (both reward models learned
+    # from pairs without it, so they score it low; it carries no answer, so exact match does not care).
     result = rlhf("rlhf", [1.0, 0.2, 0.2], verifiable=True)
     before, after = result["before"], result["after"]
     print({k: (round(before[k], 3), round(after[k], 3)) for k in before if isinstance(before[k], float)})  # pytest -s
@@ -49,27 +53,25 @@ def test_rlhf_raises_learned_reward_and_keeps_exact_match():
 
 def test_reward_model_alone_is_gamed_and_the_checks_show_it():
     # Without the verifiable reward the policy climbs the learned reward while getting fewer answers right: the
-    # reward model (held-out accuracy ~0.7) prefers short answers among others. Exact match is the check that shows
-    # it; the judge, trained the same way, shares the bias and rises too. Measured: learned reward -0.27 -> 1.38,
-    # judge -0.65 -> 0.85, exact match 0.422 -> 0.359, tokens 34.9 -> 25.0.
+    # reward model (held-out accuracy ~0.7-0.85) rewards other things too (seed 0: shorter answers). Exact match is the
+    # check that shows it; the judge, trained the same way, shares the bias. Measured (seeds 0 / 1 / 2): learned reward
+    # -0.41 -> 1.70 / -1.54 -> 0.45 / -0.48 -> 0.48, exact match 0.406 -> 0.125 / 0.531 -> 0.172 / 0.359 -> 0.219.
     before, after = (r := rlhf("rlhf-rm-only", [1.0], verifiable=False))["before"], r["after"]
     print({k: (round(before[k], 3), round(after[k], 3)) for k in before if isinstance(before[k], float)})  # pytest -s
     assert after["learned_reward"] > before["learned_reward"] + 0.5, (before, after)
-    assert after["exact_match"] < before["exact_match"] - 2 / 64, (before, after)  # more than noise: 4 problems lost
-    assert after["completion_tokens"] < before["completion_tokens"] - 5, (before, after)
+    assert after["exact_match"] < before["exact_match"] - 4 / 64, (before, after)  # more than noise: over 4 problems lost
 
 
 def test_rlhf_on_preference_prompts_scores_with_the_judge_and_length(shared_data):
     # hh-rlhf conversations: prompts without a verifiable answer, so only the reward models and the length statistics
     # can say what changed. The reward models here are the synthetic ones above (same tokenizer, cheap): the test
     # checks the preference-data path (prompts from chosen/rejected transcripts, held-out rows carved from the file's
-    # end, long prompts left out) and that RL raises the trained-against score on prompts it never saw. Measured:
-    # learned reward 0.25 -> 1.19 over 21 held-out prompts (judge -0.30 -> -0.09, eos rate 0.19 -> 0.52); the
+    # end, long prompts left out) and that RL raises the trained-against score on prompts it never saw. Measured over
+    # 21 held-out prompts (seeds 0 / 1 / 2): learned reward -1.74 -> 1.06 / -1.99 -> -1.39 / 0.30 -> 0.76; the
     # hh-trained reward models are in RESULTS_alignment.md.
     args = GRPOConfig(output_dir=str(root() / "rlhf-hh"), max_steps=8, per_device_train_batch_size=32, num_generations=8,
-                      max_completion_length=32, learning_rate=1e-4, lr_scheduler_type="constant", logging_steps=4,
-                      report_to="none", save_strategy="no", beta=0.04, seed=0, use_cpu=True, disable_tqdm=True,
-                      gradient_checkpointing=False)
+                      max_completion_length=32, learning_rate=RLHF_LR, lr_scheduler_type="constant", logging_steps=4,
+                      beta=0.04, seed=0, **CPU_TRAINER)
     model = GRPOModelConfig(model_name_or_path=sft_run()["final"], reward_model_name_or_path=reward_model_run("train")["final"],
                             judge_model_name_or_path=reward_model_run("heldout")["final"], verifiable_reward=False)
     data = script_args(dataset_name=str(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"), max_train_samples=320,

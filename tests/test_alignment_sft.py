@@ -14,7 +14,7 @@ def test_sft_raises_heldout_exact_match_and_teaches_the_chat_format():
     print({k: (round(before[k], 3), round(after[k], 3)) for k in before if isinstance(before[k], float)})  # pytest -s
     # Held-out problems (a split the training generator can never produce): the pretrained model, prompted in
     # chat format, gets few right; after SFT it answers in the '#### N' format, stops, and gets many more right.
-    # Measured on 64 problems, seed 0: exact-match 0.172 -> 0.453.
+    # Measured on 64 problems (seeds 0 / 1 / 2): exact-match 0.156 -> 0.406 / 0.062 -> 0.531 / 0.094 -> 0.359.
     assert after["exact_match"] >= before["exact_match"] + 0.15, (before, after)
     assert after["eos_rate"] >= 0.95 and after["format_rate"] >= 0.95, (before, after)
     # The reference solutions of held-out problems become much more likely (per token, eos included).

@@ -16,7 +16,7 @@ from hfscratch.alignment.merge import merge_adapter
 from hfscratch.alignment.sft import run_sft
 from hfscratch.cli import main as cli_main
 from hfscratch.errors import CheckpointError, ConfigError
-from tests.alignment_setup import pretrained_base, root, script_args
+from tests.alignment_setup import CPU_TRAINER, pretrained_base, root, script_args
 
 _LORA: dict = {}
 
@@ -24,8 +24,7 @@ _LORA: dict = {}
 def lora_sft() -> dict:
     if not _LORA:
         args = SFTConfig(output_dir=str(root() / "sft-lora"), max_steps=15, per_device_train_batch_size=16, learning_rate=5e-3,
-                         lr_scheduler_type="constant", logging_steps=5, report_to="none", save_strategy="no",
-                         assistant_only_loss=True, max_length=256, seed=0, use_cpu=True, disable_tqdm=True)
+                         lr_scheduler_type="constant", logging_steps=5, assistant_only_loss=True, max_length=256, seed=0, **CPU_TRAINER)
         model_args = AlignmentModelConfig(model_name_or_path=str(pretrained_base()), use_peft=True, lora_r=8, lora_alpha=16,
                                     lora_dropout=0.0, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                     merge_lora=True)
