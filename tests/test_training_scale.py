@@ -24,7 +24,7 @@ from hfscratch.training import checkpoint as ckpt
 from hfscratch.training.backend import make_backend
 from hfscratch.training.loop import Pretrainer, pretrain
 from hfscratch.training.optim import Muon, MuonWithAdamW, build_muon_optimizer, build_scheduler, muon_parameter_split
-from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data  # noqa: F401 (fixture)
+from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, shakespeare_on_disk  # noqa: F401 (fixtures)
 
 
 def default_model_args(tmp_path, name: str, **training) -> PretrainConfig:
@@ -87,6 +87,17 @@ def test_fp8_and_muon_refuse_what_they_cannot_do(tmp_path, shakespeare_data):  #
     ):
         with pytest.raises(ConfigError, match=message):
             make_backend(SimpleNamespace(distributed_type=engine), TrainConfig(**settings))
+    for settings, message in ((dict(optimizer="muon"), "tp_size 2 does not combine with optimizer muon; use optimizer adamw"),
+                              (dict(mixed_precision="fp8"), "does not combine with mixed_precision fp8"),
+                              (dict(eval_harness_tasks=["arc_easy"], eval_harness_steps=10), "set eval_harness_steps 0"),
+                              (dict(tp_size=0), "tp_size must be >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**{"tp_size": 2, **settings})
+    for engine, processes, message in ((DistributedType.MULTI_CPU, 4, "tp_size 2 needs exactly 2 processes, this launch has 4"),
+                                       (DistributedType.NO, 1, "needs exactly 2 processes, this launch has 1"),
+                                       (DistributedType.DEEPSPEED, 2, "not DEEPSPEED")):
+        with pytest.raises(ConfigError, match=message):
+            make_backend(SimpleNamespace(distributed_type=engine, num_processes=processes), TrainConfig(tp_size=2))
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_tokenizer):
@@ -186,3 +197,50 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert "FAILED" not in table and "eager vs sdpa: max |logit diff|" in table
     assert "FSDP2 not applied (needs a GPU); 3 steps, max relative loss difference vs plain 0.0e+00" in table
     assert not (repo / "benchmarks" / "RESULTS_gpu.md").exists() or "dry run" not in (repo / "benchmarks" / "RESULTS_gpu.md").read_text()
+
+
+def test_tensor_parallel_follows_one_process_resumes_and_saves_unsharded(tmp_path, shakespeare_data, shakespeare_on_disk):  # noqa: F811
+    """`--tp_size 2` on 2 CPU processes (gloo, DTensor): 10 steps of the same batches as one process, losses within
+    1e-3; a resume from its step-5 checkpoint repeats steps 6-10; its folders load unsharded with from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_training_dist import REPO, _env, _losses, _recipe_argv, _torchrun
+
+    common = dict(max_steps=10, save_steps=5, per_device_train_batch_size=8, block_size=64, keep_last_k=2)
+    model_args, data_args, args = make_args(tmp_path, **{k: v for k, v in common.items() if k != "block_size"}, output_dir=str(tmp_path / "one"))
+    single = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
+    env = _env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    recipe = REPO / "recipes" / "pretrain.py"
+    tp_out = tmp_path / "tp"
+    run = subprocess.run(_torchrun(29551, recipe, _recipe_argv(shakespeare_on_disk, tp_out, tp_size=2, **common)),
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "micro 8 x accum 1 x 1 proc" in run.stdout  # one data-parallel replica: both ranks read the same batches
+    tp_losses = _losses(tp_out)
+    worst = max(abs(a - b) for (_, a), (_, b) in zip(tp_losses, single.loss_history))
+    print(f"TP 2 vs 1 process: max |loss diff| over 10 steps = {worst:.2e}")
+    assert [s for s, _ in tp_losses] == list(range(1, 11)) and worst <= 1e-3, (tp_losses, single.loss_history)
+    tp_val = json.loads((tp_out / "metrics.json").read_text())["val_loss"]
+    assert abs(tp_val - single.metrics["val_loss"]) <= 1e-3, (tp_val, single.metrics)
+
+    checkpoint = tp_out / "checkpoints" / "checkpoint-0000005"
+    assert (checkpoint / "tp_state" / ".metadata").is_file()  # torch.distributed.checkpoint, one shard file per rank
+    resumed_out = tmp_path / "tp-resumed"
+    resumed = subprocess.run(_torchrun(29553, recipe, _recipe_argv(shakespeare_on_disk, resumed_out, tp_size=2, resume_from_checkpoint=checkpoint, **common)),
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    again = _losses(resumed_out)
+    assert again[:5] == tp_losses[:5] and max(abs(a - b) for (_, a), (_, b) in zip(again[5:], tp_losses[5:])) <= 1e-6, (again, tp_losses)
+
+    # Plain folders: one process loads them without any distributed setup, and they hold the trained weights.
+    reference = AutoModelForCausalLM.from_pretrained(single.final_dir)
+    for folder in (tp_out / "final", checkpoint / "hf"):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert not any(type(p).__name__ == "DTensor" for p in model.parameters())
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    gap = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(), AutoModelForCausalLM.from_pretrained(tp_out / "final").state_dict().values()))
+    assert gap > 0  # the step-5 checkpoint is not the final model
+    final = AutoModelForCausalLM.from_pretrained(tp_out / "final").state_dict()
+    worst_weight = max((final[k] - v).abs().max().item() for k, v in reference.state_dict().items())
+    assert worst_weight <= 1e-3, worst_weight

@@ -120,7 +120,8 @@ class _EngineThatStepsItself(TrainingBackend):
 
     name = "Engine"
 
-    def __init__(self, grad_norm: float, applied: bool):
+    def __init__(self, accelerator, grad_norm: float, applied: bool):
+        super().__init__(accelerator, None)
         self.grad_norm, self.applied = grad_norm, applied
         self.model = torch.nn.Embedding(16, 16)
         self.model.forward = lambda input_ids, position_ids, use_cache: SimpleNamespace(logits=torch.nn.functional.embedding(input_ids, self.model.weight))
@@ -143,8 +144,8 @@ class _EngineThatStepsItself(TrainingBackend):
     (float("inf"), True, False, ""),  # judged bad, but the engine already applied it: logged, not counted as skipped
 ])
 def test_train_step_reconciles_the_verdict_with_what_the_engine_did(grad_norm, applied, skip, reason, capsys):
-    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, is_main_process=True, autocast=contextlib.nullcontext)
-    backend = _EngineThatStepsItself(grad_norm, applied)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index=0, is_main_process=True, autocast=contextlib.nullcontext)
+    backend = _EngineThatStepsItself(accelerator, grad_norm, applied)
     detector = SpikeDetector(zscore=0.0, warmup_steps=0, max_consecutive_skips=5)
     train_step = TrainStep(accelerator, backend, detector, accumulation_steps=2, pad_token_id=None, z_loss=0.0)
     ids = torch.arange(16).reshape(2, 8)

@@ -57,18 +57,27 @@ def save_final(trainer) -> Path | None:
     """`<output_dir>/final/`: save_pretrained + tokenizer + generation config + model card + loss curve."""
     acc, args, tokenizer = trainer.accelerator, trainer.args, trainer.tokenizer
     final, tmp = trainer.output_dir / "final", trainer.output_dir / ".tmp-final"
-    state_dict = acc.get_state_dict(trainer.model)
+    backend, model = trainer.backend, trainer.unwrapped
+    gen = model.generation_config  # sampling defaults for chat/serve, written by save_pretrained
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    gen.do_sample, gen.temperature, gen.top_k, gen.max_new_tokens = True, 0.8, 50, 256
+    state_dict = backend.gather_state_dict()
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    try:
+        backend.write_pretrained(tmp, state_dict)  # every rank: a tensor-parallel save ends at a barrier
+    except OSError as err:
+        failure = err
+    else:
+        failure = None
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return final
-    model = trainer.unwrapped
-    gen = model.generation_config
-    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    gen.do_sample, gen.temperature, gen.top_k, gen.max_new_tokens = True, 0.8, 50, 256
     metrics = trainer.final_metrics()
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=ckpt.drop_tied_copies(model, state_dict), safe_serialization=True)
+        if failure is not None:
+            raise failure
         tokenizer.save_pretrained(tmp)
         png = plot_loss_curve([(s, v) for s, v in trainer.loss_history if v is not None], trainer.validation_history, tmp / "loss_curve.png",
                               title=f"{args.run_name}: {trainer.tokens_seen:,} tokens", tokens_per_step=trainer.plan.tokens_per_step)

@@ -8,17 +8,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedType, InitProcessGroupKwargs
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from transformers import DistributedConfig
 from transformers.utils import logging as hf_logging
 
 from ..devices import resolve_dtype
 from ..errors import ConfigError
+from .checkpoint import drop_tied_copies
 from .config import BatchPlan, TrainConfig
 from .optim import build_muon_optimizer, build_optimizer, build_scheduler
 
@@ -104,6 +114,39 @@ class TrainingBackend:
         """Where the model is built (some engines partition it as it is created)."""
         return contextlib.nullcontext()
 
+    def shard_model(self, model, staging_dir: Path):
+        """The built model as this engine trains it (tensor parallelism re-shards it here); `staging_dir` is free to use."""
+        return model
+
+    # Data parallelism: how many different batches a step reads, which one this rank reads, and how many ranks read
+    # each (the step's and validation's all-reduced sums count each batch that many times).
+    @property
+    def data_world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def data_rank(self) -> int:
+        return self.accelerator.process_index
+
+    replicas = 1
+
+    def gather_state_dict(self) -> dict:
+        """The full weights on the main process (every rank must call: FSDP and ZeRO-3 gather here)."""
+        return self.accelerator.get_state_dict(self.model)
+
+    def write_pretrained(self, folder: Path, state_dict: dict) -> None:
+        """`save_pretrained` of the gathered weights into `folder`; called on every rank, the main one writes."""
+        if self.accelerator.is_main_process:
+            unwrapped = self.unwrapped_model()
+            unwrapped.save_pretrained(folder, state_dict=drop_tied_copies(unwrapped, state_dict), safe_serialization=True)
+
+    def save_state(self, folder: Path) -> None:
+        """Everything a resume needs besides the trainer state: weights, optimizer, schedule, RNG (every rank calls)."""
+        self.accelerator.save_state(str(folder))
+
+    def load_state(self, folder: Path) -> None:
+        self.accelerator.load_state(str(folder))
+
     def make_optimizer_and_scheduler(self, model, plan: BatchPlan):
         a = self.args
         if a.optimizer == "muon":
@@ -159,6 +202,89 @@ class AccelerateBackend(TrainingBackend):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, applied
+
+
+class TensorParallelBackend(AccelerateBackend):
+    """Tensor parallelism (`tp_size` = the number of processes): each rank holds one shard of every matrix, the
+    embedding and the head, as DTensors laid out by the model's TP plan (`base_model_tp_plan`, the one
+    `from_pretrained(tp_plan="auto")` uses), and every rank of the group reads the same batch.
+
+    Accelerate takes DTensor models only through its `ParallelismConfig`, which it refuses on CPU (MULTI_CPU) and
+    composes with FSDP2 only, so the model stays out of `accelerator.prepare` (no DDP wrapper: the plan's collectives
+    already make every gradient whole). Accelerate still runs autocast, clipping (DTensor-aware) and the RNG states;
+    weights, optimizer and schedule are checkpointed with torch.distributed.checkpoint, each rank writing its shards.
+    """
+
+    name = "tensor parallel"
+    STATE_SUBDIR = "tp_state"
+
+    @property
+    def tp_size(self) -> int:
+        return self.args.tp_size
+
+    @property
+    def data_world(self) -> int:
+        return self.accelerator.num_processes // self.tp_size
+
+    @property
+    def data_rank(self) -> int:
+        return self.accelerator.process_index // self.tp_size
+
+    @property
+    def replicas(self) -> int:
+        return self.tp_size
+
+    def shard_model(self, model, staging_dir: Path):
+        # transformers lays the TP plan out while it loads a folder (a model already built in memory has its tied
+        # head and embedding joined, which its sharding pass does not take), so the seeded initial weights go through
+        # a save_pretrained folder: every rank then starts from the weights one process would.
+        acc = self.accelerator
+        if acc.is_main_process:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+            model.save_pretrained(staging_dir)
+        acc.wait_for_everyone()
+        sharded = type(model).from_pretrained(staging_dir, distributed_config=DistributedConfig(tp_size=self.tp_size),
+                                              dtype=torch.float32, attn_implementation=model.config._attn_implementation)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+        return sharded.to(acc.device)
+
+    def prepare(self, model, plan: BatchPlan):
+        self.model = model
+        self.optimizer, self.scheduler = self.make_optimizer_and_scheduler(model, plan)
+        return self.model, self.optimizer, self.scheduler
+
+    def unwrapped_model(self):
+        return self.model
+
+    def no_sync(self, last: bool):
+        return contextlib.nullcontext()
+
+    def gather_state_dict(self) -> dict:
+        # Full tensors on the main process, nothing elsewhere (torch gathers each DTensor's shards).
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def write_pretrained(self, folder: Path, state_dict: dict) -> None:
+        # A TP model's save_pretrained ends at a barrier of all ranks; given full tensors it gathers nothing itself.
+        acc = self.accelerator
+        weights = drop_tied_copies(self.model, state_dict) if acc.is_main_process else {}
+        self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True, is_main_process=acc.is_main_process)
+
+    def _sharded_state(self) -> dict:
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict()}
+
+    def save_state(self, folder: Path) -> None:
+        self.accelerator.save_state(str(folder))  # RNG states, one file per rank
+        dcp.save(self._sharded_state(), checkpoint_id=str(folder / self.STATE_SUBDIR))
+
+    def load_state(self, folder: Path) -> None:
+        self.accelerator.load_state(str(folder))
+        state = self._sharded_state()
+        dcp.load(state, checkpoint_id=str(folder / self.STATE_SUBDIR))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
 
 class DeepSpeedBackend(TrainingBackend):
@@ -229,6 +355,15 @@ class DeepSpeedBackend(TrainingBackend):
 
 def make_backend(accelerator, args: TrainConfig) -> TrainingBackend:
     engine = accelerator.distributed_type
+    if args.tp_size > 1:
+        if engine in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            raise ConfigError(f"tp_size {args.tp_size} is pure tensor parallelism over plain processes, not {engine.value}; "
+                              "launch with torchrun / accelerate launch without a DeepSpeed or FSDP config")
+        if accelerator.num_processes != args.tp_size:
+            raise ConfigError(f"tp_size {args.tp_size} needs exactly {args.tp_size} processes, this launch has "
+                              f"{accelerator.num_processes}; launch with --nproc_per_node {args.tp_size} (data parallelism "
+                              "across tensor-parallel groups is not supported yet)")
+        return TensorParallelBackend(accelerator, args)
     if args.optimizer == "muon" and engine in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         # Muon orthogonalises whole matrices; ZeRO flattens and FSDP2 shards them, so each rank would see a slice.
         raise ConfigError(f"optimizer muon runs on one process or DDP, not {engine.value} (which shards the matrices Muon "

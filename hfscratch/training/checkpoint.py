@@ -1,5 +1,6 @@
 """Atomic, resumable checkpoints in `<output_dir>/checkpoints/checkpoint-0000100/`: `accelerate save_state`
-(model, optimizer, scheduler, RNG; sharded under FSDP), `hf/` (a `save_pretrained` folder + tokenizer) and
+(model, optimizer, scheduler, RNG; sharded under FSDP; under tensor parallelism a torch.distributed.checkpoint
+`tp_state/` beside the RNG files), `hf/` (a `save_pretrained` folder + tokenizer) and
 `trainer_state.json` (step, data position, histories, stability statistics). Written to `.tmp-checkpoint-…`,
 `trainer_state.json` last, then renamed: a kill or a full disk mid-write leaves the previous one untouched.
 """
@@ -97,13 +98,15 @@ def disk_write_error(err: OSError, what: Path, previous: Path | None) -> Checkpo
     return CheckpointError(f"could not write {what} ({err.strerror or err}){keep}; check the output_dir permissions and space")
 
 
-def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step: int, trainer_state: dict, keep_last_k: int) -> Path:
-    """Write checkpoint `step` atomically on every rank's behalf; returns its final path (all ranks)."""
+def save_checkpoint(backend, tokenizer, output_dir: str | Path, step: int, trainer_state: dict, keep_last_k: int) -> Path:
+    """Write checkpoint `step` atomically on every rank's behalf (a `training/backend.py` engine's state, an `hf/`
+    folder); returns its final path (all ranks)."""
+    accelerator = backend.accelerator
     root = Path(output_dir) / CHECKPOINT_DIR
     final, tmp = root / checkpoint_name(step), root / f".tmp-{checkpoint_name(step)}"
     previous = (list_checkpoints(output_dir) or [None])[-1]
-    # Every rank takes part in gathering the full state dict (FSDP/ZeRO-3); the main one checks and writes it.
-    state_dict = accelerator.get_state_dict(model)
+    # Every rank takes part in gathering the full state dict (FSDP/ZeRO-3/TP); the main one checks and writes it.
+    state_dict = backend.gather_state_dict()
     assert_finite(accelerator, state_dict)
     failure = None
     try:
@@ -112,10 +115,9 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
             if tmp.exists():  # a leftover from a run killed mid-save
                 shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        backend.save_state(tmp)
+        backend.write_pretrained(tmp / HF_SUBDIR, state_dict)
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(tmp / HF_SUBDIR, state_dict=drop_tied_copies(unwrapped, state_dict), safe_serialization=True)
             tokenizer.save_pretrained(tmp / HF_SUBDIR)
             _write_trainer_state(tmp, trainer_state)
     except OSError as err:
@@ -135,11 +137,11 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str | Path, step:
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
+def load_checkpoint(backend, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
     state = read_trainer_state(path)
     try:
-        accelerator.load_state(str(path))
+        backend.load_state(path)
     except Exception as err:  # safetensors/pickle/shape errors all mean the same thing to the user
         message = (str(err).splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"checkpoint {path} is corrupt or from a different model ({message}); resume from an earlier checkpoint") from None

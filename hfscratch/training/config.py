@@ -103,6 +103,8 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more compute)")
     allow_tf32: bool = option(True, "TF32 matmuls on Ampere+ GPUs")
     dataloader_num_workers: int = option(0, "DataLoader worker processes")
+    tp_size: int = option(1, "tensor parallelism: shard each block's matmuls, the embedding and the head over this many "
+                          "processes with the model's TP plan (DTensor); must equal the number of processes")
     # evaluation
     eval_steps: int = option(100, "validate every N steps (and at the end); 0 = only at the end")
     eval_max_batches: int | None = option(20, "validate on the first eval_max_batches x per_device_train_batch_size blocks, split over processes (None = the whole split)")
@@ -134,10 +136,20 @@ class TrainConfig:
             raise ConfigError("give max_steps or max_tokens, not both")
         for name in ("per_device_train_batch_size", "keep_last_k", "logging_steps", "max_consecutive_skips",
                      "sample_max_new_tokens", "max_steps", "max_tokens", "gradient_accumulation_steps",
-                     "global_batch_size"):  # the last four may be None
+                     "global_batch_size", "tp_size"):  # max_steps .. global_batch_size may be None
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.tp_size > 1:
+            # Muon orthogonalises whole matrices (a TP rank holds a slice); torchao's float8 linears and the live
+            # lm-eval run (main process only) have no tensor-parallel path here.
+            clashes = {"optimizer muon": (self.optimizer == "muon", "use optimizer adamw"),
+                       "mixed_precision fp8": (self.mixed_precision == "fp8", "use mixed_precision bf16"),
+                       "eval_harness_steps": (bool(self.eval_harness_tasks and self.eval_harness_steps),
+                                              "set eval_harness_steps 0 and run hfscratch eval on the final folder")}
+            for setting, (clash, fix) in clashes.items():
+                if clash:
+                    raise ConfigError(f"tp_size {self.tp_size} does not combine with {setting}; {fix}")
         if self.lr_schedule not in ("cosine", "wsd", "constant"):
             raise ConfigError(f"lr_schedule must be cosine, wsd or constant, got {self.lr_schedule!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -52,19 +52,24 @@ def log_train_metrics(trainer, pbar, window: TrainLogWindow, lr: float, grad_nor
 class Validation:
     """Loss, perplexity and bits per byte over a fixed shard of the validation split, reduced over ranks."""
 
-    def __init__(self, accelerator, blocks: PackedBlocks, tokenizer, per_device_train_batch_size: int, max_batches: int | None):
+    def __init__(self, accelerator, blocks: PackedBlocks, tokenizer, per_device_train_batch_size: int, max_batches: int | None,
+                 data_world: int | None = None, data_rank: int | None = None, replicas: int = 1):
         self.accelerator, self.blocks, self.tokenizer = accelerator, blocks, tokenizer
+        # Tensor parallelism: `replicas` ranks evaluate each shard together (same batch, one model split over them).
+        self.data_world = accelerator.num_processes if data_world is None else data_world
+        self.data_rank = accelerator.process_index if data_rank is None else data_rank
+        self.replicas = replicas
         self.per_device_train_batch_size, self.max_batches = per_device_train_batch_size, max_batches
         self.total_bytes: int | None = None  # counted once, on the first evaluation
 
     def shard(self) -> list[list[int]]:
-        acc, micro = self.accelerator, self.per_device_train_batch_size
+        micro = self.per_device_train_batch_size
         # A fixed number of sequences whatever the world size, so 1 and N processes report the same metric.
         limit = len(self.blocks) if self.max_batches is None else min(len(self.blocks), self.max_batches * micro)
-        per_rank = limit // acc.num_processes
+        per_rank = limit // self.data_world
         if per_rank == 0:
-            raise DataError(f"the validation split has {len(self.blocks)} blocks, fewer than the {acc.num_processes} processes; raise validation_fraction")
-        mine = list(range(acc.process_index * per_rank, (acc.process_index + 1) * per_rank))
+            raise DataError(f"the validation split has {len(self.blocks)} blocks, fewer than the {self.data_world} data-parallel processes; raise validation_fraction")
+        mine = list(range(self.data_rank * per_rank, (self.data_rank + 1) * per_rank))
         return [mine[i : i + micro] for i in range(0, per_rank, micro)]
 
     def batch(self, indices: list[int]):
@@ -82,7 +87,7 @@ class Validation:
         acc, batches = self.accelerator, self.shard()
         if self.total_bytes is None:
             local_bytes = torch.tensor([float(self.count_bytes(batches))], device=acc.device, dtype=torch.float64)
-            self.total_bytes = int(acc.reduce(local_bytes, reduction="sum").item())
+            self.total_bytes = int(acc.reduce(local_bytes, reduction="sum").item()) // self.replicas
         model.eval()
         sums = torch.zeros(2, device=acc.device, dtype=torch.float64)
         for indices in batches:
@@ -91,7 +96,7 @@ class Validation:
                 nll, _ = compute_token_losses(model, batch["input_ids"].to(acc.device), batch["position_ids"].to(acc.device), labels.to(acc.device))
             sums += torch.stack([nll.double(), predicted_token_count(labels).double().to(acc.device)])
         model.train()
-        sums = acc.reduce(sums, reduction="sum")
+        sums = acc.reduce(sums, reduction="sum") / self.replicas
         nll_total, tokens = sums[0].item(), max(1.0, sums[1].item())
         loss = nll_total / tokens
         return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/bits_per_byte": bits_per_byte_from_nll(nll_total, self.total_bytes), "eval/tokens": tokens}
@@ -144,7 +149,7 @@ def save_periodic_checkpoint(trainer, pbar) -> Path:
     if args.push_to_hub and acc.is_main_process:
         # Saving rotates old checkpoints away (keep_last_k): the previous upload must finish reading first.
         wait_for_pushes()
-    path = ckpt.save_checkpoint(acc, trainer.model, trainer.tokenizer, trainer.output_dir, trainer.step, trainer.trainer_state(), args.keep_last_k)
+    path = ckpt.save_checkpoint(trainer.backend, trainer.tokenizer, trainer.output_dir, trainer.step, trainer.trainer_state(), args.keep_last_k)
     if acc.is_main_process:
         write_message(acc, pbar, f"step {trainer.step}: checkpoint saved to {path}")
         if args.push_to_hub:

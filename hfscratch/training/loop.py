@@ -82,7 +82,8 @@ class Pretrainer:
             convert_to_fp8(model, args.fp8_emulate)
         if args.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        self.plan = plan_batches(args, acc.num_processes, self.block_size, len(self.train_blocks))
+        model = self.backend.shard_model(model, self.output_dir / ".tp-initial-weights")
+        self.plan = plan_batches(args, self.backend.data_world, self.block_size, len(self.train_blocks))
         self.model, self.optimizer, self.scheduler = self.backend.prepare(model, self.plan)
         if args.torch_compile:
             acc.unwrap_model(self.model).compile()  # in place: state_dict keys and saving are unchanged
@@ -90,7 +91,8 @@ class Pretrainer:
         self.detector = SpikeDetector(args.spike_zscore, args.spike_warmup_steps, args.max_consecutive_skips)
         self.train_step = TrainStep(acc, self.backend, self.detector, pad_token_id=self.tokenizer.pad_token_id,
                                     accumulation_steps=self.plan.gradient_accumulation_steps, z_loss=args.z_loss)
-        self.validation = hooks.Validation(acc, self.val_blocks, self.tokenizer, self.plan.per_device_train_batch_size, args.eval_max_batches)
+        self.validation = hooks.Validation(acc, self.val_blocks, self.tokenizer, self.plan.per_device_train_batch_size, args.eval_max_batches,
+                                           self.backend.data_world, self.backend.data_rank, self.backend.replicas)
         self.step = self.sequences_consumed = self.tokens_seen = 0
         self.train_time = 0.0
         self.loss_history: list[tuple[int, float | None]] = []
@@ -115,7 +117,7 @@ class Pretrainer:
         }
 
     def restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(self.accelerator, path)
+        state = ckpt.load_checkpoint(self.backend, path)
         if state.get("block_size") != self.block_size or state.get("seed") != self.args.seed:
             raise ConfigError(f"checkpoint {path} was trained with block_size {state.get('block_size')} and "
                               f"seed {state.get('seed')}, this run uses {self.block_size} and {self.args.seed}; "
@@ -170,7 +172,7 @@ class Pretrainer:
                    f"{acc.device.type} | MFU peak: {self.peak_source}")
         step_batches = StepBatches(self.train_blocks, seed=args.seed, start_sequence=self.sequences_consumed,
                                    num_steps=max(0, plan.max_steps - self.step), micro=micro, accum=accum,
-                                   world=acc.num_processes, rank=acc.process_index)
+                                   world=self.backend.data_world, rank=self.backend.data_rank)
         loader = torch.utils.data.DataLoader(step_batches, batch_size=None, shuffle=False, persistent_workers=False,
                                              num_workers=args.dataloader_num_workers,
                                              pin_memory=acc.device.type == "cuda")

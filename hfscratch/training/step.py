@@ -59,9 +59,10 @@ class TrainStep:
             batch["labels"] = make_labels(batch["input_ids"], batch["position_ids"], self.pad_token_id)
             micro_batches.append({k: v.to(acc.device, non_blocking=True) for k, v in batch.items()})
         local_tokens = sum(predicted_token_count(b["labels"]) for b in micro_batches).to(acc.device, torch.float32)
-        global_tokens = acc.reduce(local_tokens.clone(), reduction="sum") if acc.num_processes > 1 else local_tokens
-        # DDP/FSDP average gradients over ranks; multiplying by the world size turns that into the global sum.
-        scale = acc.num_processes / global_tokens.clamp(min=1.0) * backend.accumulation_divisor
+        # Under tensor parallelism `replicas` ranks hold each batch, so the all-reduced sums count it that many times.
+        global_tokens = acc.reduce(local_tokens.clone(), reduction="sum") / backend.replicas if acc.num_processes > 1 else local_tokens
+        # DDP/FSDP average gradients over the data-parallel ranks; multiplying by their number gives the global sum.
+        scale = backend.data_world / global_tokens.clamp(min=1.0) * backend.accumulation_divisor
         nll_total = torch.zeros((), device=acc.device, dtype=torch.float32)
         for i, batch in enumerate(micro_batches):
             with backend.no_sync(last=i == len(micro_batches) - 1):
@@ -70,7 +71,7 @@ class TrainStep:
                 backend.backward((nll + z) * scale)
             nll_total += nll.detach().float()
         if acc.num_processes > 1:
-            nll_total = acc.reduce(nll_total, reduction="sum")
+            nll_total = acc.reduce(nll_total, reduction="sum") / backend.replicas
         loss = (nll_total / global_tokens.clamp(min=1.0)).item()
 
         verdicts: list[StepVerdict] = []
