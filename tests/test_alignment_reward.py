@@ -87,7 +87,8 @@ def test_reward_model_lora(pair_files):
     result = run_reward(AlignmentModelConfig(model_name_or_path=sft_run()["final"], use_peft=True), data,
                         reward_args("reward-lora", max_steps=25, learning_rate=2e-3))
     before, after = result["before"], result["after"]
-    # Measured: accuracy 0.792 -> 0.817 (the random head already ranks well on these pairs), margin 0.06 -> 3.70; a
+    print({k: (round(before[k], 3), round(after[k], 3)) for k in before if isinstance(before[k], float)})  # pytest -s
+    # Measured (seeds 0 / 1): accuracy 0.683 -> 0.850 / 0.517 -> 0.850, margin 0.04 -> 4.07 / 0.01 -> 3.57; a
     # length-only rule scores 0.5 on this set.
     assert result["adapter"] is True and after["accuracy"] >= max(before["accuracy"], 0.8), (before, after)
     assert after["margin"] > before["margin"] + 1.0 and after["accuracy"] > after["length_baseline_accuracy"] + 0.2, (before, after)
