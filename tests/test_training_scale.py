@@ -93,6 +93,11 @@ def test_fp8_and_muon_refuse_what_they_cannot_do(tmp_path, shakespeare_data):  #
                               (dict(tp_size=0), "tp_size must be >= 1")):
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**{"tp_size": 2, **settings})
+    written = tmp_path / "checkpoint-0000005"
+    written.mkdir()
+    (written / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 5, "tp_size": 2}))
+    with pytest.raises(ckpt.CheckpointError, match="written with tp_size 2 and this run has tp_size 1; resume with --tp_size 2"):
+        ckpt.load_checkpoint(SimpleNamespace(args=TrainConfig()), written)
     for engine, processes, message in ((DistributedType.MULTI_CPU, 4, "tp_size 2 needs exactly 2 processes, this launch has 4"),
                                        (DistributedType.NO, 1, "needs exactly 2 processes, this launch has 1"),
                                        (DistributedType.DEEPSPEED, 2, "not DEEPSPEED")):
@@ -200,8 +205,9 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
 
 
 def test_tensor_parallel_follows_one_process_resumes_and_saves_unsharded(tmp_path, shakespeare_data, shakespeare_on_disk):  # noqa: F811
-    """`--tp_size 2` on 2 CPU processes (gloo, DTensor): 10 steps of the same batches as one process, losses within
-    1e-3; a resume from its step-5 checkpoint repeats steps 6-10; its folders load unsharded with from_pretrained."""
+    """`--tp_size 2` on 2 CPU processes (gloo, DTensor; with activation checkpointing, which must not change the math):
+    10 steps of the same batches as one process, losses within 1e-3; a resume from its step-5 checkpoint repeats steps
+    6-10; its folders load unsharded with from_pretrained."""
     from transformers import AutoModelForCausalLM
 
     from tests.test_training_dist import REPO, _env, _losses, _recipe_argv, _torchrun
@@ -212,7 +218,7 @@ def test_tensor_parallel_follows_one_process_resumes_and_saves_unsharded(tmp_pat
     env = _env(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     recipe = REPO / "recipes" / "pretrain.py"
     tp_out = tmp_path / "tp"
-    run = subprocess.run(_torchrun(29551, recipe, _recipe_argv(shakespeare_on_disk, tp_out, tp_size=2, **common)),
+    run = subprocess.run(_torchrun(29551, recipe, _recipe_argv(shakespeare_on_disk, tp_out, tp_size=2, gradient_checkpointing=True, **common)),
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "micro 8 x accum 1 x 1 proc" in run.stdout  # one data-parallel replica: both ranks read the same batches

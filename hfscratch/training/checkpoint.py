@@ -140,6 +140,10 @@ def save_checkpoint(backend, tokenizer, output_dir: str | Path, step: int, train
 def load_checkpoint(backend, path: Path) -> dict:
     """Restore model, optimizer, scheduler and RNG states; return the trainer state."""
     state = read_trainer_state(path)
+    if (written := state.get("tp_size", 1)) != backend.args.tp_size:
+        raise CheckpointError(f"checkpoint {path} was written with tp_size {written} and this run has tp_size {backend.args.tp_size}; "
+                              f"resume with --tp_size {written} (its optimizer state is laid out that way), or start a new run "
+                              f"from its weights with --init_from {Path(path) / HF_SUBDIR}")
     try:
         backend.load_state(path)
     except Exception as err:  # safetensors/pickle/shape errors all mean the same thing to the user

@@ -78,11 +78,11 @@ class Pretrainer:
             raise ConfigError(f"the data holds token id {max_id} but the tokenizer has {len(self.tokenizer)} tokens "
                               f"and the model {model.config.vocab_size}; the data was tokenized with another "
                               "tokenizer: re-prepare it or pass the matching tokenizer_path")
+        model = self.backend.shard_model(model, self.output_dir / ".tp-initial-weights")  # before anything modifies it
         if self.mixed_precision == "fp8":
             convert_to_fp8(model, args.fp8_emulate)
         if args.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model = self.backend.shard_model(model, self.output_dir / ".tp-initial-weights")
         self.plan = plan_batches(args, self.backend.data_world, self.block_size, len(self.train_blocks))
         self.model, self.optimizer, self.scheduler = self.backend.prepare(model, self.plan)
         if args.torch_compile:
@@ -114,6 +114,7 @@ class Pretrainer:
             "max_steps": self.plan.max_steps, "sequences_per_step": self.plan.sequences_per_step,
             "loss_history": self.loss_history, "validation_history": self.validation_history,
             "skipped_steps": self.skipped_steps, "stability": self.detector.state_dict(), "last_eval": self.last_eval,
+            "tp_size": self.args.tp_size,
         }
 
     def restore(self, path: Path) -> None:
