@@ -98,8 +98,8 @@ def test_fp8_and_muon_refuse_what_they_cannot_do(tmp_path, shakespeare_data):  #
     (written / ckpt.TRAINER_STATE).write_text(json.dumps({"step": 5, "tp_size": 2}))
     with pytest.raises(ckpt.CheckpointError, match="written with tp_size 2 and this run has tp_size 1; resume with --tp_size 2"):
         ckpt.load_checkpoint(SimpleNamespace(args=TrainConfig()), written)
-    for engine, processes, message in ((DistributedType.MULTI_CPU, 4, "tp_size 2 needs exactly 2 processes, this launch has 4"),
-                                       (DistributedType.NO, 1, "needs exactly 2 processes, this launch has 1"),
+    for engine, processes, message in ((DistributedType.MULTI_CPU, 3, "tp_size 2 must divide the number of processes, this launch has 3"),
+                                       (DistributedType.NO, 1, "must divide the number of processes, this launch has 1"),
                                        (DistributedType.DEEPSPEED, 2, "not DEEPSPEED")):
         with pytest.raises(ConfigError, match=message):
             make_backend(SimpleNamespace(distributed_type=engine, num_processes=processes), TrainConfig(tp_size=2))
@@ -207,7 +207,7 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
 def test_tensor_parallel_follows_one_process_resumes_and_saves_unsharded(tmp_path, shakespeare_data, shakespeare_on_disk):  # noqa: F811
     """`--tp_size 2` on 2 CPU processes (gloo, DTensor; with activation checkpointing, which must not change the math):
     10 steps of the same batches as one process, losses within 1e-3; a resume from its step-5 checkpoint repeats steps
-    6-10; its folders load unsharded with from_pretrained."""
+    6-10; its folders load unsharded with from_pretrained. Then 4 processes: 2 TP groups, data parallel by FSDP2."""
     from transformers import AutoModelForCausalLM
 
     from tests.test_training_dist import REPO, _env, _losses, _recipe_argv, _torchrun
@@ -229,6 +229,17 @@ def test_tensor_parallel_follows_one_process_resumes_and_saves_unsharded(tmp_pat
     tp_val = json.loads((tp_out / "metrics.json").read_text())["val_loss"]
     assert abs(tp_val - single.metrics["val_loss"]) <= 1e-3, (tp_val, single.metrics)
 
+    # Two TP groups of 2, data parallel through FSDP2 (4 processes): micro 4 per group = the same 8-sequence steps.
+    dp_out = tmp_path / "tp-dp"
+    dp_argv = _recipe_argv(shakespeare_on_disk, dp_out, tp_size=2, **{**common, "per_device_train_batch_size": 4, "save_steps": 0})
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port", "29555", str(recipe), *dp_argv],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0 and "warn" not in (run.stdout + run.stderr).lower(), run.stdout[-3000:] + run.stderr[-3000:]
+    assert "micro 4 x accum 1 x 2 proc" in run.stdout
+    worst_dp = max(abs(a - b) for (_, a), (_, b) in zip(_losses(dp_out), single.loss_history))
+    print(f"TP 2 x FSDP2 2 vs 1 process: max |loss diff| over 10 steps = {worst_dp:.2e}")
+    assert len(_losses(dp_out)) == 10 and worst_dp <= 1e-3, (_losses(dp_out), single.loss_history)
+
     checkpoint = tp_out / "checkpoints" / "checkpoint-0000005"
     assert (checkpoint / "tp_state" / ".metadata").is_file()  # torch.distributed.checkpoint, one shard file per rank
     resumed_out = tmp_path / "tp-resumed"
@@ -247,6 +258,7 @@ def test_tensor_parallel_follows_one_process_resumes_and_saves_unsharded(tmp_pat
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
     gap = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(), AutoModelForCausalLM.from_pretrained(tp_out / "final").state_dict().values()))
     assert gap > 0  # the step-5 checkpoint is not the final model
-    final = AutoModelForCausalLM.from_pretrained(tp_out / "final").state_dict()
-    worst_weight = max((final[k] - v).abs().max().item() for k, v in reference.state_dict().items())
-    assert worst_weight <= 1e-3, worst_weight
+    for folder in (tp_out / "final", dp_out / "final"):
+        final = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+        worst_weight = max((final[k] - v).abs().max().item() for k, v in reference.state_dict().items())
+        assert worst_weight <= 1e-3, (folder, worst_weight)

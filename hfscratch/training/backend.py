@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -205,14 +206,16 @@ class AccelerateBackend(TrainingBackend):
 
 
 class TensorParallelBackend(AccelerateBackend):
-    """Tensor parallelism (`tp_size` = the number of processes): each rank holds one shard of every matrix, the
-    embedding and the head, as DTensors laid out by the model's TP plan (`base_model_tp_plan`, the one
-    `from_pretrained(tp_plan="auto")` uses), and every rank of the group reads the same batch.
+    """Tensor parallelism: each rank of a `tp_size` group holds one shard of every matrix, the embedding and the head,
+    as DTensors laid out by the model's TP plan (`base_model_tp_plan`, the one `from_pretrained(tp_plan="auto")` uses),
+    and the group's ranks read the same batch. With more processes than `tp_size`, the groups are data parallel through
+    FSDP2 (`fsdp_size x tp_size`, transformers' `DistributedConfig`): parameters sharded over the groups as well,
+    gradients averaged across them.
 
-    Accelerate takes DTensor models only through its `ParallelismConfig`, which it refuses on CPU (MULTI_CPU) and
-    composes with FSDP2 only, so the model stays out of `accelerator.prepare` (no DDP wrapper: the plan's collectives
-    already make every gradient whole). Accelerate still runs autocast, clipping (DTensor-aware) and the RNG states;
-    weights, optimizer and schedule are checkpointed with torch.distributed.checkpoint, each rank writing its shards.
+    Accelerate takes DTensor models only through its `ParallelismConfig`, which it refuses on CPU (MULTI_CPU), so the
+    model stays out of `accelerator.prepare` (no DDP wrapper: the plan's collectives already make every gradient whole
+    within a group). Accelerate still runs autocast, clipping (DTensor-aware) and the RNG states; weights, optimizer
+    and schedule are checkpointed with torch.distributed.checkpoint, each rank writing its shards.
     """
 
     name = "tensor parallel"
@@ -239,11 +242,16 @@ class TensorParallelBackend(AccelerateBackend):
         # head and embedding joined, which its sharding pass does not take), so the seeded initial weights go through
         # a save_pretrained folder: every rank then starts from the weights one process would.
         acc = self.accelerator
+        if self.data_world > 1:
+            # The TP plan's gathered logits are a view; FSDP2 warns that an in-place op on a view would skip its
+            # backward hook. Nothing here writes into model outputs in place.
+            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
         if acc.is_main_process:
             shutil.rmtree(staging_dir, ignore_errors=True)
             model.save_pretrained(staging_dir)
         acc.wait_for_everyone()
-        sharded = type(model).from_pretrained(staging_dir, distributed_config=DistributedConfig(tp_size=self.tp_size),
+        layout = DistributedConfig(tp_size=self.tp_size, fsdp_size=self.data_world)
+        sharded = type(model).from_pretrained(staging_dir, distributed_config=layout,
                                               dtype=torch.float32, attn_implementation=model.config._attn_implementation)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -258,15 +266,26 @@ class TensorParallelBackend(AccelerateBackend):
     def unwrapped_model(self):
         return self.model
 
+    @contextlib.contextmanager
     def no_sync(self, last: bool):
-        return contextlib.nullcontext()
+        # FSDP2 across TP groups: reduce-scatter the gradients once per step, not once per micro-batch.
+        set_sync = getattr(self.model, "set_requires_gradient_sync", None)
+        if set_sync is None or last:
+            yield
+            return
+        set_sync(False)
+        try:
+            yield
+        finally:
+            set_sync(True)
 
     def gather_state_dict(self) -> dict:
         # Full tensors on the main process, nothing elsewhere (torch gathers each DTensor's shards).
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def write_pretrained(self, folder: Path, state_dict: dict) -> None:
-        # A TP model's save_pretrained ends at a barrier of all ranks; given full tensors it gathers nothing itself.
+        # A TP model's save_pretrained ends at a barrier of all ranks; given full tensors it gathers nothing itself
+        # (with FSDP2 across groups it gathers its own copy: every rank takes part either way).
         acc = self.accelerator
         weights = drop_tied_copies(self.model, state_dict) if acc.is_main_process else {}
         self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True, is_main_process=acc.is_main_process)
@@ -357,12 +376,12 @@ def make_backend(accelerator, args: TrainConfig) -> TrainingBackend:
     engine = accelerator.distributed_type
     if args.tp_size > 1:
         if engine in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-            raise ConfigError(f"tp_size {args.tp_size} is pure tensor parallelism over plain processes, not {engine.value}; "
-                              "launch with torchrun / accelerate launch without a DeepSpeed or FSDP config")
-        if accelerator.num_processes != args.tp_size:
-            raise ConfigError(f"tp_size {args.tp_size} needs exactly {args.tp_size} processes, this launch has "
-                              f"{accelerator.num_processes}; launch with --nproc_per_node {args.tp_size} (data parallelism "
-                              "across tensor-parallel groups is not supported yet)")
+            raise ConfigError(f"tp_size {args.tp_size} runs over plain processes (FSDP2 across the groups comes with it), "
+                              f"not {engine.value}; launch with torchrun / accelerate launch without a DeepSpeed or FSDP config")
+        if accelerator.num_processes % args.tp_size:
+            raise ConfigError(f"tp_size {args.tp_size} must divide the number of processes, this launch has "
+                              f"{accelerator.num_processes}; launch a multiple of {args.tp_size} processes (each "
+                              f"{args.tp_size} form one tensor-parallel group, the groups are data parallel)")
         return TensorParallelBackend(accelerator, args)
     if args.optimizer == "muon" and engine in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         # Muon orthogonalises whole matrices; ZeRO flattens and FSDP2 shards them, so each rank would see a slice.

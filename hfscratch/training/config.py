@@ -103,8 +103,9 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, ~30% more compute)")
     allow_tf32: bool = option(True, "TF32 matmuls on Ampere+ GPUs")
     dataloader_num_workers: int = option(0, "DataLoader worker processes")
-    tp_size: int = option(1, "tensor parallelism: shard each block's matmuls, the embedding and the head over this many "
-                          "processes with the model's TP plan (DTensor); must equal the number of processes")
+    tp_size: int = option(1, "tensor parallelism: shard each block's matmuls, the embedding and the head over groups of this "
+                          "many processes with the model's TP plan (DTensor); more processes than that make the groups "
+                          "data parallel through FSDP2")
     # evaluation
     eval_steps: int = option(100, "validate every N steps (and at the end); 0 = only at the end")
     eval_max_batches: int | None = option(20, "validate on the first eval_max_batches x per_device_train_batch_size blocks, split over processes (None = the whole split)")
