@@ -26,8 +26,7 @@ def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), the tests that share tests/alignment_setup.py's cached base, SFT and
     reward models run in one worker, which builds them once."""
     for item in items:
-        if "alignment_setup" in getattr(item.module, "__dict__", {}) or any(
-                getattr(value, "__module__", "") == "tests.alignment_setup" for value in vars(item.module).values()):
+        if any(getattr(value, "__module__", "") == "tests.alignment_setup" for value in vars(item.module).values()):
             item.add_marker(pytest.mark.xdist_group("alignment"))
 
 

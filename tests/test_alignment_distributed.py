@@ -19,8 +19,7 @@ from tests.alignment_setup import pretrained_base
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--synthetic_train_size", "64", "--synthetic.max_value", "10", "--synthetic.operations", "+", "-",
-          "--max_steps", "2", "--eval_samples", "0", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
-          "--bf16", "false", "--gradient_checkpointing", "false"]
+          "--max_steps", "2", "--eval_samples", "0", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1"]
 STAGE_ARGS = {
     "sft": ["--per_device_train_batch_size", "4", "--learning_rate", "1e-3"],
     "dpo": ["--per_device_train_batch_size", "4", "--learning_rate", "1e-4", "--max_length", "256"],
