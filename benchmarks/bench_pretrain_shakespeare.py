@@ -152,7 +152,7 @@ HFSCRATCH_CONFIGS = {
     "hfscratch-llama-tiny": dict(
         model=dict(model_size="tiny", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256),
         block_size=128, vocab=1024,
-        training=dict(per_device_train_batch_size=16, learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine", min_lr_ratio=0.1),
+        training=dict(per_device_train_batch_size=16, optimizer="adamw", learning_rate=3e-3, warmup_steps=50, lr_schedule="cosine", min_lr_ratio=0.1),
     ),
 }
 # The same model, data and schedule with `optimizer: muon` (Muon on the hidden matrices, AdamW on the rest) at its

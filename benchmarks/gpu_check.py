@@ -84,7 +84,7 @@ def data_config(workdir: Path, sizes: Sizes) -> DataConfig:
 def train(workdir: Path, data: DataConfig, sizes: Sizes, name: str, steps: int, **train_kwargs) -> tuple[Pretrainer, dict]:
     model = ModelConfig(model_size=sizes.preset, max_position_embeddings=max(sizes.block, 64))
     train_config = TrainConfig(output_dir=str(workdir / name), run_name=name, max_steps=steps, per_device_train_batch_size=sizes.micro,
-                               learning_rate=6e-4, warmup_steps=max(1, steps // 10), eval_steps=0, eval_max_batches=2, save_steps=0,
+                               optimizer="adamw", learning_rate=6e-4, warmup_steps=max(1, steps // 10), eval_steps=0, eval_max_batches=2, save_steps=0,
                                report_to="none", sample_max_new_tokens=1, spike_zscore=0.0, logging_steps=max(1, steps // 4),
                                torch_compile=sizes.compile, **train_kwargs)
     trainer = TimedPretrainer(PretrainConfig(model, data, train_config))  # prepares the data once, then reuses it
@@ -127,7 +127,7 @@ def fsdp2_one_process(workdir: Path, data: DataConfig, sizes: Sizes) -> str:
     common = ["--data.output_root", data.output_root, "--data.name", data.name, "--synthetic_problems", str(sizes.problems),
               "--vocab_size", "2048", "--validation_fraction", "0.02", "--block_size", str(sizes.block), "--model_size", sizes.preset,
               "--max_position_embeddings", str(max(sizes.block, 64)), "--max_steps", str(sizes.fsdp_steps), "--per_device_train_batch_size",
-              str(sizes.micro), "--learning_rate", "6e-4", "--warmup_steps", "1", "--eval_steps", "0", "--eval_max_batches", "2",
+              str(sizes.micro), "--optimizer", "adamw", "--learning_rate", "6e-4", "--warmup_steps", "1", "--eval_steps", "0", "--eval_max_batches", "2",
               "--save_steps", "0", "--report_to", "none", "--sample_max_new_tokens", "1", "--spike_zscore", "0", "--logging_steps", "1"]
     losses, engines = {}, {}
     for name, config in (("plain", "single.yaml"), ("fsdp2", "fsdp2.yaml")):

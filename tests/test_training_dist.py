@@ -31,7 +31,7 @@ def _env(**extra) -> dict:
 def _recipe_argv(data_root: Path, output_dir: Path, **overrides) -> list[str]:
     values = dict(
         dataset_path=data_root / "ds", tokenizer_path=data_root / "tok", output_dir=output_dir, report_to="none", eval_steps=0, eval_max_batches=4,
-        sample_max_new_tokens=8, spike_zscore=0.0, learning_rate=3e-3, warmup_steps=2, logging_steps=4, **{k: v for k, v in TINY_MODEL.items()},
+        sample_max_new_tokens=8, spike_zscore=0.0, optimizer="adamw", learning_rate=3e-3, warmup_steps=2, logging_steps=4, **{k: v for k, v in TINY_MODEL.items()},
     )
     values.update(overrides)
     return [a for k, v in values.items() for a in (f"--{k}", str(v))]
@@ -178,3 +178,5 @@ def test_default_recipe_end_to_end_tiny(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "bits/byte" in run.stdout and "hfscratch chat" in run.stdout
     AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
+    run_config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert run_config["train"]["optimizer"] == "muon"  # the default `auto` on one process, recorded as run

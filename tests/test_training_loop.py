@@ -75,7 +75,7 @@ def shakespeare_on_disk(shakespeare_data, tiny_tokenizer, tmp_path_factory):
 
 def make_args(tmp_path, **training):
     defaults = dict(
-        output_dir=str(tmp_path / "run"), max_steps=12, per_device_train_batch_size=8, learning_rate=3e-3, warmup_steps=2, eval_steps=0,
+        output_dir=str(tmp_path / "run"), max_steps=12, per_device_train_batch_size=8, optimizer="adamw", learning_rate=3e-3, warmup_steps=2, eval_steps=0,
         eval_max_batches=4, logging_steps=4, report_to="none", sample_max_new_tokens=8, spike_zscore=0.0,
     )
     defaults.update(training)
@@ -126,7 +126,7 @@ def test_accumulation_is_token_weighted(tmp_path, shakespeare_text, tiny_tokeniz
     data = TrainingData(train, val, tiny_tokenizer)
     # adam_epsilon=1 makes the update ~linear in the gradient: with the default 1e-8, Adam's first steps are
     # sign-like and turn fp32 summation-order noise on near-zero gradients into full-size updates.
-    common = dict(max_steps=3, warmup_steps=1, lr_schedule="constant", max_grad_norm=0.0, save_steps=0, learning_rate=0.05, adam_epsilon=1.0)
+    common = dict(max_steps=3, warmup_steps=1, lr_schedule="constant", max_grad_norm=0.0, save_steps=0, optimizer="adamw", learning_rate=0.05, adam_epsilon=1.0)
     big, _ = _train_params(tmp_path / "a", data, per_device_train_batch_size=8, gradient_accumulation_steps=1, **common)
     acc, _ = _train_params(tmp_path / "b", data, per_device_train_batch_size=2, gradient_accumulation_steps=4, **common)
     for name in big:

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from hfscratch.errors import ConfigError
 from hfscratch.training import DataConfig, ModelConfig, PretrainConfig, TrainConfig
 from hfscratch.training import checkpoint as ckpt
-from hfscratch.training.backend import make_backend
+from hfscratch.training.backend import make_backend, resolve_optimizer
 from hfscratch.training.loop import Pretrainer, pretrain
 from hfscratch.training.optim import Muon, MuonWithAdamW, build_muon_optimizer, build_scheduler, muon_parameter_split
 from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, shakespeare_on_disk  # noqa: F401 (fixtures)
@@ -29,7 +29,7 @@ from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, sh
 
 def default_model_args(tmp_path, name: str, **training) -> PretrainConfig:
     """The default model (the `tiny` preset of pretrain_tiny.yaml) on the Shakespeare blocks of the loop tests."""
-    train = dict(output_dir=str(tmp_path / name), max_steps=40, per_device_train_batch_size=8, learning_rate=3e-3, warmup_steps=4,
+    train = dict(output_dir=str(tmp_path / name), max_steps=40, per_device_train_batch_size=8, optimizer="adamw", learning_rate=3e-3, warmup_steps=4,
                  eval_steps=0, eval_max_batches=4, logging_steps=10, report_to="none", sample_max_new_tokens=4, spike_zscore=0.0,
                  save_steps=20)
     train.update(training)
@@ -76,7 +76,7 @@ def test_fp8_and_muon_refuse_what_they_cannot_do(tmp_path, shakespeare_data):  #
     assert not (tmp_path / "x" / "final").exists()
     with pytest.raises(ConfigError, match="fp8_emulate applies to mixed_precision fp8 only"):
         TrainConfig(mixed_precision="bf16", fp8_emulate=True)
-    with pytest.raises(ConfigError, match="optimizer must be adamw or muon"):
+    with pytest.raises(ConfigError, match="optimizer must be auto, adamw or muon"):
         TrainConfig(optimizer="sgd")
     with pytest.raises(ConfigError, match="muon_momentum must be in"):
         TrainConfig(optimizer="muon", muon_momentum=1.0)
@@ -103,6 +103,20 @@ def test_fp8_and_muon_refuse_what_they_cannot_do(tmp_path, shakespeare_data):  #
                                        (DistributedType.DEEPSPEED, 2, "not DEEPSPEED")):
         with pytest.raises(ConfigError, match=message):
             make_backend(SimpleNamespace(distributed_type=engine, num_processes=processes), TrainConfig(tp_size=2))
+
+
+def test_auto_optimizer_is_muon_where_ranks_hold_whole_matrices():
+    """`optimizer: auto` (the default): Muon on one process and DDP, AdamW where the engine hands ranks matrix slices."""
+    for engine, settings, expected in ((DistributedType.NO, {}, "muon"), (DistributedType.MULTI_CPU, {}, "muon"),
+                                       (DistributedType.MULTI_GPU, {}, "muon"), (DistributedType.DEEPSPEED, {}, "adamw"),
+                                       (DistributedType.FSDP, {}, "adamw"), (DistributedType.MULTI_CPU, {"tp_size": 2}, "adamw"),
+                                       (DistributedType.NO, {"optimizer": "adamw"}, "adamw"),
+                                       (DistributedType.MULTI_CPU, {"optimizer": "muon"}, "muon")):
+        assert resolve_optimizer(TrainConfig(**settings), engine).optimizer == expected, (engine, settings)
+    assert TrainConfig().optimizer == "auto"
+    # ZeRO under the default builds its backend instead of refusing Muon.
+    backend = make_backend(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), TrainConfig())
+    assert backend.args.optimizer == "adamw"
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(tiny_tokenizer):
@@ -186,6 +200,13 @@ def test_muon_trains_and_resumes_exactly(tmp_path, shakespeare_data):  # noqa: F
                                             resume_from_checkpoint="latest")
     resumed = pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     assert [loss for _, loss in resumed.loss_history] == losses
+    # Its optimizer state is Muon's: resuming it as AdamW is refused in one line, before anything is loaded.
+    as_adamw = tmp_path / "as-adamw"
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "checkpoint-0000004", as_adamw / "checkpoints" / "checkpoint-0000004")
+    model_args, data_args, args = make_args(tmp_path, max_steps=8, save_steps=4, optimizer="adamw", learning_rate=1e-2,
+                                            output_dir=str(as_adamw), resume_from_checkpoint="latest")
+    with pytest.raises(ckpt.CheckpointError, match="holds muon optimizer state and this run uses adamw; resume with --optimizer muon"):
+        pretrain(PretrainConfig(model_args, data_args, args), data=shakespeare_data)
     assert resumed.metrics["val_loss"] == pytest.approx(whole.metrics["val_loss"], abs=1e-6)
 
 

@@ -144,6 +144,10 @@ def load_checkpoint(backend, path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} was written with tp_size {written} and this run has tp_size {backend.args.tp_size}; "
                               f"resume with --tp_size {written} (its optimizer state is laid out that way), or start a new run "
                               f"from its weights with --init_from {Path(path) / HF_SUBDIR}")
+    if (written := state.get("optimizer", backend.args.optimizer)) != backend.args.optimizer:  # older states lack the key
+        raise CheckpointError(f"checkpoint {path} holds {written} optimizer state and this run uses {backend.args.optimizer}; "
+                              f"resume with --optimizer {written} (muon runs on one process or DDP), or start a new run "
+                              f"from its weights with --init_from {Path(path) / HF_SUBDIR}")
     try:
         backend.load_state(path)
     except Exception as err:  # safetensors/pickle/shape errors all mean the same thing to the user

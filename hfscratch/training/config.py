@@ -77,8 +77,10 @@ class TrainConfig:
     gradient_accumulation_steps: int | None = option(None, "default: from global_batch_size, else 1")
     global_batch_size: int | None = option(None, "sequences per optimizer step over all devices (= micro x accum x world)")
     # optimiser and schedule
-    optimizer: str = option("adamw", "adamw | muon (torch.optim.Muon on the hidden matrices, AdamW on embeddings, head, norms and biases)")
-    learning_rate: float = option(3e-3, "peak learning rate (AdamW; Muon too unless muon_learning_rate is set)")
+    optimizer: str = option("auto", "auto (muon on one process or DDP, where it measured ahead; adamw under ZeRO, FSDP2 and "
+                            "tp_size > 1, which hand each rank matrix slices) | muon (torch.optim.Muon on the hidden "
+                            "matrices, AdamW on embeddings, head, norms and biases) | adamw")
+    learning_rate: float = option(1e-2, "peak learning rate (AdamW; Muon too unless muon_learning_rate is set)")
     min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak")
     lr_schedule: str = option("cosine", "cosine | wsd | constant (all after linear warmup)")
     warmup_steps: int | None = option(None, "default: warmup_ratio x max_steps")
@@ -161,8 +163,8 @@ class TrainConfig:
             raise ConfigError(f"mixed_precision must be auto, bf16, fp16, fp8 or no, got {self.mixed_precision!r}")
         if self.fp8_emulate is not None and self.mixed_precision != "fp8":
             raise ConfigError("fp8_emulate applies to mixed_precision fp8 only; drop it or set mixed_precision fp8")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ConfigError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer not in ("auto", "adamw", "muon"):
+            raise ConfigError(f"optimizer must be auto, adamw or muon, got {self.optimizer!r}")
         if self.muon_lr_adjust not in ("match_rms_adamw", "original"):
             raise ConfigError(f"muon_lr_adjust must be match_rms_adamw or original, got {self.muon_lr_adjust!r}")
         if self.muon_learning_rate is not None and self.muon_learning_rate <= 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from ..errors import ConfigError, DataError
 from . import artifacts, hooks
 from . import checkpoint as ckpt
 from .artifacts import prepare_output_dir
-from .backend import create_accelerator, make_backend, print_main
+from .backend import create_accelerator, make_backend, print_main, resolve_optimizer
 from .config import PretrainConfig, flat_config, plan_batches
 from .data import PackedBlocks, StepBatches, TrainingData, load_training_data
 from .fp8 import convert_to_fp8, resolve_fp8_emulate
@@ -48,11 +48,12 @@ class PretrainResult:
 
 class Pretrainer:
     def __init__(self, config: PretrainConfig, data: TrainingData | None = None):
-        self.config = config
-        self.model_args, self.data_args, self.args = model_args, data_args, args = config.model, config.data, config.train
-        self.output_dir = Path(args.resolve_output_dir())
-        self.accelerator, self.mixed_precision = create_accelerator(args, self.output_dir)
+        self.output_dir = Path(config.train.resolve_output_dir())
+        self.accelerator, self.mixed_precision = create_accelerator(config.train, self.output_dir)
         acc = self.accelerator
+        # The config as run: `optimizer: auto` resolved for this engine, so logs, checkpoints and the card name it.
+        self.config = config = replace(config, train=resolve_optimizer(config.train, acc.distributed_type))
+        self.model_args, self.data_args, self.args = model_args, data_args, args = config.model, config.data, config.train
         self.backend = make_backend(acc, args)
         if self.mixed_precision == "fp8":
             resolve_fp8_emulate(args.fp8_emulate)  # fail before data preparation, which can take long
@@ -114,7 +115,7 @@ class Pretrainer:
             "max_steps": self.plan.max_steps, "sequences_per_step": self.plan.sequences_per_step,
             "loss_history": self.loss_history, "validation_history": self.validation_history,
             "skipped_steps": self.skipped_steps, "stability": self.detector.state_dict(), "last_eval": self.last_eval,
-            "tp_size": self.args.tp_size,
+            "tp_size": self.args.tp_size, "optimizer": self.args.optimizer,
         }
 
     def restore(self, path: Path) -> None:
