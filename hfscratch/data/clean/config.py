@@ -11,6 +11,8 @@ from datatrove.pipeline import filters
 from hfscratch.errors import ConfigError
 from hfscratch.options import option
 
+from .word_tokenizer import SEGMENTED_LANGUAGES, WORD_TOKENIZERS
+
 EXECUTORS = ("local", "slurm", "ray")
 DECONT_MODES = ("drop", "report")
 QUALITY_FILTERS = {"gopher_repetition": filters.GopherRepetitionFilter, "gopher_quality": filters.GopherQualityFilter,
@@ -63,6 +65,9 @@ class CleanConfig:
     decontamination_ngram: int = option(13, "n-gram length of the decontamination match")
     decontamination_mode: str = option("drop", "drop | report contaminated documents")
     language: str = option("en", "language of the text (word tokenizer, stop words)")
+    # fast gives spaCy's words (each distinct whitespace-delimited chunk tokenized once); spacy reproduces the
+    # reference run of datatrove's own tokenizer on every document
+    word_tokenizer: str = option("fast", "fast | spacy: word splitting of MinHash, Gopher, FineWeb, C4, decontamination")
     save_removed: bool = option(False, "also write dropped documents to output_dir/removed/<stage>/")
     keep_work_dir: bool = option(False, "keep intermediate shards in output_dir/work")
     overwrite: bool = option(False, "replace an existing output_dir")
@@ -88,6 +93,11 @@ class CleanConfig:
             raise ConfigError(f"clean executor {self.executor!r} is unknown; use one of {', '.join(EXECUTORS)}")
         if self.decontamination_mode not in DECONT_MODES:
             raise ConfigError(f"decontamination_mode {self.decontamination_mode!r} is unknown; use drop or report")
+        if self.word_tokenizer not in WORD_TOKENIZERS:
+            raise ConfigError(f"word_tokenizer {self.word_tokenizer!r} is unknown; use fast or spacy")
+        if self.word_tokenizer == "fast" and self.language in SEGMENTED_LANGUAGES:
+            raise ConfigError(f"word_tokenizer fast splits on whitespace, language {self.language!r} is not "
+                              "written with spaces between words; set word_tokenizer: spacy")
         if self.decontamination_ngram < 1:
             raise ConfigError("decontamination_ngram must be >= 1; 13 is the usual value")
         if self.tasks < 1 or self.workers < 1:

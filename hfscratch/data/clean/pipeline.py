@@ -38,6 +38,7 @@ from .config import QUALITY_FILTERS, CleanConfig, CleanResult
 from .decontamination import build_decontamination_index
 from .stats import _check_not_emptied, _per_rank_documents, _stage_stats, collect_clean_result, format_table, summarize
 from .steps import EvalOverlapFilter, PIIScrubber, ShardReader, StageMeter, document_text
+from .word_tokenizer import word_tokenizer_for
 
 
 @dataclass
@@ -67,12 +68,12 @@ def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depend
     return SlurmPipelineExecutor(stage.pipeline, **(options | config.slurm_options))
 
 
-def _quality_steps(config: CleanConfig, root: Path) -> list:
+def _quality_steps(config: CleanConfig, root: Path, words) -> list:
     steps = []
     for name, cls in QUALITY_FILTERS.items():
         if getattr(config, name):
             options = dict(getattr(config, f"{name}_options") or {})
-            options.setdefault("language", config.language)
+            options["language"] = words
             steps += [cls(exclusion_writer=_exclusion(config, root, name), **options), StageMeter(name)]
     return steps
 
@@ -81,6 +82,8 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
                   limit: int | None = None) -> list[_Stage]:
     work = root / "work"
     stages: list[_Stage] = []
+    # datatrove's `language` argument also takes a WordTokenizer instance; one instance shared by every block
+    words = word_tokenizer_for(config.word_tokenizer, config.language)
     ingest = str(work / "ingest")
     exact_cfg = ExactDedupConfig(content_getter=document_text)
     minhash_cfg = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
@@ -104,7 +107,7 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
         stages.append(_Stage("minhash_signatures", [
             ShardReader(ingest, progress=config.progress), *exact_steps,
             JsonlWriter(dedup_folder, output_filename="${rank}.jsonl.gz"),
-            MinhashDedupSignature(str(work / "minhash_sigs"), config=minhash_cfg, language=config.language),
+            MinhashDedupSignature(str(work / "minhash_sigs"), config=minhash_cfg, language=words),
         ], shard_tasks))
         stages.append(_Stage("minhash_buckets", [
             MinhashDedupBuckets(str(work / "minhash_sigs"), str(work / "minhash_buckets"), config=minhash_cfg)],
@@ -117,7 +120,7 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
                         StageMeter("minhash_dedup")]
     else:
         final_steps += exact_steps
-    final_steps += _quality_steps(config, root)
+    final_steps += _quality_steps(config, root, words)
     if config.pii:
         final_steps += [PIIScrubber(config.pii_emails, config.pii_ips, config.pii_only_public_ips, config.pii_phones),
                         StageMeter("pii")]
@@ -125,7 +128,7 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
         decont_cfg = NGramsDecontConfig(n_grams=config.decontamination_ngram, find_query_ngrams=True)
         final_steps += [
             EvalOverlapFilter(str(work / "decont_index"), decont_cfg, mode=config.decontamination_mode,
-                              exclusion_writer=_exclusion(config, root, "decontamination"), language=config.language),
+                              exclusion_writer=_exclusion(config, root, "decontamination"), language=words),
             StageMeter("decontamination"),
         ]
     final_steps.append(JsonlWriter(str(root / "data"), output_filename="${rank}.jsonl.gz"))
@@ -211,7 +214,7 @@ def clean_corpus(sources: list[str] | Iterable[dict], output_dir: str | Path, co
     if config.decontaminate_with:
         index_info = build_decontamination_index(config.decontaminate_with, root / "work" / "decont_index",
                                                  config.decontamination_ngram, config.decontamination_fields,
-                                                 config.language)
+                                                 word_tokenizer_for(config.word_tokenizer, config.language))
         (root / "decontamination_index.json").write_text(json.dumps(index_info))
 
     stages = _build_stages(source_list, config, root, text_field, shard_tasks, txt_mode, limit)
