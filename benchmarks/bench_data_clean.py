@@ -43,6 +43,8 @@ from datatrove.pipeline.filters import (  # noqa: E402
     GopherQualityFilter,
     GopherRepetitionFilter,
 )
+from datatrove.utils.text import simplify_text  # noqa: E402
+from datatrove.utils.word_tokenizers import load_word_tokenizer  # noqa: E402
 
 from hfscratch.data.clean import (  # noqa: E402
     CleanConfig,
@@ -52,6 +54,8 @@ from hfscratch.data.clean import (  # noqa: E402
     clean_corpus,
     document_text,
 )
+from hfscratch.data.clean.fast_blocks import FastGopherRepetitionFilter, FastMinhashDedupSignature  # noqa: E402
+from hfscratch.data.clean.word_tokenizer import word_tokenizer_for  # noqa: E402
 from hfscratch.data.sources import iter_documents  # noqa: E402
 
 
@@ -83,102 +87,186 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def stage_timings(docs: list[dict], work: Path, eval_set: str | None) -> list[tuple[str, float, int, int]]:
-    rows = []
+def stage_timings(docs: list[dict], work: Path, eval_set: str | None, word_tokenizer: str = "fast"
+                  ) -> tuple[list[tuple[str, float, int, int]], dict[str, set[str]], dict[str, object]]:
+    """(rows, ids of the documents each stage keeps, the filter block of each stage) for one word_tokenizer mode:
+    the blocks `clean_corpus` builds for it, each over all the documents."""
+    rows, kept_ids, blocks = [], {}, {}
     n = len(docs)
+    work = work / word_tokenizer
+    words = word_tokenizer_for(word_tokenizer, "en")
+    fast = word_tokenizer == "fast"
+
+    def kept_by(step, rank=0, world_size=1) -> set[str]:
+        result = step.run(iter(fresh(docs)), rank, world_size)
+        return {doc.id for doc in result}
 
     exact_cfg = ExactDedupConfig(content_getter=document_text)
 
     def exact():
         ExactDedupSignature(str(work / "es"), config=exact_cfg).run(iter(fresh(docs)))
         drain(ExactFindDedups(str(work / "es"), str(work / "ed"), config=exact_cfg), None)
-        return drain(ExactDedupFilter(str(work / "ed"), config=exact_cfg), iter(fresh(docs)))
+        return kept_by(ExactDedupFilter(str(work / "ed"), config=exact_cfg))
 
-    seconds, kept = timed(exact)
-    rows.append(("exact_dedup", seconds, n, kept))
+    seconds, kept_ids["exact_dedup"] = timed(exact)
+    rows.append(("exact_dedup", seconds, n, len(kept_ids["exact_dedup"])))
 
     minhash_cfg = MinhashConfig()
 
     def minhash():
-        drain(MinhashDedupSignature(str(work / "ms"), config=minhash_cfg), iter(fresh(docs)))
+        signature = (FastMinhashDedupSignature if fast else MinhashDedupSignature)
+        drain(signature(str(work / "ms"), config=minhash_cfg, language=words), iter(fresh(docs)))
         buckets = MinhashDedupBuckets(str(work / "ms"), str(work / "mb"), config=minhash_cfg)
         for rank in range(minhash_cfg.num_buckets):
             drain(buckets, None, rank, minhash_cfg.num_buckets)
         drain(MinhashDedupCluster(str(work / "mb"), str(work / "mr"), config=minhash_cfg), None)
-        return drain(MinhashDedupFilter(str(work / "mr")), iter(fresh(docs)))
+        return kept_by(MinhashDedupFilter(str(work / "mr")))
 
-    seconds, kept = timed(minhash)
-    rows.append(("minhash_dedup", seconds, n, kept))
+    seconds, kept_ids["minhash_dedup"] = timed(minhash)
+    rows.append(("minhash_dedup", seconds, n, len(kept_ids["minhash_dedup"])))
 
-    for name, step in [
-        ("gopher_repetition", GopherRepetitionFilter()),
-        ("gopher_quality", GopherQualityFilter()),
-        ("c4_quality", C4QualityFilter()),
-        ("fineweb_quality", FineWebQualityFilter()),
-        ("pii", PIIScrubber()),
-    ]:
-        copies = fresh(docs)
-        seconds, kept = timed(lambda: drain(step, iter(copies)))  # noqa: B023 - called right away
-        rows.append((name, seconds, n, kept))
+    blocks.update({
+        "gopher_repetition": (FastGopherRepetitionFilter if fast else GopherRepetitionFilter)(language=words),
+        "gopher_quality": GopherQualityFilter(language=words),
+        "c4_quality": C4QualityFilter(language=words),
+        "fineweb_quality": FineWebQualityFilter(language=words),
+        "pii": PIIScrubber(),
+    })
+    for name, step in blocks.items():
+        seconds, kept_ids[name] = timed(lambda: kept_by(step))  # noqa: B023 - called right away
+        rows.append((name, seconds, n, len(kept_ids[name])))
 
     if eval_set:
-        seconds, _ = timed(lambda: build_decontamination_index([eval_set], work / "di", 13))
+        seconds, _ = timed(lambda: build_decontamination_index([eval_set], work / "di", 13, language=words))
         rows.append(("decont_index_build", seconds, 0, 0))
-        step = EvalOverlapFilter(str(work / "di"), NGramsDecontConfig(n_grams=13, find_query_ngrams=True))
-        seconds, kept = timed(lambda: drain(step, iter(fresh(docs))))
-        rows.append(("decontamination", seconds, n, kept))
-    return rows
+        step = EvalOverlapFilter(str(work / "di"), NGramsDecontConfig(n_grams=13, find_query_ngrams=True),
+                                 language=words)
+        blocks["decontamination"] = step
+        seconds, kept_ids["decontamination"] = timed(lambda: kept_by(step))
+        rows.append(("decontamination", seconds, n, len(kept_ids["decontamination"])))
+    return rows, kept_ids, blocks
+
+
+def verdict(block, doc: dict) -> str:
+    """Why `block` keeps or drops one document (the filter's own reason)."""
+    result = block.filter(Document(text=doc["text"], id=doc["id"]))
+    if result is True:
+        return "kept"
+    return f"dropped: {result[1]}" if isinstance(result, tuple) else "dropped"
+
+
+def compare_tokenizers(docs: list[dict], work: Path, eval_set: str | None) -> tuple[str, list[tuple[str, float, float]]]:
+    """Markdown: word agreement of the fast tokenizer with datatrove's spaCy one, and keep/drop agreement of every
+    stage between `word_tokenizer: fast` and `spacy` on the same documents, each disagreement with both reasons."""
+    reference, fast = word_tokenizer_for("spacy", "en"), word_tokenizer_for("fast", "en")
+    reference = load_word_tokenizer(reference)
+    lines = ["| text | documents | identical word lists | words (spaCy) | spaCy s | fast s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, texts in [("raw (Gopher, FineWeb)", [d["text"] for d in docs]),
+                         ("simplified (MinHash, decontamination)", [simplify_text(d["text"]) for d in docs])]:
+        spacy_s, spacy_words = timed(lambda: [reference.word_tokenize(t) for t in texts])  # noqa: B023
+        fast_s, fast_words = timed(lambda: [fast.word_tokenize(t) for t in texts])  # noqa: B023
+        same = sum(a == b for a, b in zip(spacy_words, fast_words))
+        lines.append(f"| {label} | {len(texts)} | {same} ({same / len(texts):.3%}) | {sum(map(len, spacy_words))} | "
+                     f"{spacy_s:.2f} | {fast_s:.2f} |")
+    runs = {mode: stage_timings(docs, work, eval_set, mode) for mode in ("spacy", "fast")}
+    by_id = {d["id"]: d for d in docs}
+    lines += ["", "| stage | documents | same decision | agreement | kept (spaCy) | kept (fast) | spaCy s | fast s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    disagreements = []
+    timings = []
+    for (name, spacy_s, n_in, _), (_, fast_s, _, _) in zip(runs["spacy"][0], runs["fast"][0]):
+        timings.append((name, spacy_s, fast_s))
+        if name not in runs["spacy"][1]:
+            continue
+        spacy_kept, fast_kept = runs["spacy"][1][name], runs["fast"][1][name]
+        differ = sorted(spacy_kept ^ fast_kept)
+        lines.append(f"| {name} | {n_in} | {n_in - len(differ)} | {(n_in - len(differ)) / n_in:.3%} | {len(spacy_kept)} | "
+                     f"{len(fast_kept)} | {spacy_s:.2f} | {fast_s:.2f} |")
+        for doc_id in differ:
+            if name in runs["spacy"][2]:
+                why = (f"spaCy {verdict(runs['spacy'][2][name], by_id[doc_id])}, "
+                       f"fast {verdict(runs['fast'][2][name], by_id[doc_id])}")
+            else:  # dedup: kept or dropped as a copy of another document
+                why = f"spaCy {'kept' if doc_id in spacy_kept else 'dropped'}, fast {'kept' if doc_id in fast_kept else 'dropped'}"
+            disagreements.append(f"- {name} / {doc_id}: {why}")
+    lines += ["", f"Disagreements ({len(disagreements)}):", *(disagreements or ["- none"])]
+    return "\n".join(lines), timings
+
+
+def end_to_end(files: list[Path], out: Path, args, word_tokenizer: str) -> tuple[float, int]:
+    config = CleanConfig(tasks=args.tasks, workers=args.workers, progress=False, word_tokenizer=word_tokenizer,
+                         decontaminate_with=[args.eval_set] if args.eval_set else [])
+    seconds, result = timed(lambda: clean_corpus([str(f) for f in files], out, config, txt_mode=args.txt_mode))
+    return seconds, result.stats["stages"][list(result.stats["stages"])[-1]]["docs_out"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("books", type=Path, help="folder of .txt files (e.g. shared/data/gutenberg/books)")
     parser.add_argument("--max-mb", type=float, default=None, help="use only the first files up to this many MB")
+    parser.add_argument("--max-files", type=int, default=None, help="use only the first N files (sorted by name)")
     parser.add_argument("--txt-mode", default="paragraph", choices=["file", "paragraph", "line"],
                         help="paragraph (default): whole books exceed Gopher's max_doc_words and are all dropped")
     parser.add_argument("--eval-set", default=None, help="eval file for decontamination (e.g. gsm8k/test.jsonl)")
+    parser.add_argument("--word-tokenizer", default="fast", choices=["fast", "spacy"],
+                        help="CleanConfig.word_tokenizer of the per-stage table and of hfscratch's end-to-end run")
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--skip-datatrove", action="store_true",
+                        help="end to end: skip the plain datatrove run (its default blocks, spaCy words) and the ratio")
+    parser.add_argument("--compare-tokenizers", action="store_true",
+                        help="instead of the table: word agreement with spaCy, keep/drop agreement per stage "
+                        "(fast vs spacy) with every disagreement, and both end-to-end runs")
     parser.add_argument("--results", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args(argv)
 
-    files = pick_files(args.books, args.max_mb)
+    files = pick_files(args.books, args.max_mb)[: args.max_files]
     raw_bytes = sum(f.stat().st_size for f in files)
     mb = raw_bytes / 1e6
     read_seconds, docs = timed(lambda: list(iter_documents([str(f) for f in files], txt_mode=args.txt_mode)))
     print(f"{len(files)} files, {mb:.2f} MB, {len(docs)} documents (txt_mode={args.txt_mode})", file=sys.stderr)
-
-    rows = [("read", read_seconds, len(docs), len(docs))]
-    with tempfile.TemporaryDirectory() as tmp:
-        rows += stage_timings(docs, Path(tmp), args.eval_set)
-        sum_stages = sum(r[1] for r in rows)
-        end_to_end = None
-        if not args.skip_end_to_end:
-            config = CleanConfig(tasks=args.tasks, workers=args.workers, progress=False,
-                                 decontaminate_with=[args.eval_set] if args.eval_set else [])
-            end_to_end, result = timed(lambda: clean_corpus([str(f) for f in files], Path(tmp) / "out", config,
-                                                            txt_mode=args.txt_mode))
-            kept = result.stats["stages"][list(result.stats["stages"])[-1]]["docs_out"]
-
-    lines = [
-        "| stage | seconds | MB/s | share of stage time | docs in | docs kept |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, seconds, n_in, n_out in rows:
-        rate = f"{mb / seconds:.2f}" if n_in else "-"
-        lines.append(f"| {name} | {seconds:.2f} | {rate} | {seconds / sum_stages:.1%} | {n_in} | {n_out} |")
-    lines.append(f"| **sum of stages (1 process)** | {sum_stages:.2f} | {mb / sum_stages:.3f} | 100% | | |")
-    if end_to_end is not None:
-        lines.append(
-            f"| **clean_corpus end to end ({args.tasks} tasks, {args.workers} workers)** | {end_to_end:.2f} | "
-            f"{mb / end_to_end:.3f} | speed-up vs sum of stages: {sum_stages / end_to_end:.2f}x | {len(docs)} | {kept} |"
-        )
-    table = "\n".join(lines)
     header = (
         f"Input: {len(files)} files from {args.books.name}/ ({mb:.2f} MB, txt_mode={args.txt_mode}); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, python {platform.python_version()}"
     )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.compare_tokenizers:
+            table, _ = compare_tokenizers(docs, Path(tmp), args.eval_set)
+            rows = []
+        else:
+            stage_rows, _, _ = stage_timings(docs, Path(tmp), args.eval_set, args.word_tokenizer)
+            rows = [("read", read_seconds, len(docs), len(docs)), *stage_rows]
+        runs = {}
+        if not args.skip_end_to_end:
+            runs["hfscratch"] = end_to_end(files, Path(tmp) / "out", args, args.word_tokenizer)
+            if not args.skip_datatrove:
+                runs["datatrove"] = end_to_end(files, Path(tmp) / "out_datatrove", args, "spacy")
+
+    lines = []
+    if rows:
+        sum_stages = sum(r[1] for r in rows)
+        lines += [f"word_tokenizer: {args.word_tokenizer}", "",
+                  "| stage | seconds | MB/s | share of stage time | docs in | docs kept |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for name, seconds, n_in, n_out in rows:
+            rate = f"{mb / seconds:.2f}" if n_in else "-"
+            lines.append(f"| {name} | {seconds:.2f} | {rate} | {seconds / sum_stages:.1%} | {n_in} | {n_out} |")
+        lines.append(f"| **sum of stages (1 process)** | {sum_stages:.2f} | {mb / sum_stages:.3f} | 100% | | |")
+    else:
+        lines.append(table)
+    if runs:
+        lines += ["", f"clean_corpus end to end ({args.tasks} tasks, {args.workers} workers, same input):", "",
+                  "| pipeline | seconds | MB/s | docs kept |", "| --- | ---: | ---: | ---: |"]
+        names = {"hfscratch": f"hfscratch (word_tokenizer: {args.word_tokenizer})",
+                 "datatrove": "plain datatrove (its default blocks, spaCy words; word_tokenizer: spacy)"}
+        for key, (seconds, kept) in runs.items():
+            lines.append(f"| {names[key]} | {seconds:.2f} | {mb / seconds:.3f} | {kept} |")
+        if len(runs) == 2:
+            ratio = runs["datatrove"][0] / runs["hfscratch"][0]
+            lines.append(f"\nhfscratch vs plain datatrove: {ratio:.2f}x the throughput")
+    table = "\n".join(lines)
     print(header)
     print(table)
     if args.results:

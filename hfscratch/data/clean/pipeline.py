@@ -36,6 +36,7 @@ from hfscratch.errors import DataError
 
 from .config import QUALITY_FILTERS, CleanConfig, CleanResult
 from .decontamination import build_decontamination_index
+from .fast_blocks import FastGopherRepetitionFilter, FastMinhashDedupSignature
 from .stats import _check_not_emptied, _per_rank_documents, _stage_stats, collect_clean_result, format_table, summarize
 from .steps import EvalOverlapFilter, PIIScrubber, ShardReader, StageMeter, document_text
 from .word_tokenizer import word_tokenizer_for
@@ -71,6 +72,8 @@ def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depend
 def _quality_steps(config: CleanConfig, root: Path, words) -> list:
     steps = []
     for name, cls in QUALITY_FILTERS.items():
+        if name == "gopher_repetition" and config.word_tokenizer == "fast":
+            cls = FastGopherRepetitionFilter
         if getattr(config, name):
             options = dict(getattr(config, f"{name}_options") or {})
             options["language"] = words
@@ -107,7 +110,8 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
         stages.append(_Stage("minhash_signatures", [
             ShardReader(ingest, progress=config.progress), *exact_steps,
             JsonlWriter(dedup_folder, output_filename="${rank}.jsonl.gz"),
-            MinhashDedupSignature(str(work / "minhash_sigs"), config=minhash_cfg, language=words),
+            (FastMinhashDedupSignature if config.word_tokenizer == "fast" else MinhashDedupSignature)(
+                str(work / "minhash_sigs"), config=minhash_cfg, language=words),
         ], shard_tasks))
         stages.append(_Stage("minhash_buckets", [
             MinhashDedupBuckets(str(work / "minhash_sigs"), str(work / "minhash_buckets"), config=minhash_cfg)],
