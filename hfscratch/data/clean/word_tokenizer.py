@@ -22,9 +22,13 @@ from datatrove.utils.word_tokenizers import SpaCyTokenizer, WordTokenizer, load_
 WORD_TOKENIZERS = ("fast", "spacy")
 # spaCy languages whose tokenizer is not the whitespace-first rule-based one (dictionary/ML word segmenters)
 SEGMENTED_LANGUAGES = {"zh", "ja", "ko", "th", "vi"}
-# The most common non-alphabetic chunk, a word with one trailing mark, split without spaCy: spaCy's suffix rules
-# always split , ; : ! ? and split a period after a lowercase letter ("Mr." and "etc." are special cases; "A." stays)
-WORD_THEN_PUNCT = re.compile(r"([A-Za-z]+)([,;:!?]|(?<=[a-z])\.)")
+# The common non-alphabetic chunks of prose, split without spaCy: ASCII words joined by hyphens or dashes, after at
+# most one opening mark and before closing marks. spaCy's rules always split these marks off, and the dashes between
+# letters ("well-bred", "appointed--I"); a period only after a lowercase letter ("do." splits, "I." does not).
+# A chunk whose words or marks form one of spaCy's special cases ("’em", "cannot") still goes to spaCy, and the
+# test suite checks this shortcut against spaCy on every distinct chunk of the Gutenberg books.
+AFFIXED_WORDS = re.compile(r"([\"“‘(\[_]?)((?:[A-Za-z]+(?:---|--|-|——|—|–))*[A-Za-z]+)((?:(?<=[a-z])\.)?[,;:!?)\]”\"’_]*)")
+DASH = re.compile(r"(---|--|-|——|—|–)")
 MAX_CACHED_CHUNKS = 2_000_000
 
 
@@ -69,11 +73,17 @@ class ChunkCachedWordTokenizer(WordTokenizer):
             if chunk.isalpha() and chunk not in special:
                 words[chunk] = (chunk,)
                 continue
-            word_punct = WORD_THEN_PUNCT.fullmatch(chunk)
-            if word_punct and chunk not in special and word_punct[1] not in special:
-                words[chunk] = (word_punct[1], word_punct[2])
-            else:
+            affixed = AFFIXED_WORDS.fullmatch(chunk)
+            if affixed is None:
                 hard.append(chunk)
+                continue
+            opening, core, closing = affixed.groups()
+            split = (*([opening] if opening else []), *DASH.split(core), *closing)
+            # spaCy's special cases apply to any run of these pieces (its special-case matcher)
+            if any("".join(split[i:j]) in special for i in range(len(split)) for j in range(i + 1, len(split) + 1)):
+                hard.append(chunk)
+            else:
+                words[chunk] = split
         if hard:
             for chunk, chunk_words in zip(hard, self._spacy_words(hard)):
                 words[chunk] = chunk_words
