@@ -1,6 +1,7 @@
 """prepare_data end to end: folders + manifest, AutoTokenizer reload, cache reuse/invalidation, atomicity, errors."""
 
 import json
+import re
 import shutil
 import time
 
@@ -88,6 +89,12 @@ def test_changed_vocab_rebuilds_and_keeps_unchanged_corpus(built, capsys, tmp_pa
     rebuilt = prepare_data(changed)
     out = capsys.readouterr().out
     assert not rebuilt.reused and "corpus unchanged" in out and "reusing prepared data" not in out
+    # the build ends with its speed over the local source bytes, from the stage timings in the manifest
+    timings = rebuilt.manifest["timings"]
+    mb = rebuilt.manifest["sources"][0]["bytes"] / 1e6
+    rate = re.search(r"hfscratch data: ([\d.]+) MB of sources in ([\d.]+) s = ([\d.]+) MB/s \(corpus", out)
+    assert rate and float(rate[1]) == round(mb, 2) and float(rate[2]) == round(sum(timings.values()), 1)
+    assert float(rate[3]) == pytest.approx(mb / sum(timings.values()), abs=0.006)
     assert len(rebuilt.tokenizer) == 600
     assert rebuilt.manifest["tokenizer"]["sha256"] != first.manifest["tokenizer"]["sha256"]
     # Only block_size changed: the tokenizer is carried over, the blocks are rebuilt.

@@ -302,6 +302,17 @@ def _pack_splits(config: DataConfig, tokenizer, docs_factory, staging: Path):
     return stats.as_dict(), counts
 
 
+def _throughput(sources: list[dict], timings: dict[str, float]) -> str:
+    """The build's time per stage and its speed in MB of local source files per second (Hub sources have no size)."""
+    seconds = sum(timings.values())
+    source_bytes = sum(entry.get("bytes", 0) for entry in sources)
+    stages = ", ".join(f"{name.removesuffix('_s')} {value:.1f} s" for name, value in timings.items())
+    if not source_bytes:
+        return f"built in {seconds:.1f} s ({stages})"
+    return (f"{source_bytes / 1e6:.2f} MB of sources in {seconds:.1f} s = {source_bytes / 1e6 / seconds:.2f} MB/s "
+            f"({stages})")
+
+
 def prepare_data(config: DataConfig | None = None) -> PreparedData:
     """Build (or reuse) `<output_root>/<name>/` and return the packed splits, tokenizer and manifest."""
     config = config if config is not None else DataConfig()
@@ -390,6 +401,7 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
     print(f"hfscratch data: wrote {root} — train {train['blocks']:,} blocks ({train['tokens']:,} tokens), "
           f"validation {validation['blocks']:,} blocks, vocab {len(tokenizer):,}, "
           f"bytes/token {tokenizer_stats['bytes_per_token'] or float('nan'):.2f}", flush=True)
+    print(f"hfscratch data: {_throughput(sources, timings)}", flush=True)
     return _load_prepared(root, manifest, reused=False)
 
 
