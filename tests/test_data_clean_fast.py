@@ -4,13 +4,21 @@ blocks (`word_tokenizer: spacy`, the reference) on real Gutenberg text."""
 import pickle
 import re
 
+import numpy as np
 import pytest
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate, find_top_duplicate, get_n_grams
+from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig, simplify_text
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
 from hfscratch.data.clean import CleanConfig, clean_corpus
-from hfscratch.data.clean.fast_blocks import fast_simplify_text, repeated_ngram_chars, top_ngram_chars
+from hfscratch.data.clean.fast_blocks import (
+    FastMinhashDedupSignature,
+    fast_simplify_text,
+    repeated_ngram_chars,
+    top_ngram_chars,
+)
 from hfscratch.data.clean.word_tokenizer import ChunkCachedWordTokenizer
 from hfscratch.errors import ConfigError
 
@@ -77,6 +85,18 @@ def test_fast_block_helpers_equal_datatrove(book_paragraphs, fast_tokenizer):
         for n in range(5, 11):
             assert repeated_ngram_chars(words, n) == find_all_duplicate(words, n)
     assert repeated_ngram_chars(fast_tokenizer.word_tokenize(repeated[0]), 5) > 0  # the repeat branch ran
+
+
+@pytest.mark.parametrize("precision", [64, 32])
+def test_fast_minhash_shingles_and_signatures_equal_datatrove(book_paragraphs, fast_tokenizer, tmp_path, precision):
+    config = MinhashConfig(hash_config=HashConfig(precision=precision))
+    reference = MinhashDedupSignature(str(tmp_path / "a"), config=config, language=fast_tokenizer)
+    fast = FastMinhashDedupSignature(str(tmp_path / "b"), config=config, language=fast_tokenizer)
+    for text in book_paragraphs[::10]:
+        shingles = reference.get_shingles(text)
+        assert np.array_equal(fast.get_shingles(text), shingles)
+        if shingles.size:
+            assert fast.get_signature(shingles) == reference.get_signature(shingles)
 
 
 def test_fast_and_spacy_pipelines_make_the_same_decisions(book_paragraphs, shared_data, tmp_path):

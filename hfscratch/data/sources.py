@@ -310,9 +310,23 @@ def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str =
                 raise DataError(f"no documents in {source}: it is empty or holds only blank text; point to a file with text")
 
 
+def files_of_task(files: list[tuple[str, str]], rank: int, world_size: int) -> list[tuple[str, str]]:
+    """The files task `rank` reads: largest first to the task with the fewest bytes so far (ties: lowest rank), kept in
+    listing order. Tasks run in parallel and a stage lasts as long as its longest task: with i % world_size, the
+    10-book benchmark set split 4.1 MB / 2.4 MB over 2 tasks, by size it splits 3.2 / 3.3."""
+    sizes = [Path(path).stat().st_size if Path(path).is_file() else 0 for _, path in files]
+    loads = [0] * world_size
+    owner = [0] * len(files)
+    for index in sorted(range(len(files)), key=lambda i: -sizes[i]):  # stable: equal sizes keep listing order
+        task = loads.index(min(loads))
+        owner[index] = task
+        loads[task] += sizes[index]
+    return [item for item, task in zip(files, owner) if task == rank]
+
+
 class SourceReader(BaseReader):
-    """Datatrove reader over `resolve_sources(sources)`: file i goes to task i % world_size; Hub/saved datasets are
-    sharded by `HuggingFaceDatasetReader` in every task.
+    """Datatrove reader over `resolve_sources(sources)`: files spread over tasks by size (`files_of_task`);
+    Hub/saved datasets are sharded by `HuggingFaceDatasetReader` in every task.
 
     No single datatrove reader handles a mix of txt, jsonl, json arrays, parquet and Hub ids, nor counts
     undecodable bytes instead of aborting a file.
@@ -333,7 +347,7 @@ class SourceReader(BaseReader):
         if data:
             yield from data
         resolved = resolve_sources(self.sources)
-        my_files = [item for item in resolved if item[0] not in DATASET_KINDS][rank::world_size]
+        my_files = files_of_task([item for item in resolved if item[0] not in DATASET_KINDS], rank, world_size)
         datasets_ = [item for item in resolved if item[0] in DATASET_KINDS]
         produced = 0
         with tqdm(total=len(my_files), unit="file", desc=f"read task {rank}", disable=not self.file_progress) as bar:

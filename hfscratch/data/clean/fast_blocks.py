@@ -22,6 +22,7 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 from datatrove.pipeline.filters import GopherRepetitionFilter
 from datatrove.utils.text import TextNormConfig, simplify_text, split_into_words
 
+MERSENNE_PRIME = np.uint64((1 << 61) - 1)  # the modulus of datatrove's MinHash permutations
 NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
@@ -101,7 +102,16 @@ class FastGopherRepetitionFilter(GopherRepetitionFilter):
 
 
 class FastMinhashDedupSignature(MinhashDedupSignature):
-    """datatrove's MinHash signature block; shingles from `fast_simplify_text` and `map` instead of a generator."""
+    """datatrove's MinHash signature block; shingles from `fast_simplify_text` and `map` instead of a generator, and
+    the signature cut into buckets by one reshape instead of `np.split` (half of `get_signature`'s time)."""
+
+    def get_signature(self, shingles: np.ndarray) -> list[list[int]]:
+        a, b = self.parameters
+        permuted = (shingles * a + b) % MERSENNE_PRIME
+        if self.config.hash_config.precision == 32:
+            permuted = np.bitwise_and(permuted, self.config.hash_config.max)
+        signature = permuted.min(axis=0).astype(self.config.hash_config.np_dtype)
+        return signature.reshape(self.config.num_buckets, -1).tolist()
 
     def get_shingles(self, text: str) -> np.ndarray:
         words = self.word_tokenizer.word_tokenize(fast_simplify_text(text, self.config.norm_config))

@@ -48,8 +48,11 @@ class StageMeter(PipelineStep):
             yield doc
 
 
+SHARD_SUFFIX = ".jsonl.zst"
+
+
 class ShardReader(JsonlReader):
-    """Reads exactly `<rank>.jsonl.gz` from an intermediate folder.
+    """Reads exactly `<rank>.jsonl.zst` from an intermediate folder.
 
     Datatrove's dedup filters match documents by (rank, index in stream), so each task must re-read the shard it
     wrote; `JsonlReader` assigns files by position in the listing, which shifts when some task wrote no file."""
@@ -57,14 +60,14 @@ class ShardReader(JsonlReader):
     name = "🐿 shard"
 
     def __init__(self, data_folder, totals: dict | None = None, progress: bool = True):
-        super().__init__(data_folder, compression="gzip")
+        super().__init__(data_folder, compression="zstd")
         self.totals = totals or {}
         self.progress = progress
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
             yield from data
-        filename = f"{rank:05d}.jsonl.gz"
+        filename = f"{rank:05d}{SHARD_SUFFIX}"
         if not self.data_folder.exists(filename):
             return
         with tqdm(total=self.totals.get(rank), unit="doc", desc=f"task {rank}", disable=not self.progress) as bar:
