@@ -1,13 +1,16 @@
 """`word_tokenizer: fast` (hfscratch.data.clean.word_tokenizer, fast_blocks) against datatrove's spaCy tokenizer and
 blocks (`word_tokenizer: spacy`, the reference) on real Gutenberg text."""
 
+import json
 import pickle
 import re
 
 import numpy as np
 import pytest
+from datatrove.data import Document
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
 from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate, find_top_duplicate, get_n_grams
+from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig
 from datatrove.utils.text import TextNormConfig, simplify_text
 from datatrove.utils.word_tokenizers import load_word_tokenizer
@@ -19,6 +22,7 @@ from hfscratch.data.clean.fast_blocks import (
     repeated_ngram_chars,
     top_ngram_chars,
 )
+from hfscratch.data.clean.steps import plain_document_dict
 from hfscratch.data.clean.word_tokenizer import ChunkCachedWordTokenizer
 from hfscratch.errors import ConfigError
 
@@ -123,3 +127,10 @@ def test_word_tokenizer_option_is_validated():
     with pytest.raises(ConfigError, match="set word_tokenizer: spacy"):
         CleanConfig(language="zh").validate()
     CleanConfig(language="zh", word_tokenizer="spacy").validate()
+
+
+def test_shard_adapter_writes_what_datatrove_writes(tmp_path):
+    writer = JsonlWriter(str(tmp_path), output_filename="${rank}.jsonl")
+    for doc in [Document(text="plain", id="a"), Document(text="t", id="b", metadata={"source": "x", "n": [1, {"k": 2}]}),
+                Document(text="", id="c", metadata={})]:
+        assert json.dumps(plain_document_dict(writer, doc)) == json.dumps(writer._default_adapter(doc))

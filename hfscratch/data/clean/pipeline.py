@@ -38,7 +38,15 @@ from .config import QUALITY_FILTERS, CleanConfig, CleanResult
 from .decontamination import build_decontamination_index
 from .fast_blocks import FastGopherRepetitionFilter, FastMinhashDedupSignature
 from .stats import _check_not_emptied, _per_rank_documents, _stage_stats, collect_clean_result, format_table, summarize
-from .steps import SHARD_SUFFIX, EvalOverlapFilter, PIIScrubber, ShardReader, StageMeter, document_text
+from .steps import (
+    SHARD_SUFFIX,
+    EvalOverlapFilter,
+    PIIScrubber,
+    ShardReader,
+    StageMeter,
+    document_text,
+    plain_document_dict,
+)
 from .word_tokenizer import word_tokenizer_for
 
 
@@ -56,7 +64,8 @@ def _exclusion(config: CleanConfig, root: Path, stage: str):
 def _shard_writer(folder: str) -> JsonlWriter:
     """Intermediate shards (read again by `ShardReader`): zstd, not gzip (level 9), whose compression was the largest
     cost of writing them (profiled on the Gutenberg benchmark)."""
-    return JsonlWriter(folder, output_filename=f"${{rank}}{SHARD_SUFFIX}", compression="zstd")
+    return JsonlWriter(folder, output_filename=f"${{rank}}{SHARD_SUFFIX}", compression="zstd",
+                       adapter=plain_document_dict)
 
 
 def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depends=None):
@@ -141,7 +150,7 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
                               exclusion_writer=_exclusion(config, root, "decontamination"), language=words),
             StageMeter("decontamination"),
         ]
-    final_steps.append(JsonlWriter(str(root / "data"), output_filename="${rank}.jsonl.gz"))
+    final_steps.append(JsonlWriter(str(root / "data"), output_filename="${rank}.jsonl.gz", adapter=plain_document_dict))
     stages.append(_Stage("filter_and_write", [ShardReader(final_input, progress=config.progress), *final_steps],
                          shard_tasks))
     return stages

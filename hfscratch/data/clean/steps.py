@@ -25,6 +25,14 @@ def document_text(doc: Document) -> str:
     return doc.text.strip()
 
 
+def plain_document_dict(writer, doc: Document) -> dict:
+    """JsonlWriter adapter: the dict datatrove's default adapter writes for a document without media, without its
+    `dataclasses.asdict` deep copy of every document (a tenth of the writers' time on the Gutenberg benchmark)."""
+    if doc.media or writer.expand_metadata:
+        return writer._default_adapter(doc)
+    return {key: value for key, value in (("text", doc.text), ("id", doc.id), ("metadata", doc.metadata)) if value}
+
+
 METER_PREFIX = "METER: after "
 
 
