@@ -134,3 +134,11 @@ def test_shard_adapter_writes_what_datatrove_writes(tmp_path):
     for doc in [Document(text="plain", id="a"), Document(text="t", id="b", metadata={"source": "x", "n": [1, {"k": 2}]}),
                 Document(text="", id="c", metadata={})]:
         assert json.dumps(plain_document_dict(writer, doc)) == json.dumps(writer._default_adapter(doc))
+
+
+def test_other_languages_get_spacy_words_without_the_english_shortcuts():
+    # the regex shortcuts follow spaCy's English rules; other languages' new chunks all go through spaCy
+    french = ChunkCachedWordTokenizer("fr")
+    text = "L'homme qu'il a vu aujourd'hui, c'est-à-dire «bien» — well-bred."
+    assert french.word_tokenize(text) == load_word_tokenizer("fr").word_tokenize(text)
+    assert "c'" in french.word_tokenize(text) and not french.english_shortcuts

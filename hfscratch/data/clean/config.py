@@ -11,7 +11,7 @@ from datatrove.pipeline import filters
 from hfscratch.errors import ConfigError
 from hfscratch.options import option
 
-from .word_tokenizer import SEGMENTED_LANGUAGES, WORD_TOKENIZERS
+from .word_tokenizer import WORD_TOKENIZERS, why_not_fast
 
 EXECUTORS = ("local", "slurm", "ray")
 DECONT_MODES = ("drop", "report")
@@ -95,9 +95,9 @@ class CleanConfig:
             raise ConfigError(f"decontamination_mode {self.decontamination_mode!r} is unknown; use drop or report")
         if self.word_tokenizer not in WORD_TOKENIZERS:
             raise ConfigError(f"word_tokenizer {self.word_tokenizer!r} is unknown; use fast or spacy")
-        if self.word_tokenizer == "fast" and self.language in SEGMENTED_LANGUAGES:
-            raise ConfigError(f"word_tokenizer fast splits on whitespace, language {self.language!r} is not "
-                              "written with spaces between words; set word_tokenizer: spacy")
+        if self.word_tokenizer == "fast" and (reason := why_not_fast(self.language)):
+            raise ConfigError(f"word_tokenizer fast gives spaCy's whitespace-first words; language {self.language!r} "
+                              f"{reason}: set word_tokenizer: spacy")
         if self.decontamination_ngram < 1:
             raise ConfigError("decontamination_ngram must be >= 1; 13 is the usual value")
         if self.tasks < 1 or self.workers < 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from datatrove.data import Document
 from datatrove.pipeline.decont import NGramsDecontConfig
+from datatrove.utils.word_tokenizers import WordTokenizer
 
 from hfscratch.data.sources import iter_records, iter_source_texts, resolve_sources
 from hfscratch.errors import DataError
@@ -57,8 +58,9 @@ def iter_eval_items(eval_files: list[str], fields: list[str] | None = None) -> I
 
 
 def build_decontamination_index(eval_files: list[str], index_dir: str | Path, ngram: int = 13,
-                                fields: list[str] | None = None, language: str = "en") -> dict[str, int]:
-    """Write `<task>.index.hashes` for every eval file; returns {task: number of distinct N-grams}."""
+                                fields: list[str] | None = None, language: str | WordTokenizer = "en") -> dict[str, int]:
+    """Write `<task>.index.hashes` for every eval file; returns {task: number of distinct N-grams}. `language` is
+    datatrove's: a language code or a `WordTokenizer` (the pipeline passes the one its blocks use)."""
     config = NGramsDecontConfig(n_grams=ngram, find_query_ngrams=True)
     indexer = LocalEvalIndexer(index_dir, config, language=language)
     counts = indexer.run(iter_eval_items(eval_files, fields))

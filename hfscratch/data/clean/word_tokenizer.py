@@ -5,9 +5,11 @@ spaCy's rule-based tokenizer first splits text on whitespace, then tokenizes eac
 concatenation of its chunks' words, and books repeat a small set of chunks: the 10-book benchmark set has 1.15 M
 chunks but only 71 k distinct ones. `ChunkCachedWordTokenizer` splits on whitespace with `str.split` (the same
 whitespace as spaCy's `isspace`), looks each chunk up in a per-process table, and tokenizes only chunks it has not
-seen: a plain alphabetic chunk is one word unless spaCy has a special case for it (`cannot` -> `can`, `not`); any
-other chunk goes through spaCy's own tokenizer once. So the words equal spaCy's (measured: identical on all 26,193
-paragraphs of the 10-book set, `benchmarks/bench_data_clean.py --compare-tokenizers`) at dictionary-lookup speed.
+seen. In English, plain words and quoted/bracketed/hyphenated ASCII words are split by two regexes written from
+spaCy's English rules (unless spaCy has a special case for them: `cannot` -> `can`, `not`); any other chunk, and
+every chunk of other languages, goes through spaCy's own tokenizer once. So the words equal spaCy's (measured:
+identical on all 26,193 paragraphs of the 10-book set, `benchmarks/bench_data_clean.py --compare-tokenizers`) at
+dictionary-lookup speed.
 
 Datatrove documents the hook: every block that tokenizes calls `load_word_tokenizer(language)`, which returns a
 `WordTokenizer` instance passed as `language` unchanged, so the blocks are used as they are.
@@ -38,10 +40,11 @@ class ChunkCachedWordTokenizer(WordTokenizer):
 
     def __init__(self, language: str = "en"):
         super().__init__(language)
-        reference = load_word_tokenizer(language)
-        if not isinstance(reference, SpaCyTokenizer) or language in SEGMENTED_LANGUAGES:
-            raise ValueError(f"language {language!r} has no whitespace-first spaCy tokenizer in datatrove")
-        self.reference = reference
+        reason = why_not_fast(language)
+        if reason:
+            raise ValueError(f"word_tokenizer fast: language {language!r} {reason}")
+        self.reference = load_word_tokenizer(language)
+        self.english_shortcuts = language == "en"  # the regexes follow spaCy's English prefix/suffix/infix rules
         self._words: dict[str, tuple[str, ...]] = {}
         self._special_cases: frozenset[str] | None = None
 
@@ -69,6 +72,9 @@ class ChunkCachedWordTokenizer(WordTokenizer):
         hard = []
         for chunk in dict.fromkeys(chunks):
             if chunk in words:
+                continue
+            if not self.english_shortcuts:
+                hard.append(chunk)
                 continue
             if chunk.isalpha() and chunk not in special:
                 words[chunk] = (chunk,)
@@ -118,6 +124,19 @@ class ChunkCachedWordTokenizer(WordTokenizer):
 
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
         return self.reference.span_tokenize(text)
+
+
+def why_not_fast(language: str) -> str | None:
+    """Why `word_tokenizer: fast` cannot give datatrove's words for `language` (None: it can)."""
+    if language in SEGMENTED_LANGUAGES:
+        return "is not written with spaces between words"
+    try:
+        reference = load_word_tokenizer(language)
+    except ValueError:
+        return "has no word tokenizer in datatrove"
+    if not isinstance(reference, SpaCyTokenizer):
+        return f"is split by datatrove's {type(reference).__name__}, not by spaCy's rules"
+    return None
 
 
 def word_tokenizer_for(kind: str, language: str) -> str | WordTokenizer:
