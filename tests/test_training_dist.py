@@ -179,4 +179,4 @@ def test_default_recipe_end_to_end_tiny(tmp_path):
     assert "bits/byte" in run.stdout and "hfscratch chat" in run.stdout
     AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "final")
     run_config = json.loads((tmp_path / "out" / "run_config.json").read_text())
-    assert run_config["train"]["optimizer"] == "muon"  # the default `auto` on one process, recorded as run
+    assert run_config["train"]["optimizer"] == "adamw"  # the config as run, for the model card and a resume

@@ -106,16 +106,15 @@ def test_fp8_and_muon_refuse_what_they_cannot_do(tmp_path, shakespeare_data):  #
 
 
 def test_auto_optimizer_is_muon_where_ranks_hold_whole_matrices():
-    """`optimizer: auto` (the default): Muon on one process and DDP, AdamW where the engine hands ranks matrix slices."""
+    """`optimizer: auto`: Muon on one process and DDP, AdamW where the engine hands ranks matrix slices."""
     for engine, settings, expected in ((DistributedType.NO, {}, "muon"), (DistributedType.MULTI_CPU, {}, "muon"),
                                        (DistributedType.MULTI_GPU, {}, "muon"), (DistributedType.DEEPSPEED, {}, "adamw"),
                                        (DistributedType.FSDP, {}, "adamw"), (DistributedType.MULTI_CPU, {"tp_size": 2}, "adamw"),
                                        (DistributedType.NO, {"optimizer": "adamw"}, "adamw"),
                                        (DistributedType.MULTI_CPU, {"optimizer": "muon"}, "muon")):
-        assert resolve_optimizer(TrainConfig(**settings), engine).optimizer == expected, (engine, settings)
-    assert TrainConfig().optimizer == "auto"
-    # ZeRO under the default builds its backend instead of refusing Muon.
-    backend = make_backend(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), TrainConfig())
+        assert resolve_optimizer(TrainConfig(**{"optimizer": "auto", **settings}), engine).optimizer == expected, (engine, settings)
+    # ZeRO under `auto` builds its backend instead of refusing Muon.
+    backend = make_backend(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), TrainConfig(optimizer="auto"))
     assert backend.args.optimizer == "adamw"
 
 

@@ -376,7 +376,7 @@ class DeepSpeedBackend(TrainingBackend):
 def resolve_optimizer(args: TrainConfig, engine: DistributedType) -> TrainConfig:
     """`optimizer: auto` made concrete for this launch: Muon where every rank holds whole matrices (one process, DDP),
     AdamW where ZeRO, FSDP2 or tensor parallelism hand each rank slices of them (Muon orthogonalises whole matrices).
-    Muon is the default because it measured ahead on the default recipe (README, "Optimizer, FP8 and the GPU check")."""
+    For one config that runs under several engines (README, "Optimizer, FP8 and the GPU check")."""
     if args.optimizer != "auto":
         return args
     sharded = args.tp_size > 1 or engine in (DistributedType.DEEPSPEED, DistributedType.FSDP)

@@ -77,10 +77,10 @@ class TrainConfig:
     gradient_accumulation_steps: int | None = option(None, "default: from global_batch_size, else 1")
     global_batch_size: int | None = option(None, "sequences per optimizer step over all devices (= micro x accum x world)")
     # optimiser and schedule
-    optimizer: str = option("auto", "auto (muon on one process or DDP, where it measured ahead; adamw under ZeRO, FSDP2 and "
-                            "tp_size > 1, which hand each rank matrix slices) | muon (torch.optim.Muon on the hidden "
-                            "matrices, AdamW on embeddings, head, norms and biases) | adamw")
-    learning_rate: float = option(1e-2, "peak learning rate (AdamW; Muon too unless muon_learning_rate is set)")
+    optimizer: str = option("adamw", "adamw | muon (torch.optim.Muon on the hidden matrices, AdamW on embeddings, head, norms "
+                            "and biases) | auto (muon on one process or DDP, adamw under ZeRO, FSDP2 and tp_size > 1, "
+                            "which hand each rank matrix slices)")
+    learning_rate: float = option(3e-3, "peak learning rate (AdamW; Muon too unless muon_learning_rate is set)")
     min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak")
     lr_schedule: str = option("cosine", "cosine | wsd | constant (all after linear warmup)")
     warmup_steps: int | None = option(None, "default: warmup_ratio x max_steps")
