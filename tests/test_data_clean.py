@@ -201,6 +201,83 @@ def test_slurm_and_ray_executors_are_built_from_the_config(tmp_path):
     assert isinstance(ray_executor, RayPipelineExecutor) and ray_executor.cpus_per_task == 2
 
 
+def sbatch_directives(script: str) -> dict[str, str]:
+    """`#SBATCH --key=value` lines of an sbatch script as {key: value} (flags without a value map to "")."""
+    found = re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", script, flags=re.MULTILINE)
+    return {key: value for key, value in found}
+
+
+def test_slurm_submission_scripts_chain_the_stages(shared_data, tmp_path, monkeypatch):
+    import datatrove.executor.slurm as datatrove_slurm
+    import dill
+
+    from hfscratch.data.clean.pipeline import _build_stages
+
+    submitted = []  # (script, sbatch command-line arguments, job id) in submission order
+
+    def fake_sbatch(script, job_id_retriever, *args):
+        # the only call that reaches the cluster (subprocess `sbatch`): everything before it is datatrove's own code
+        job_id = job_id_retriever(f"Submitted batch job {1000 + len(submitted)}\n")
+        submitted.append((script, list(args), job_id))
+        return job_id
+
+    monkeypatch.setattr(datatrove_slurm, "launch_slurm_job", fake_sbatch)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)  # inside a job, run() would run a rank instead
+    books = [str(shared_data / "gutenberg" / "books" / name) for name in ["pg11.txt", "pg1342.txt", "pg1400.txt"]]
+    config = CleanConfig(executor="slurm", slurm_partition="cpu", slurm_time="02:30:00", slurm_cpus_per_task=2,
+                         slurm_mem_per_cpu_gb=3, slurm_venv_path="/shared/envs/hfscratch", tasks=3, workers=2,
+                         minhash_buckets=4, progress=False, slurm_options={"sbatch_args": {"account": "proj7"}})
+    out = tmp_path / "clean"
+    result = clean_corpus(books, out, config, txt_mode="paragraph")
+    step_names = {stage.name: [type(step).__name__ for step in stage.pipeline]
+                  for stage in _build_stages(books, config, out, "text", 3, "paragraph")}
+
+    stages = ["read", "exact_find", "minhash_signatures", "minhash_buckets", "minhash_cluster", "filter_and_write"]
+    tasks = dict(read=3, exact_find=1, minhash_signatures=3, minhash_buckets=4, minhash_cluster=1, filter_and_write=3)
+    assert result.submitted and result.stats == {"submitted": stages} and result.output_dir == out
+    # each stage: its array job, then datatrove's merge_stats job that waits for it
+    assert len(submitted) == 2 * len(stages)
+    previous_job = None
+    for index, stage in enumerate(stages):
+        (script, args, job_id), (merge_script, _, _) = submitted[2 * index], submitted[2 * index + 1]
+        logs = out / "logs" / stage
+        directives = sbatch_directives(script)
+        assert directives["job-name"] == f"hfscratch-clean-{stage}"
+        assert directives["array"] == f"0-{tasks[stage] - 1}%{min(2, tasks[stage])}"  # workers: at most 2 at once
+        assert (directives["partition"], directives["time"]) == ("cpu", "02:30:00")
+        assert (directives["cpus-per-task"], directives["mem-per-cpu"]) == ("2", "3G")
+        assert directives["account"] == "proj7"
+        assert directives["output"] == directives["error"] == str(logs / "slurm_logs" / "%A_%a.out")
+        assert (logs / "slurm_logs").is_dir()  # slurm writes there: it must exist before the job starts
+        assert "source /shared/envs/hfscratch/bin/activate\n" in script
+        assert f"launch_pickled_pipeline {logs / 'executor.pik'}" in script
+        assert (logs / "launch_script.slurm").read_text() == script
+        assert json.loads((logs / "ranks_to_run.json").read_text()) == list(range(tasks[stage]))
+        with (logs / "executor.pik").open("rb") as f:  # what each node loads: the stage's own pipeline
+            executor = dill.load(f)
+        assert (executor.tasks, executor.workers) == (tasks[stage], min(2, tasks[stage]))
+        assert [type(step).__name__ for step in executor.pipeline] == step_names[stage]
+        # a stage starts only after the previous one succeeded (sbatch --dependency=afterok:<its job id>)
+        dependency = [a for a in args if a.startswith("--dependency=")]
+        assert dependency == ([] if previous_job is None else [f"--dependency=afterok:{previous_job}"])
+        assert sbatch_directives(merge_script)["dependency"] == f"afterok:{job_id}"
+        assert f"merge_stats {logs / 'stats'} -o {logs / 'stats.json'}" in merge_script
+        previous_job = job_id
+    assert [job for _, _, job in submitted[::2]] == [str(1000 + 2 * i) for i in range(len(stages))]
+
+
+def test_slurm_venv_and_unknown_executor_options(tmp_path):
+    from hfscratch.data.clean.pipeline import _build_stages, _make_executor
+
+    config = CleanConfig(executor="slurm", slurm_partition="cpu", slurm_venv_path="/envs/a/bin/activate")
+    stage = _build_stages(["x.txt"], config, tmp_path, "text", shard_tasks=1)[0]
+    assert _make_executor(config, stage, tmp_path / "logs").venv_path == "/envs/a/bin/activate"  # kept as given
+    with pytest.raises(ConfigError, match=r"slurm_options has unknown keys \['account'\].*sbatch_args"):
+        CleanConfig(executor="slurm", slurm_partition="cpu", slurm_options={"account": "x"}).validate()
+    with pytest.raises(ConfigError, match=r"ray_options has unknown keys \['num_gpus'\]"):
+        CleanConfig(executor="ray", ray_options={"num_gpus": 1}).validate()
+
+
 def test_pii_scrubber_formats_and_non_phone_numbers():
     scrubber = PIIScrubber()
     text = ("Mail a.b-c@uni.example.edu, ring 212-555-0147 or (020) 7946 0958 or +33 1 42 68 53 00. "

@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+from datatrove.executor import RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline import filters
 
 from hfscratch.errors import ConfigError
@@ -82,11 +83,12 @@ class CleanConfig:
     slurm_cpus_per_task: int = option(1, "slurm: CPUs per task")
     slurm_mem_per_cpu_gb: int = option(2, "slurm: memory per CPU in GB")
     slurm_venv_path: str | None = option(None, "slurm: virtual environment to activate on the nodes")
-    slurm_options: dict = option({}, "slurm: extra sbatch options")
+    slurm_options: dict = option({}, "slurm: more SlurmPipelineExecutor arguments (qos, max_array_size, "
+                                 "sbatch_args: {account: ...} for any other #SBATCH line)")
     ray_address: str | None = option(None, "ray: cluster address (default: start a local one)")
     ray_cpus_per_task: int = option(1, "ray: CPUs per task")
     ray_mem_per_cpu_gb: float = option(2, "ray: memory per CPU in GB")
-    ray_options: dict = option({}, "ray: extra remote options")
+    ray_options: dict = option({}, "ray: more RayPipelineExecutor arguments (gpus_per_task, nodes_per_task, ...)")
 
     def validate(self) -> None:
         if self.executor not in EXECUTORS:
@@ -106,6 +108,13 @@ class CleanConfig:
             raise ConfigError("minhash_ngrams, minhash_buckets and minhash_hashes_per_bucket must be >= 1")
         if self.executor == "slurm" and not self.slurm_partition:
             raise ConfigError("executor slurm needs slurm_partition; set it to your cluster's CPU partition")
+        # checked here, not when the executor is built after the first stages have run (or on a login node)
+        for name, cls in [("slurm_options", SlurmPipelineExecutor), ("ray_options", RayPipelineExecutor)]:
+            allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "pipeline"}
+            unknown = sorted(set(getattr(self, name) or {}) - allowed)
+            if unknown:
+                raise ConfigError(f"{name} has unknown keys {unknown}: they are {cls.__name__} arguments "
+                                  f"({', '.join(sorted(allowed))})")
         for name, cls in QUALITY_FILTERS.items():
             options = getattr(self, f"{name}_options") or {}
             allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "exclusion_writer", "language"}

@@ -77,11 +77,18 @@ def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depend
     if config.executor == "ray":
         return RayPipelineExecutor(stage.pipeline, cpus_per_task=config.ray_cpus_per_task,
                                    mem_per_cpu_gb=config.ray_mem_per_cpu_gb, **common, **config.ray_options)
-    options = dict(tasks=stage.tasks, time=config.slurm_time, partition=config.slurm_partition,
-                   cpus_per_task=config.slurm_cpus_per_task, mem_per_cpu_gb=config.slurm_mem_per_cpu_gb,
-                   job_name=f"hfscratch-clean-{stage.name}", logging_dir=str(logging_dir), depends=depends,
-                   venv_path=config.slurm_venv_path)
+    # workers becomes the array's `%N` limit: at most N tasks of the stage run at once, as with the local executor
+    options = dict(time=config.slurm_time, partition=config.slurm_partition, cpus_per_task=config.slurm_cpus_per_task,
+                   mem_per_cpu_gb=config.slurm_mem_per_cpu_gb, job_name=f"hfscratch-clean-{stage.name}",
+                   venv_path=_venv_activate_script(config.slurm_venv_path), **common)
     return SlurmPipelineExecutor(stage.pipeline, **(options | config.slurm_options))
+
+
+def _venv_activate_script(venv_path: str | None) -> str | None:
+    """datatrove writes `source <venv_path>` into the sbatch script: a venv folder must become its bin/activate."""
+    if venv_path is None or Path(venv_path).name == "activate":
+        return venv_path
+    return str(Path(venv_path) / "bin" / "activate")
 
 
 def _quality_steps(config: CleanConfig, root: Path, words) -> list:
