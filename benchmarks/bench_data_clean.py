@@ -8,15 +8,21 @@ blocks as shipped (spaCy words: word_tokenizer spacy, same stages and executor),
 end-to-end MB/s and their ratio.
 --compare-tokenizers replaces the per-stage table by the agreement of fast with spacy: identical word lists per
 document, and keep/drop per document for every stage, each disagreement listed with both blocks' reasons.
+--executors local,ray replaces everything by one `clean_corpus` job run by each datatrove executor (same files,
+config, --tasks/--workers; book-friendly C4/Gopher thresholds so most paragraphs survive): wall time, documents in
+and out, and whether the output texts (sorted) and per-stage stats equal the first executor's. Exits 1 if not.
 
     .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books                   # all 42 MB
     .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books --max-files 10 \\
         --eval-set /path/to/gsm8k/test.jsonl --compare-tokenizers --results benchmarks/RESULTS_data_clean.md
+    .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books --max-files 3 --executors local,ray  # pip install ".[ray]"
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import os
 import platform
 import sys
@@ -205,6 +211,47 @@ def end_to_end(files: list[Path], out: Path, args, word_tokenizer: str) -> tuple
     return seconds, result.stats["stages"][list(result.stats["stages"])[-1]]["docs_out"]
 
 
+# datatrove's web-text defaults drop almost every hard-wrapped book paragraph (see the 2026-11-21 notes in
+# RESULTS_data_clean.md); with these most survive, so the executors are compared on many documents, not a few dozen
+BOOK_THRESHOLDS = dict(c4_quality_options={"filter_no_terminal_punct": False, "min_num_sentences": 1},
+                       gopher_quality_options={"min_doc_words": 10})
+
+
+def output_texts(files: list[Path]) -> list[str]:
+    texts = []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            texts += [json.loads(line)["text"] for line in f]
+    return sorted(texts)
+
+
+def compare_executors(files: list[Path], work: Path, args, executors: list[str]) -> tuple[str, bool]:
+    """Markdown table of the same clean_corpus job run by each executor, and whether all outputs are equal."""
+    runs = {}
+    for executor in executors:
+        config = CleanConfig(executor=executor, tasks=args.tasks, workers=args.workers, progress=False,
+                             word_tokenizer=args.word_tokenizer, **BOOK_THRESHOLDS,
+                             decontaminate_with=[args.eval_set] if args.eval_set else [])
+        print(f"clean_corpus with executor {executor}", file=sys.stderr)
+        seconds, result = timed(lambda: clean_corpus([str(f) for f in files], work / executor, config,  # noqa: B023
+                                                     txt_mode=args.txt_mode))
+        runs[executor] = (seconds, output_texts(result.files), result.stats["stages"])
+    reference = executors[0]
+    _, reference_texts, reference_stages = runs[reference]
+    lines = [f"| executor | wall s | docs in | docs out | texts equal to {reference} | stage stats equal to {reference} |",
+             "| --- | ---: | ---: | ---: | --- | --- |"]
+    all_equal = True
+    for executor, (seconds, texts, stages) in runs.items():
+        same_texts, same_stages = texts == reference_texts, stages == reference_stages
+        all_equal &= same_texts and same_stages
+        docs_in = next(iter(stages.values()))["docs_out"]  # what the read stage produced
+        lines.append(f"| {executor} | {seconds:.2f} | {docs_in} | {len(texts)} | {'yes' if same_texts else 'NO'} | "
+                     f"{'yes' if same_stages else 'NO'} |")
+    lines += ["", f"stages: {', '.join(reference_stages)}; {args.tasks} tasks, {args.workers} workers, "
+              f"word_tokenizer {args.word_tokenizer}; the ray time includes starting a local Ray with {args.workers} CPUs"]
+    return "\n".join(lines), all_equal
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("books", type=Path, help="folder of .txt files (e.g. shared/data/gutenberg/books)")
@@ -223,6 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compare-tokenizers", action="store_true",
                         help="instead of the table: word agreement with spaCy, keep/drop agreement per stage "
                         "(fast vs spacy) with every disagreement, and both end-to-end runs")
+    parser.add_argument("--executors", default=None,
+                        help="comma list, e.g. local,ray: instead of the tables, run the same job with each executor "
+                        "and check the outputs are equal")
     parser.add_argument("--results", type=Path, default=None, help="append the table to this markdown file")
     args = parser.parse_args(argv)
 
@@ -235,6 +285,16 @@ def main(argv=None) -> int:
         f"Input: {len(files)} files from {args.books.name}/ ({mb:.2f} MB, txt_mode={args.txt_mode}); "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, python {platform.python_version()}"
     )
+
+    if args.executors:
+        with tempfile.TemporaryDirectory() as tmp:
+            table, all_equal = compare_executors(files, Path(tmp), args, args.executors.split(","))
+        print(header)
+        print(table)
+        if args.results:
+            with args.results.open("a", encoding="utf-8") as f:
+                f.write(f"\n{header}\n\n{table}\n")
+        return 0 if all_equal else 1
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.compare_tokenizers:
