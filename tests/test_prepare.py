@@ -181,6 +181,9 @@ def test_bad_inputs(tmp_path, shakespeare_copy):
         check_block_size(_config(tmp_path, shakespeare_copy).block_size, 32)
     with pytest.raises(ConfigError, match="validation_fraction=0"):
         _config(tmp_path, shakespeare_copy, validation_fraction=0.0)
+    slurm = CleanConfig(executor="slurm", slurm_partition="cpu")
+    with pytest.raises(ConfigError, match="cannot wait for Slurm jobs.*clean: false"):
+        prepare_data(_config(tmp_path, shakespeare_copy, clean=True, cleaning=slurm))
     with pytest.raises(DataError, match="corpus is empty"):
         prepare_data(DataConfig(output_root=str(tmp_path), sources=[], synthetic_problems=0))
     empty = tmp_path / "empty.txt"

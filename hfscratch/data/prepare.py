@@ -321,6 +321,13 @@ def prepare_data(config: DataConfig | None = None) -> PreparedData:
         check_vocab_size(config.vocab_size)
     if not config.sources and config.synthetic_problems == 0:
         raise DataError("the corpus is empty: no sources and synthetic_problems=0; give sources or set synthetic_problems > 0")
+    if config.clean and config.sources and config.cleaning.executor == "slurm":
+        # clean_corpus returns as soon as the jobs are queued; the tokenizer would be trained without the natural
+        # text, and the jobs would write into a staging folder that is renamed or removed when this call ends
+        raise ConfigError(
+            "hfscratch data cannot wait for Slurm jobs: with cleaning.executor slurm, run clean_corpus(sources, "
+            "'<shared folder>', CleanConfig(executor='slurm', ...)) on a login node, then, when the jobs are done, "
+            "hfscratch data with sources: ['<shared folder>/data'] and clean: false (or use executor local or ray)")
     sources = _describe_sources(config.sources)  # raises DataError for a missing path / unsupported file
     # The cleaning settings decide the corpus; how the work is spread (executor, tasks, progress bars) does not.
     clean_options = {k: v for k, v in dataclasses.asdict(config.cleaning).items()
