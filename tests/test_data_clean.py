@@ -266,6 +266,49 @@ def test_slurm_submission_scripts_chain_the_stages(shared_data, tmp_path, monkey
     assert [job for _, _, job in submitted[::2]] == [str(1000 + 2 * i) for i in range(len(stages))]
 
 
+def test_slurm_jobs_run_as_on_the_nodes_give_the_local_output(paragraphs, tmp_path, monkeypatch):
+    import signal
+
+    import datatrove.executor.slurm as datatrove_slurm
+    import dill
+
+    from hfscratch.data.clean import collect_clean_result
+
+    scripts = []
+    # sbatch is the one call that needs a cluster: record the scripts, run them below in submission order
+    monkeypatch.setattr(datatrove_slurm, "launch_slurm_job",
+                        lambda script, retriever, *args: scripts.append(script) or str(len(scripts)))
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    # on a node, datatrove expands SLURM_NODELIST with `scontrol`, the other cluster-only command
+    monkeypatch.setattr(datatrove_slurm, "expand_slurm_nodelist", lambda nodelist: [nodelist])
+    docs = [{"text": p} for p in paragraphs[:8] + paragraphs[:2]]
+    common = dict(**NO_QUALITY, minhash_buckets=2, tasks=2, workers=2, progress=False)
+    out = tmp_path / "slurm"
+    assert clean_corpus(docs, out, CleanConfig(executor="slurm", slurm_partition="cpu", **common)).submitted
+    assert not (out / "data").exists()  # nothing ran yet
+    usr1 = signal.getsignal(signal.SIGUSR1)  # datatrove's requeue handler, set by each task
+    try:
+        for script in scripts:
+            pickled = re.search(r"launch_pickled_pipeline (\S+)", script)
+            if pickled is None:  # datatrove's merge_stats job: hfscratch reads the per-task stats itself
+                continue
+            last_task = int(re.match(r"0-(\d+)", sbatch_directives(script)["array"]).group(1))
+            for task_id in range(last_task + 1):  # each array task: launch_pickled_pipeline <executor.pik>
+                monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task_id))
+                monkeypatch.setenv("SLURM_NODELIST", f"cpu-node-{task_id}")
+                with open(pickled.group(1), "rb") as f:
+                    dill.load(f).run()
+    finally:
+        signal.signal(signal.SIGUSR1, usr1)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    monkeypatch.delenv("SLURM_NODELIST")
+    slurm_result = collect_clean_result(out, print_table=False)
+    local_result = clean_corpus(docs, tmp_path / "local", CleanConfig(**common))
+    assert sorted(d["text"] for d in read_output(slurm_result)) == sorted(d["text"] for d in read_output(local_result))
+    assert slurm_result.stats["stages"] == local_result.stats["stages"]
+    assert slurm_result.stats["stages"]["exact_dedup"]["dropped"] == 2
+
+
 def test_slurm_venv_and_unknown_executor_options(tmp_path):
     from hfscratch.data.clean.pipeline import _build_stages, _make_executor
 
