@@ -97,6 +97,9 @@ def run_quickstart(commands: list[list[str]], cwd: Path, shared_data: Path) -> l
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"`{shown}` exited with {proc.returncode}:\n{output[-4000:]}"
         assert "Traceback" not in output, f"`{shown}` printed a traceback:\n{output[-4000:]}"
+        # A normal run prints no warnings (lm-eval's notes about being handed a loaded model included).
+        noisy = [line for line in output.splitlines() if re.search(r"warn|already-initialized|not of type", line, re.I)]
+        assert not noisy, f"`{shown}` printed warnings: {noisy}"
         # The hints printed at the end name commands every user has (no recipes/ folder after `pip install hfscratch`).
         assert "accelerate launch recipes/" not in output, f"`{shown}` hints at recipes/:\n{output[-2000:]}"
         for line in proc.stdout.splitlines():

@@ -10,6 +10,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -27,6 +28,9 @@ from .merge import merge_adapter
 # TRL 1.16 reads `model.is_gradient_checkpointing` before generating, which transformers 5.24 deprecates in favour of
 # `is_activation_checkpointing`: one FutureWarning per run that no hfscratch user can act on (the fix is TRL's).
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# Likewise TRL's trainers switch checkpointing with `gradient_checkpointing_enable` / `_disable`, deprecated in
+# transformers 5.24 for `activation_checkpointing_*`.
+warnings.filterwarnings("ignore", message="`gradient_checkpointing_(enable|disable)` is deprecated", category=FutureWarning)
 
 
 def is_main_process() -> bool:
@@ -174,6 +178,9 @@ def start_stage(stage: str, model_args: AlignmentModelConfig, script_args: Align
     """Seed; the model and tokenizer (unless given); training rows in `stage` format and held-out rows (``eval`` rows:
     prompt + answer; ``dpo`` and ``reward`` rows: pairs) or None."""
     set_seed(training_args.seed)  # also before loading: a reward model's new head is drawn at random
+    if training_args.dataloader_pin_memory and not torch.accelerator.is_available():
+        # TRL's default; without an accelerator pinning does nothing and torch warns on every run
+        training_args.dataloader_pin_memory = False
     if model is None:
         model, tokenizer = load_model_and_tokenizer(model_args, trust_remote_code=training_args.trust_remote_code,
                                                     reward=stage == "reward")

@@ -31,6 +31,11 @@ MIN_FITTED_GEN_TOKS = 16
 
 # lm-eval logs a generic "Custom kwargs can be passed to --metadata" warning for every custom_dataset task.
 logging.getLogger("lm_eval.api.task").addFilter(lambda rec: "Custom kwargs can be passed" not in rec.getMessage())
+# HFLM warns twice whenever it is handed a loaded model, which is how every evaluation here runs: that model arguments
+# given as strings are ignored (none are given) and that it skips its own multi-process setup (one process here).
+LOADED_MODEL_NOTES = ("`pretrained` model kwarg is not of type `str`", "Passed an already-initialized model")
+logging.getLogger("lm_eval.models.huggingface").addFilter(
+    lambda rec: not rec.getMessage().startswith(LOADED_MODEL_NOTES))
 
 
 def fit_generation_budget(task: str, longest_prompt: int, requested: int, context: int,
