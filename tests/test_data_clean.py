@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -356,3 +357,19 @@ def test_ray_executor_matches_local(paragraphs, tmp_path):
     assert sorted(d["text"] for d in read_output(ray_result)) == sorted(d["text"] for d in read_output(local_result))
     assert ray_result.stats["stages"] == local_result.stats["stages"]
     assert ray_result.stats["stages"]["exact_dedup"]["dropped"] == 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_console_shows_no_datatrove_info_records_and_the_task_logs_keep_them(paragraphs, tmp_path, capfd, workers):
+    """datatrove logs each task's pipeline and stats at INFO to stderr; `clean_corpus` keeps them in the log files
+    only, in the workers it forks (2) and in-process (1), and passes everything else through."""
+    config = CleanConfig(**NO_QUALITY, minhash_dedup=False, tasks=2, workers=workers, progress=False)
+    print("before", file=sys.stderr)
+    clean_corpus([{"text": p} for p in paragraphs[:20]], tmp_path / "out", config)
+    print("after", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "before" in err and "after" in err
+    assert not re.search(r"\| (INFO|SUCCESS)\s*\|", err), err[:2000]
+    task_log = (tmp_path / "out" / "logs" / "read" / "logs" / "task_00000.log").read_text()
+    assert "Launching pipeline for rank=0" in task_log
+    assert sys.stderr.__class__.__name__ != "_WithoutLoguruChatter"  # put back after the run

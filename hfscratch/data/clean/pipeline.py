@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import re
 import shutil
 import sys
 import time
@@ -66,6 +67,41 @@ def _shard_writer(folder: str) -> JsonlWriter:
     cost of writing them (profiled on the Gutenberg benchmark)."""
     return JsonlWriter(folder, output_filename=f"${{rank}}{SHARD_SUFFIX}", compression="zstd",
                        adapter=plain_document_dict)
+
+
+# datatrove gives every task a loguru sink on stderr at INFO (its pipeline listing and stats blocks, dozens of lines
+# per task and stage) besides the task's log file, with no setting for the console level. The same records stay in
+# <output>/logs/<stage>/logs/; on the console `hfscratch data` shows its progress bars and its own table instead.
+LOGURU_CHATTER = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| (DEBUG|INFO|SUCCESS)\s*\|")
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _WithoutLoguruChatter:
+    """A stderr that drops loguru's DEBUG/INFO/SUCCESS records (loguru writes each record in one call) and passes
+    everything else: warnings and errors, tracebacks, progress bars."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if LOGURU_CHATTER.match(ANSI_COLOUR.sub("", text)):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _quiet_datatrove_console():
+    """While a stage runs: the sinks datatrove adds then (in this process, and in the workers it forks) write to the
+    filtered stderr; the log files under logs/ keep every record."""
+    original = sys.stderr
+    sys.stderr = _WithoutLoguruChatter(original)
+    try:
+        yield
+    finally:
+        sys.stderr = original
 
 
 def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depends=None):
@@ -268,7 +304,8 @@ def clean_corpus(sources: list[str] | Iterable[dict], output_dir: str | Path, co
             for step in stage.pipeline:
                 if isinstance(step, ShardReader):
                     step.totals = totals
-        _make_executor(config, stage, logs / stage.name).run()
+        with _quiet_datatrove_console():
+            _make_executor(config, stage, logs / stage.name).run()
         if stage.name == "read":
             read_summary = summarize(_stage_stats(logs / "read"), {})
             if read_summary.get("read", {}).get("docs_out", 0) == 0:
