@@ -94,6 +94,39 @@ def test_undecodable_bytes_are_counted_and_skipped(tmp_path, stories):
     assert stats["undecodable_bytes"] == 2 and stats["bad_records"] == 1
 
 
+def test_truncated_archives_mixed_folders_and_missing_fields_are_counted_not_fatal(tmp_path, stories):
+    """A compressed file cut short keeps the documents before the cut and is counted; a folder mixing formats is read
+    whole; records without the text field are counted; the pipeline's reader reports the same counts."""
+    raw = "\n\n".join(stories[:20]).encode()
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, compress in (("cut.txt.gz", gzip.compress), ("cut.txt.bz2", bz2.compress),
+                           ("cut.txt.zst", zstandard.ZstdCompressor().compress)):
+        whole = compress(raw)
+        (folder / name).write_bytes(whole[: len(whole) // 2])
+    (folder / "whole.txt").write_text(stories[20])
+    rows = [{"text": s} if i % 2 else {"body": s} for i, s in enumerate(stories[21:27])]
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stats = {}
+    docs = list(iter_documents([str(folder)], txt_mode="paragraph", stats=stats))
+    assert stats["truncated_files"] == 3
+    by_source = {}
+    for doc in docs:
+        by_source.setdefault(doc["source"].rsplit("/", 1)[-1], []).append(doc["text"])
+    assert 0 < len(by_source["cut.txt.gz"]) < 20  # gzip streams: the paragraphs before the cut survive
+    for name in ("cut.txt.gz", "cut.txt.bz2", "cut.txt.zst"):  # bz2/zstd decode whole blocks: maybe nothing
+        kept = by_source.get(name, [])
+        assert len(kept) < 20 and kept[:-1] == stories[: max(len(kept) - 1, 0)]  # whole paragraphs up to the cut
+    assert by_source["whole.txt"] == [stories[20]] and by_source["rows.jsonl"] == stories[22:27:2]
+    reader = SourceReader([str(folder)], txt_mode="paragraph")
+    assert len(list(reader.run())) == len(docs)
+    assert reader.stats["truncated_files"].total == 3 and reader.stats["missing_field"].total == 3
+    # nothing usable left: the header alone is one line of error, not a traceback
+    (tmp_path / "stub.txt.gz").write_bytes(gzip.compress(raw)[:12])
+    with pytest.raises(DataError, match="no documents in .*stub.txt.gz"):
+        list(iter_documents([str(tmp_path / "stub.txt.gz")]))
+
+
 def test_decode_counting_is_exact():
     assert decode_counting("héllo 👋".encode()) == ("héllo 👋", 0)
     assert decode_counting(b"a\xffb\xed\xa0\x80c") == ("abc", 4)  # encoded surrogates are invalid UTF-8 too

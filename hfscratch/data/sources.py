@@ -12,11 +12,14 @@ extensions and sources without any text raise a one-line `DataError`.
 from __future__ import annotations
 
 import glob as globlib
+import gzip
 import io
 import itertools
 import json
 import logging
+import lzma
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -115,24 +118,86 @@ def decode_counting(raw: bytes) -> tuple[str, int]:
         return _ESCAPED_BYTES.subn("", raw.decode("utf-8", errors="surrogateescape"))
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every zstd frame in a file, for `io.BufferedReader`. Not zstandard's `stream_reader`
+    (nor fsspec's zstd file, which cannot iterate lines): at the end of a file cut mid-frame it returns EOF quietly;
+    here that raises EOFError like gzip and bz2 do, so the file is counted as truncated."""
+
+    def __init__(self, compressed):
+        self._compressed, self._frame, self._pending = compressed, zstandard.ZstdDecompressor().decompressobj(), b""
+        self._in_frame = False  # bytes of an unfinished frame were consumed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._compressed.read(READ_CHUNK_BYTES)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd file ended inside a frame")
+                return 0
+            while chunk:
+                self._in_frame = True
+                self._pending += self._frame.decompress(chunk)
+                chunk = b""
+                if self._frame.eof:  # a frame ended: the next one starts in its unused bytes
+                    chunk, self._frame = self._frame.unused_data, zstandard.ZstdDecompressor().decompressobj()
+                    self._in_frame = False
+        size = min(len(buffer), len(self._pending))
+        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+        return size
+
+    def close(self) -> None:
+        self._compressed.close()
+        super().close()
+
+
 def _open_binary(path: str):
     """Open a local or fsspec path for binary reading, decompressing gz/bz2/zst transparently."""
     compression = COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
-    if compression == "zstd":  # fsspec's zstd file object cannot iterate lines; zstandard's reader in a buffer can
-        reader = zstandard.ZstdDecompressor().stream_reader(fsspec.open(path, "rb").open(), read_across_frames=True,
-                                                             closefd=True)
-        return io.BufferedReader(reader)
+    if compression == "zstd":
+        return io.BufferedReader(_ZstdFrames(fsspec.open(path, "rb").open()))
     return fsspec.open(path, "rb", compression=compression).open()
 
 
-def _read_text(path: str) -> tuple[str, int]:
+# What the decompressors raise for a file cut short or corrupted (gzip/zlib, bz2's errno-less OSError, xz, zstd): the
+# text before the damage is kept, the file is counted as truncated_files and the run goes on. OSErrors with an errno
+# (disk, permissions, network) are real I/O failures and still stop the run.
+DAMAGED_ARCHIVE_ERRORS = (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError)
+READ_CHUNK_BYTES = 1 << 20
+
+
+def _is_damaged_archive(error: Exception) -> bool:
+    return isinstance(error, gzip.BadGzipFile) or not (isinstance(error, OSError) and error.errno is not None)
+
+
+def _read_text(path: str, counters: dict) -> tuple[str, int]:
+    chunks = []
     with _open_binary(path) as handle:
-        return decode_counting(handle.read())
+        try:
+            while chunk := handle.read(READ_CHUNK_BYTES):
+                chunks.append(chunk)
+        except DAMAGED_ARCHIVE_ERRORS as error:
+            if not _is_damaged_archive(error):
+                raise
+            counters["truncated_files"] += 1
+    return decode_counting(b"".join(chunks))
 
 
 def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
     with _open_binary(path) as handle:
-        for number, raw in enumerate(handle):
+        lines = enumerate(handle)
+        while True:
+            try:
+                number, raw = next(lines)
+            except StopIteration:
+                return
+            except DAMAGED_ARCHIVE_ERRORS as error:
+                if not _is_damaged_archive(error):
+                    raise
+                counters["truncated_files"] += 1
+                return
             line, dropped = decode_counting(raw)
             counters["undecodable_bytes"] += dropped
             yield number, line
@@ -140,7 +205,7 @@ def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
 
 def _iter_txt(path: str, txt_mode: str, counters: dict) -> Iterator[tuple[str, str]]:
     if txt_mode == "file":
-        text, dropped = _read_text(path)
+        text, dropped = _read_text(path, counters)
         counters["undecodable_bytes"] += dropped
         yield text, path
     elif txt_mode == "line":
@@ -161,7 +226,7 @@ def iter_records(path: str, kind: str, counters: dict | None = None) -> Iterator
     """
     counters = _new_counters() if counters is None else counters
     if kind == "json":
-        content, dropped = _read_text(path)
+        content, dropped = _read_text(path, counters)
         if content.lstrip().startswith("["):
             counters["undecodable_bytes"] += dropped
             try:
@@ -245,7 +310,7 @@ def iter_source_texts(kind: str, path: str, text_field: str = "text", txt_mode: 
 
 
 def _new_counters() -> dict:
-    return {"undecodable_bytes": 0, "missing_field": 0, "bad_records": 0, "empty": 0}
+    return {"undecodable_bytes": 0, "missing_field": 0, "bad_records": 0, "empty": 0, "truncated_files": 0}
 
 
 def check_txt_mode(txt_mode: str) -> None:
@@ -279,7 +344,7 @@ def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str =
     # resolve everything first so a typo in the last source fails before any work is done
     per_source = [(str(source), resolve_sources([source])) for source in sources] if sources else resolve_sources([])
     totals = stats if stats is not None else {}
-    for key in ("files", "documents", "undecodable_bytes", "bad_records", "empty"):
+    for key in ("files", "documents", "undecodable_bytes", "bad_records", "empty", "truncated_files"):
         totals.setdefault(key, 0)
     produced = 0
     with tqdm(total=sum(len(r) for _, r in per_source), unit="file", desc="reading", disable=not progress) as bar:
@@ -296,7 +361,8 @@ def iter_documents(sources: list[str], text_field: str = "text", txt_mode: str =
                     yield {"text": text, "id": doc_id, "source": path}
                 totals["files"] += 1
                 for key, what in (("undecodable_bytes", "undecodable bytes (not UTF-8)"),
-                                  ("bad_records", "records that are not JSON objects with text"), ("empty", None)):
+                                  ("bad_records", "records that are not JSON objects with text"), ("empty", None),
+                                  ("truncated_files", "the rest of a truncated or corrupt compressed file")):
                     totals[key] += (added := counters[key] - before[key])
                     if added and what:
                         logger.warning("%s: skipped %d %s", path, added, what)
@@ -359,11 +425,13 @@ class SourceReader(BaseReader):
                     document = Document(text=text, id=doc_id, metadata={"source": path})
                     self.update_doc_stats(document)
                     yield document
-                for key in ("undecodable_bytes", "bad_records", "empty", "missing_field"):
+                for key in ("undecodable_bytes", "bad_records", "empty", "missing_field", "truncated_files"):
                     if counters[key]:
                         self.stat_update(key, value=counters[key])
                 if counters["undecodable_bytes"]:
                     logger.warning("%s: skipped %d undecodable bytes", path, counters["undecodable_bytes"])
+                if counters["truncated_files"]:
+                    logger.warning("%s: truncated or corrupt compressed file; kept the text before the damage", path)
                 if kind not in DATASET_KINDS:
                     bar.update()
                     self.stat_update("input_files")

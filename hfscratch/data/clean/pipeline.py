@@ -30,6 +30,7 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupSignature,
 )
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.logging import setup_default_logger
 from tqdm.auto import tqdm
 
 from hfscratch.data.sources import DATASET_KINDS, SourceReader, check_txt_mode, resolve_sources
@@ -94,14 +95,17 @@ class _WithoutLoguruChatter:
 
 @contextlib.contextmanager
 def _quiet_datatrove_console():
-    """While a stage runs: the sinks datatrove adds then (in this process, and in the workers it forks) write to the
-    filtered stderr; the log files under logs/ keep every record."""
+    """While a stage runs, datatrove's sinks write to the filtered stderr: its default sink in this process (which
+    logs the all-tasks summary) and the task sinks it adds here or in the workers it forks. The log files under
+    logs/ keep every record. Afterwards the default sink writes to the real stderr again."""
     original = sys.stderr
     sys.stderr = _WithoutLoguruChatter(original)
+    setup_default_logger()  # re-adds datatrove's default sink on the current sys.stderr
     try:
         yield
     finally:
         sys.stderr = original
+        setup_default_logger()
 
 
 def _make_executor(config: CleanConfig, stage: _Stage, logging_dir: Path, depends=None):
