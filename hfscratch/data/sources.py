@@ -124,28 +124,35 @@ class _ZstdFrames(io.RawIOBase):
     here that raises EOFError like gzip and bz2 do, so the file is counted as truncated."""
 
     def __init__(self, compressed):
-        self._compressed, self._frame, self._pending = compressed, zstandard.ZstdDecompressor().decompressobj(), b""
+        self._compressed, self._frame = compressed, zstandard.ZstdDecompressor().decompressobj()
+        self._pending, self._offset = b"", 0  # decompressed bytes not yet handed out start at _offset
         self._in_frame = False  # bytes of an unfinished frame were consumed
 
     def readable(self) -> bool:
         return True
 
+    def _decompress(self, chunk: bytes) -> bytes:
+        parts = []
+        while chunk:
+            self._in_frame = True
+            parts.append(self._frame.decompress(chunk))
+            chunk = b""
+            if self._frame.eof:  # a frame ended: the next one starts in its unused bytes
+                chunk, self._frame = self._frame.unused_data, zstandard.ZstdDecompressor().decompressobj()
+                self._in_frame = False
+        return b"".join(parts)
+
     def readinto(self, buffer) -> int:
-        while not self._pending:
+        while self._offset == len(self._pending):
             chunk = self._compressed.read(READ_CHUNK_BYTES)
             if not chunk:
                 if self._in_frame:
                     raise EOFError("zstd file ended inside a frame")
                 return 0
-            while chunk:
-                self._in_frame = True
-                self._pending += self._frame.decompress(chunk)
-                chunk = b""
-                if self._frame.eof:  # a frame ended: the next one starts in its unused bytes
-                    chunk, self._frame = self._frame.unused_data, zstandard.ZstdDecompressor().decompressobj()
-                    self._in_frame = False
-        size = min(len(buffer), len(self._pending))
-        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+            self._pending, self._offset = self._decompress(chunk), 0
+        size = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:size] = self._pending[self._offset:self._offset + size]
+        self._offset += size
         return size
 
     def close(self) -> None:
