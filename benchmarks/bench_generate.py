@@ -1,12 +1,14 @@
 """Decoding speed of plain `model.generate`: hfscratch's lean loop vs transformers' LlamaForCausalLM, same weights.
 
-Three models answer the same `generate` calls, interleaved round by round so machine noise hits all alike:
+Four models answer the same `generate` calls, interleaved round by round so machine noise hits all alike:
 `llama` (transformers' LlamaForCausalLM with the hfscratch weights), `hfscratch-reference` (hfscratch with
-`lean_decoding = False`: transformers' own per-token loop, what `generate` ran before) and `hfscratch` (the
-default: the lean loop). Measured at batch 1 and batch 8 (left-padded prompts of different lengths): new tokens/s
+`lean_decoding = False`: transformers' own per-token loop, what `generate` ran before), `hfscratch` (the lean loop
+before its step is compiled: what a model runs for its first `compile_decoding_after` steps) and
+`hfscratch-compiled` (the lean loop with its one-token step compiled, as every long-running use gets; its one-time
+compile is timed apart). Measured at batch 1 and batch 8 (left-padded prompts of different lengths): new tokens/s
 over `--new_tokens` greedy tokens and time to first token (a 1-token `generate`), each the median over rounds, with
-Llama's time / the variant's time as the ratio. Greedy tokens must be equal across all three and seeded sampling
-equal between the two hfscratch loops; the script exits 1 otherwise.
+Llama's time / the variant's time as the ratio. Greedy tokens must be equal across all four, seeded sampling equal
+between transformers' loop and the lean loop, and reproducible compiled; the script exits 1 otherwise.
 
 The bounds: per token the model reads every weight once (the batch-1 floor is the time of its matrix-vector
 products alone, timed here on the same matrices) and does 2 FLOPs per parameter (the compute bound, at the
@@ -49,7 +51,21 @@ def build_models(args) -> dict:
     reference = HfscratchForCausalLM(config).eval()
     reference.load_state_dict(hfscratch.state_dict())
     reference.lean_decoding = False
-    return {"llama": llama, "hfscratch-reference": reference, "hfscratch": hfscratch}
+    hfscratch.compile_decoding_after = None
+    compiled = HfscratchForCausalLM(config).eval()
+    compiled.load_state_dict(hfscratch.state_dict())
+    compiled.compile_decoding_after = 0
+    return {"llama": llama, "hfscratch-reference": reference, "hfscratch": hfscratch, "hfscratch-compiled": compiled}
+
+
+def compile_seconds(model: HfscratchForCausalLM, args) -> dict[int, float]:
+    """The first call at each benchmarked batch size compiles that step: its time less a compiled call's."""
+    seconds = {}
+    for batch in (1, 8):
+        ids, mask = prompts(batch, args.vocab)
+        first = timed_generate(model, ids, mask, args.new_tokens, do_sample=False)[0]
+        seconds[batch] = first - timed_generate(model, ids, mask, args.new_tokens, do_sample=False)[0]
+    return seconds
 
 
 def prompts(batch: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +100,8 @@ def median_ratio(times: dict, name: str) -> float:
 
 
 def check_tokens(models: dict, args) -> list[str]:
-    """Greedy tokens equal across all three models; seeded sampling equal between the two hfscratch loops."""
+    """Greedy tokens equal across all four models; seeded sampling equal between transformers' loop and the lean
+    loop, and the same twice from the compiled step."""
     problems = []
     for batch in (1, 8):
         ids, mask = prompts(batch, args.vocab)
@@ -99,6 +116,13 @@ def check_tokens(models: dict, args) -> list[str]:
                                            top_k=50, top_p=0.95)[1]
         if not torch.equal(sampled["hfscratch"], sampled["hfscratch-reference"]):
             problems.append(f"seeded sampling batch {batch}: the lean loop differs from transformers' loop")
+        twice = []
+        for _ in range(2):
+            torch.manual_seed(7)
+            twice.append(timed_generate(models["hfscratch-compiled"], ids, mask, args.new_tokens, do_sample=True,
+                                        temperature=0.9, top_k=50, top_p=0.95)[1])
+        if not torch.equal(*twice):
+            problems.append(f"seeded sampling batch {batch}: the compiled step is not reproducible")
     return problems
 
 
@@ -129,25 +153,26 @@ def bounds(model: HfscratchForCausalLM, rounds: int = 200) -> dict:
 
 
 def decode_table(models: dict, args) -> list[str]:
-    lines = ["| batch | metric | llama | hfscratch-reference | ratio | hfscratch (lean) | ratio |", "|---|---|--:|--:|--:|--:|--:|"]
+    variants = ["hfscratch-reference", "hfscratch", "hfscratch-compiled"]
+    lines = ["| batch | metric | llama | " + " | ".join(f"{name} | ratio" for name in variants) + " |",
+             "|---|---|--:|" + "--:|--:|" * len(variants)]
     for batch in (1, 8):
         ids, mask = prompts(batch, args.vocab)
         decode = interleaved(models, lambda m: timed_generate(m, ids, mask, args.new_tokens, do_sample=False)[0], args.rounds)
         first = interleaved(models, lambda m: timed_generate(m, ids, mask, 1, do_sample=False)[0], args.rounds)
         rate = {name: batch * args.new_tokens / statistics.median(t) for name, t in decode.items()}
         ttft = {name: 1e3 * statistics.median(t) for name, t in first.items()}
-        lines.append(f"| {batch} | new tokens/s | {rate['llama']:.0f} | {rate['hfscratch-reference']:.0f} | "
-                     f"{median_ratio(decode, 'hfscratch-reference'):.2f} | {rate['hfscratch']:.0f} | "
-                     f"**{median_ratio(decode, 'hfscratch'):.2f}** |")
-        lines.append(f"| {batch} | time to first token, ms | {ttft['llama']:.1f} | {ttft['hfscratch-reference']:.1f} | "
-                     f"{median_ratio(first, 'hfscratch-reference'):.2f} | {ttft['hfscratch']:.1f} | "
-                     f"{median_ratio(first, 'hfscratch'):.2f} |")
+        lines.append(f"| {batch} | new tokens/s | {rate['llama']:.0f} | " + " | ".join(
+            f"{rate[name]:.0f} | **{median_ratio(decode, name):.2f}**" for name in variants) + " |")
+        lines.append(f"| {batch} | time to first token, ms | {ttft['llama']:.1f} | " + " | ".join(
+            f"{ttft[name]:.1f} | {median_ratio(first, name):.2f}" for name in variants) + " |")
         print(lines[-2], lines[-1], sep="\n", file=sys.stderr)
     return lines
 
 
 def gsm8k_lines(args) -> list[str]:
-    """lm-eval's HFLM.generate_until on the 5-shot GSM8K requests of `bench_eval_gsm8k.py`, lean loop on and off."""
+    """lm-eval's HFLM.generate_until on the 5-shot GSM8K requests of `bench_eval_gsm8k.py`: transformers' loop, the
+    lean loop uncompiled, and the lean loop compiling its step at once (the compile counted in its time)."""
     sys.path.insert(0, str(BENCHMARKS))
     from bench_eval_gsm8k import build_checkpoint, gsm8k_requests, load
 
@@ -156,8 +181,10 @@ def gsm8k_lines(args) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = build_checkpoint(eval_args, Path(tmp))
         requests = gsm8k_requests(args.data_dir, args.gsm8k_limit, 128)
-        lms = {"transformers' loop": load("hfscratch", path, eval_args), "lean loop": load("hfscratch", path, eval_args)}
+        lms = {name: load("hfscratch", path, eval_args) for name in ("transformers' loop", "lean loop", "compiled step")}
         lms["transformers' loop"].model.lean_decoding = False
+        lms["lean loop"].model.compile_decoding_after = None
+        lms["compiled step"].model.compile_decoding_after = 0
         outputs = {}
 
         def run(lm):
@@ -166,16 +193,18 @@ def gsm8k_lines(args) -> list[str]:
             return time.perf_counter() - start
 
         times = interleaved({name: lm for name, lm in lms.items()}, run, 1)
-    same = sum(a == b for a, b in zip(*(outputs[id(lm)] for lm in lms.values())))
-    before, after = (min(times[name]) for name in lms)
+    same = sum(len(set(texts)) == 1 for texts in zip(*(outputs[id(lm)] for lm in lms.values())))
+    before, lean, compiled = (min(times[name]) for name in lms)
     return [f"GSM8K through lm-eval ({args.gsm8k_limit} problems, 5-shot, batch 8, 128 new tokens each, 4.2M-parameter "
-            f"model of bench_eval_gsm8k.py): transformers' loop {before:.1f} s, lean loop {after:.1f} s "
-            f"(**{before / after:.2f}x**); identical generations {same}/{len(requests)}."]
+            f"model of bench_eval_gsm8k.py): transformers' loop {before:.1f} s, lean loop {lean:.1f} s "
+            f"(**{before / lean:.2f}x**), lean loop with its step compiled at once {compiled:.1f} s, compile included "
+            f"(**{before / compiled:.2f}x**); identical generations in all three {same}/{len(requests)}."]
 
 
 def grpo_lines(args) -> list[str]:
-    """Seconds per TRL GRPO step (8 prompts x 4 completions of up to 64 tokens, synthetic math) on a tiny model,
-    lean loop on and off; the same seed, so both runs see the same prompts."""
+    """Seconds per TRL GRPO step (8 prompts x 4 completions of up to 64 tokens, synthetic math) on a tiny model:
+    transformers' loop, the lean loop uncompiled, and the lean loop compiling its step at once (compile included);
+    the same seed, so every run sees the same prompts."""
     from trl import GRPOConfig, GRPOTrainer
 
     from hfscratch.alignment.datasets import synthetic_dataset
@@ -190,11 +219,12 @@ def grpo_lines(args) -> list[str]:
                                  num_attention_heads=8, num_key_value_heads=4, pad_token_id=tokenizer.pad_token_id,
                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         seconds = {}
-        for lean in (False, True, False, True):
+        for variant in ("transformers' loop", "lean loop", "compiled step") * 2:
             torch.manual_seed(0)
             model = HfscratchForCausalLM(config)
-            model.lean_decoding = lean
-            training = GRPOConfig(output_dir=str(Path(tmp) / f"grpo-{lean}"), max_steps=args.grpo_steps, seed=0,
+            model.lean_decoding = variant != "transformers' loop"
+            model.compile_decoding_after = 0 if variant == "compiled step" else None
+            training = GRPOConfig(output_dir=str(Path(tmp) / "grpo"), max_steps=args.grpo_steps, seed=0,
                                   per_device_train_batch_size=32, num_generations=4, max_completion_length=64,
                                   learning_rate=1e-5, logging_steps=1, report_to=[], save_strategy="no",
                                   disable_tqdm=True, use_cpu=True, bf16=False)
@@ -202,10 +232,11 @@ def grpo_lines(args) -> list[str]:
                                   train_dataset=rows, processing_class=tokenizer)
             start = time.perf_counter()
             trainer.train()
-            seconds.setdefault(lean, []).append((time.perf_counter() - start) / args.grpo_steps)
-    before, after = min(seconds[False]), min(seconds[True])
+            seconds.setdefault(variant, []).append((time.perf_counter() - start) / args.grpo_steps)
+    before, lean, compiled = (min(seconds[name]) for name in seconds)
     return [f"TRL GRPO step (32 completions of up to 64 tokens, 6.5M-shape model, {args.grpo_steps} steps, best of 2): "
-            f"transformers' loop {before:.2f} s/step, lean loop {after:.2f} s/step (**{before / after:.2f}x**)."]
+            f"transformers' loop {before:.2f} s/step, lean loop {lean:.2f} s/step (**{before / lean:.2f}x**), compiled "
+            f"step {compiled:.2f} s/step (**{before / compiled:.2f}x**)."]
 
 
 def main(argv=None) -> int:
@@ -218,15 +249,16 @@ def main(argv=None) -> int:
     parser.add_argument("--kv_heads", type=int, default=4)
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9, help="interleaved generate calls per model and setting")
-    parser.add_argument("--gsm8k", action="store_true", help="also time lm-eval GSM8K generation, lean loop on and off")
+    parser.add_argument("--gsm8k", action="store_true", help="also time lm-eval GSM8K generation, each loop")
     parser.add_argument("--gsm8k_limit", type=int, default=100)
-    parser.add_argument("--grpo", action="store_true", help="also time TRL GRPO steps, lean loop on and off")
+    parser.add_argument("--grpo", action="store_true", help="also time TRL GRPO steps, each loop")
     parser.add_argument("--grpo_steps", type=int, default=3)
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--results", default=str(BENCHMARKS / "RESULTS_generate.md"), help="'' to print only")
     args = parser.parse_args(argv)
 
     models = build_models(args)
+    compiling = compile_seconds(models["hfscratch-compiled"], args)
     problems = check_tokens(models, args)
     limits = bounds(models["hfscratch"])
     lines = [f"### `model.generate` decoding ({args.new_tokens} new greedy tokens, fp32, "
@@ -236,18 +268,19 @@ def main(argv=None) -> int:
              f"of matrices read per decoding step). Medians over {args.rounds} interleaved rounds; ratio = Llama's time / "
              "the variant's.", ""]
     lines += decode_table(models, args)
-    lean_b1 = None
-    for line in lines:
-        if line.startswith("| 1 | new tokens/s"):
-            lean_b1 = float(line.split("|")[6])
-    per_token = 1 / lean_b1
+    batch1 = next(line.split("|") for line in lines if line.startswith("| 1 | new tokens/s"))
+    per_token = {"lean loop": 1 / float(batch1[6]), "compiled step": 1 / float(batch1[8])}
     lines += ["", f"Bounds per token at batch 1: the matrix-vector products alone take {1e3 * limits['matvec_s']:.2f} ms "
               f"({1 / limits['matvec_s']:.0f} tok/s; {limits['weight_mb'] / 1e3 / limits['matvec_s']:.0f} GB/s of weights), "
               f"the {limits['flops'] / 1e6:.1f} MFLOP at this machine's {limits['gflops']:.0f} GFLOP/s GEMM rate "
-              f"{1e3 * limits['compute_s']:.2f} ms. The lean loop takes {1e3 * per_token:.2f} ms a token: "
-              f"{per_token / limits['matvec_s']:.2f}x the weight-read floor, {per_token / limits['compute_s']:.0f}x the compute bound.",
+              f"{1e3 * limits['compute_s']:.2f} ms. " + " ".join(
+                  f"The {name} takes {1e3 * seconds:.2f} ms a token: {seconds / limits['matvec_s']:.2f}x the weight-read "
+                  f"floor, {seconds / limits['compute_s']:.0f}x the compute bound." for name, seconds in per_token.items()),
+              "", "One-time compile of the step (first call's time less a compiled call's; torch.compile's on-disk cache "
+              "makes it shorter in later processes): "
+              + ", ".join(f"batch {batch} {seconds:.1f} s" for batch, seconds in compiling.items()) + ".",
               "", "Token checks: " + ("greedy tokens equal to Llama's at batch 1 and 8; seeded sampling equal to "
-                                      "transformers' loop." if not problems else "; ".join(problems))]
+                                      "transformers' loop (lean) and reproducible (compiled)." if not problems else "; ".join(problems))]
     if args.gsm8k:
         lines += [""] + gsm8k_lines(args)
     if args.grpo:

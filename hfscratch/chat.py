@@ -91,6 +91,10 @@ class ChatSession:
     def __init__(self, model, tokenizer, *, sampling: SamplingConfig | None = None, system: str | None = None,
                  announce=_notice):
         self.model = model
+        if hasattr(model, "compile_decoding_after"):
+            # A person reads far slower than the uncompiled lean loop writes; compiling the decoding step would
+            # stall one reply for the compile (seconds to a minute on a small CPU) and gain nothing they can see.
+            model.compile_decoding_after = None
         self.tokenizer = tokenizer
         self.sampling = (sampling or SamplingConfig()).validate()
         self.system = system or None

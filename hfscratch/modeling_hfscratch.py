@@ -424,6 +424,7 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
     lean_decoding = True  # False: `generate` always runs transformers' own per-token loop (see lean decoding below)
+    compile_decoding_after: int | None = 4096  # lean decoding steps before the step is compiled; None: never
 
     def __init__(self, config: HfscratchConfig):
         super().__init__(config)
@@ -499,11 +500,15 @@ HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausa
 # bookkeeping, module calls, a cache that grows by concatenation, masks and rotary angles rebuilt every token (about
 # 2.6 ms a token for a 6.5M-parameter model on 2 CPU cores, against ~0.1 ms of matrix math). For greedy search and
 # sampling the loop below replaces that: the decoder block's math written out once more on the modules' own
-# forward functions (so LoRA layers still apply), keys and values in buffers sized once per call, angles and masks
-# built once per call. Token choice is `GenerationMixin._sample`'s: the same float32 scores through the same logits
-# processors and stopping criteria, then argmax or one multinomial draw. Tests hold it to that path's tokens.
+# forward functions (so LoRA layers still apply), keys and values in buffers sized once per call, angles built once
+# per call. Token choice is `GenerationMixin._sample`'s: the same float32 scores through the same logits processors
+# and stopping criteria, then argmax or one multinomial draw. Tests hold it to that path's tokens.
+# Once a model has decoded `compile_decoding_after` tokens this way, its one-token step is compiled with
+# `torch.compile` (one fused graph a step instead of a dozen dispatched ops per layer): long-running decoding (RL
+# rollouts, lm-eval) pays the compile once, short scripts and tests never do.
 LEAN_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "use_cache", "cache", "past_key_values",
                      "cache_position"}
+MAX_DECODE_GRAPHS = 6  # distinct compiled step shapes per process; below torch._dynamo's recompile limit of 8
 
 
 def lean_decoding_applies(model: HfscratchForCausalLM, generation_config, synced_gpus: bool, model_kwargs: dict) -> bool:
@@ -526,72 +531,136 @@ def lean_decoding_applies(model: HfscratchForCausalLM, generation_config, synced
     )
 
 
-class LeanDecoder:
-    """The forward passes of one `generate` call. `forward(tokens, mask)` runs `tokens` (batch, n) at the next n
-    positions and returns the float32 logits of the last one."""
+def lean_forward(parts: tuple, tokens, slots, real, positions, cos, signed_sin, keys: list, values: list) -> torch.Tensor:
+    """Runs `tokens` (batch, n) into cache slots `slots` (n,) and returns the last position's logits. `real`
+    (batch, 1, 1, slots) marks the keys that are not padding; `keys`/`values` hold one (batch, kv heads, slots,
+    head dim) buffer per layer, filled in place. Shapes depend only on the batch and the buffer size, so one compiled
+    graph serves every step of every call of that size."""
+    embed, learned_positions, final_norm, head, layers, head_dim, scaling, gqa, half = parts
+    batch, n = tokens.shape
+    hidden = embed(tokens)
+    if learned_positions is not None:
+        hidden = hidden + learned_positions(positions.index_select(1, slots))
+    else:
+        cos, signed_sin = cos.index_select(2, slots), signed_sin.index_select(2, slots)
+    # A query sees the real keys up to its own slot, and itself: a left-pad query has no real key before it, and a
+    # softmax over no key at all is NaN.
+    key_slots = torch.arange(real.shape[-1], device=tokens.device)
+    mask = ((key_slots <= slots[:, None]) & real) | (key_slots == slots[:, None])
+    head_shape = (batch, n, -1, head_dim)
+    for i, (in_norm, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, post_norm, gate, up, down, act) in enumerate(layers):
+        x = in_norm(hidden)
+        query, key, value = q_proj(x).view(head_shape), k_proj(x).view(head_shape), v_proj(x).view(head_shape)
+        if q_norm is not None:
+            query, key = q_norm(query), k_norm(key)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        if learned_positions is None:  # what apply_rotary_pos_emb computes
+            query = query * cos + query.roll(half, -1) * signed_sin
+            key = key * cos + key.roll(half, -1) * signed_sin
+        if keys[i] is None:  # sized on first use, in the dtype the projections give (bf16 under autocast); zeros,
+            # because masked slots still meet a zero softmax weight and 0 * NaN would be NaN
+            keys[i] = key.new_zeros((*key.shape[:2], real.shape[-1], key.shape[-1]))
+            values[i] = value.new_zeros(keys[i].shape)
+        keys[i].index_copy_(2, slots, key)
+        values[i].index_copy_(2, slots, value)
+        attended = nn.functional.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=mask, scale=scaling,
+                                                              enable_gqa=gqa)
+        hidden = hidden + o_proj(attended.transpose(1, 2).reshape(batch, n, -1))
+        x = post_norm(hidden)
+        hidden = hidden + down(act(gate(x)) * up(x) if gate is not None else act(up(x)))
+    return head(final_norm(hidden[:, -1:]))[:, -1]
 
-    def __init__(self, model: HfscratchForCausalLM, position_ids: torch.Tensor, max_length: int):
+
+@functools.cache
+def compiled_lean_forward(device_type: str) -> Callable:
+    # On CPU the C++ wrapper calls the graph's kernels without a Python line between them; CUDA gets the default.
+    return torch.compile(lean_forward, fullgraph=True, dynamic=False,
+                         options={"cpp_wrapper": True} if device_type == "cpu" else None)
+
+
+# What fixes a compiled step's graph besides the buffers' shape: a step of another kind is compiled anew.
+DECODE_GRAPH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "attention_bias", "mlp_bias",
+                       "max_position_embeddings", "position_embedding_type", "norm_type", "mlp_type", "qk_norm")
+COMPILED_DECODE_GRAPHS: dict[tuple, bool] = {}  # step kind -> whether its compiled graph works
+
+
+class LeanDecoder:
+    """The forward passes of one `generate` call. `forward(tokens)` runs `tokens` (batch, n) at the next n
+    positions and returns the float32 logits of the last one. `real` (batch, max length) is False at padding."""
+
+    def __init__(self, model: HfscratchForCausalLM, position_ids: torch.Tensor, real: torch.Tensor):
         backbone, config = model.model, model.config
-        self.embed, self.norm, self.head = backbone.embed_tokens.forward, backbone.norm.forward, model.lm_head.forward
-        self.position_ids, self.max_length, self.length = position_ids, max_length, 0
-        self.learned_positions = backbone.embed_positions.forward if config.position_embedding_type == "learned" else None
-        self.angles = None
-        if self.learned_positions is None:  # every reachable position at once; dtype/device of the hidden states
-            cos, sin = backbone.rotary_emb(backbone.embed_tokens.weight[:1], position_ids)
+        # Buffers of a power-of-two size: calls of different lengths share one compiled step.
+        size = max(64, 1 << (real.shape[-1] - 1).bit_length())
+        self.real = nn.functional.pad(real, (0, size - real.shape[-1]))[:, None, None, :]
+        self.positions = nn.functional.pad(position_ids, (0, size - position_ids.shape[-1])).clamp(min=0)
+        self.cos = self.signed_sin = None
+        learned = backbone.embed_positions.forward if config.position_embedding_type == "learned" else None
+        half = config.head_dim // 2
+        if learned is None:  # every slot's angles at once; dtype/device of the hidden states
+            cos, sin = backbone.rotary_emb(backbone.embed_tokens.weight[:1], self.positions)
             # rotate_half(x) * sin == x.roll(half) * sin with the first half of sin negated: the same products
             # (a sign flip is exact), in two ops instead of four.
-            half = sin.shape[-1] // 2
-            self.angles = (cos[:, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None], half)
+            self.cos, self.signed_sin = cos[:, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
         # Bound forward functions, gathered once: a module call or attribute lookup per token costs more than the
         # arithmetic at this size.
-        self.layers = []
+        layers = []
         for layer in backbone.layers[: config.num_hidden_layers]:
             attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append((
+            layers.append((
                 layer.input_layernorm.forward, attn.q_proj.forward, attn.k_proj.forward, attn.v_proj.forward,
                 attn.q_norm.forward if attn.qk_norm else None, attn.k_norm.forward if attn.qk_norm else None,
                 attn.o_proj.forward, layer.post_attention_layernorm.forward,
                 mlp.gate_proj.forward if mlp.gated else None, mlp.up_proj.forward, mlp.down_proj.forward, mlp.act_fn,
             ))
-        self.head_dim, self.scaling = config.head_dim, config.head_dim**-0.5
-        self.gqa = config.num_attention_heads != config.num_key_value_heads
-        self.keys: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.values: list[torch.Tensor | None] = [None] * len(self.layers)
+        self.parts = (backbone.embed_tokens.forward, learned, backbone.norm.forward, model.lm_head.forward,
+                      tuple(layers), config.head_dim, config.head_dim**-0.5,
+                      config.num_attention_heads != config.num_key_value_heads, half)
+        self.keys: list[torch.Tensor | None] = [None] * len(layers)
+        self.values: list[torch.Tensor | None] = [None] * len(layers)
+        self.model, self.length, self.step, self.graph = model, 0, lean_forward, None
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        slots = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
         with torch.inference_mode():
-            logits = self.run(tokens, mask)
+            if tokens.shape[1] > 1:  # the prompt: one pass of its own length, never compiled
+                logits = lean_forward(self.parts, tokens, slots, self.real, self.positions, self.cos, self.signed_sin,
+                                      self.keys, self.values)
+            else:
+                logits = self.decode_step(tokens, slots)
+        self.length += tokens.shape[1]
         return logits.to(copy=True, dtype=torch.float32)  # a copy made outside: an ordinary tensor for the caller
 
-    def run(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        (batch, n), start, end = tokens.shape, self.length, self.length + tokens.shape[1]
-        hidden = self.embed(tokens)
-        if self.learned_positions is not None:
-            hidden = hidden + self.learned_positions(self.position_ids[:, start:end].clamp(min=0))
-        else:
-            cos, signed_sin, half = self.angles[0][:, :, start:end], self.angles[1][:, :, start:end], self.angles[2]
-        head_shape = (batch, n, -1, self.head_dim)
-        for i, (in_norm, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, post_norm, gate, up, down, act) in enumerate(self.layers):
-            x = in_norm(hidden)
-            query, key, value = q_proj(x).view(head_shape), k_proj(x).view(head_shape), v_proj(x).view(head_shape)
-            if q_norm is not None:
-                query, key = q_norm(query), k_norm(key)
-            query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-            if self.learned_positions is None:  # what apply_rotary_pos_emb computes
-                query = query * cos + query.roll(half, -1) * signed_sin
-                key = key * cos + key.roll(half, -1) * signed_sin
-            if self.keys[i] is None:  # sized on first use, in the dtype the projections give (bf16 under autocast)
-                self.keys[i] = key.new_empty((*key.shape[:2], self.max_length, key.shape[-1]))
-                self.values[i] = value.new_empty(self.keys[i].shape)
-            self.keys[i][:, :, start:end], self.values[i][:, :, start:end] = key, value
-            attended = nn.functional.scaled_dot_product_attention(
-                query, self.keys[i][:, :, :end], self.values[i][:, :, :end], attn_mask=mask,
-                is_causal=mask is None and n > 1, scale=self.scaling, enable_gqa=self.gqa)
-            hidden = hidden + o_proj(attended.transpose(1, 2).reshape(batch, n, -1))
-            x = post_norm(hidden)
-            hidden = hidden + down(act(gate(x)) * up(x) if gate is not None else act(up(x)))
-        self.length = end
-        return self.head(self.norm(hidden[:, -1:]))[:, -1]
+    def decode_step(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        arguments = (self.parts, tokens, slots, self.real, self.positions, self.cos, self.signed_sin, self.keys,
+                     self.values)
+        if self.graph is None or COMPILED_DECODE_GRAPHS.get(self.graph) is not None:
+            return self.step(*arguments)
+        # The first call of a new graph compiles it. Where that fails (no C++ compiler, an op dynamo cannot
+        # trace), this kind of step runs uncompiled from then on; nothing was written to the buffers yet.
+        try:
+            logits = self.step(*arguments)
+        except Exception:  # noqa: BLE001 -- any compile failure means: decode uncompiled
+            COMPILED_DECODE_GRAPHS[self.graph], self.step = False, lean_forward
+            return lean_forward(*arguments)
+        COMPILED_DECODE_GRAPHS[self.graph] = True
+        return logits
+
+    def compile_when_due(self) -> None:
+        """Once the model has decoded `compile_decoding_after` steps the lean way, this call's one-token steps run
+        as a compiled graph (called after the prompt's pass, which sizes the buffers)."""
+        model, after = self.model, self.model.compile_decoding_after
+        if after is None or getattr(model, "lean_decoding_steps", 0) < after:
+            return
+        device = self.keys[0].device.type
+        graph = (device, self.keys[0].dtype, tuple(self.keys[0].shape), torch.is_autocast_enabled(device),
+                 model.training, tuple(sorted({type(m).__qualname__ for m in model.modules()})),
+                 *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS))
+        known = COMPILED_DECODE_GRAPHS.get(graph)
+        if known is False or (known is None and len(COMPILED_DECODE_GRAPHS) >= MAX_DECODE_GRAPHS):
+            return
+        self.graph, self.step = graph, compiled_lean_forward(device)
 
 
 @torch.no_grad()
@@ -604,21 +673,16 @@ def lean_sample(model: HfscratchForCausalLM, input_ids: torch.LongTensor, logits
         position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1) if padded else \
             torch.arange(prompt_length, device=device).expand(batch, -1)
     later = position_ids[:, -1:] + torch.arange(1, max(max_length - prompt_length, 0) + 1, device=device)
-    decoder = LeanDecoder(model, torch.cat([position_ids, later], dim=-1), max_length)
-
-    # Masks: none without padding (SDPA's causal flag for the prompt; one new token attends to every past key).
-    # With left padding, boolean masks over real keys; pad queries see themselves so no softmax row is empty (NaN).
-    prompt_mask = step_mask = None
+    real = torch.ones(batch, max(max_length, prompt_length), dtype=torch.bool, device=device)
     if padded:
-        real = torch.cat([attention_mask.bool(), attention_mask.new_ones(batch, max_length - prompt_length, dtype=torch.bool)], -1)
-        causal = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=device).tril()
-        prompt_mask = (causal & real[:, None, None, :prompt_length]) | torch.eye(prompt_length, dtype=torch.bool, device=device)
-        step_mask = real[:, None, None, :]
+        real[:, :prompt_length] = attention_mask.bool()
+    decoder = LeanDecoder(model, torch.cat([position_ids, later], dim=-1), real)
 
     pad_token = generation_config._pad_token_tensor
     stops_on_eos = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
-    logits = decoder.forward(input_ids, prompt_mask)
+    logits = decoder.forward(input_ids)
+    decoder.compile_when_due()
     while True:
         scores = logits_processor(input_ids, logits)
         if generation_config.do_sample:
@@ -633,7 +697,8 @@ def lean_sample(model: HfscratchForCausalLM, input_ids: torch.LongTensor, logits
             streamer.put(next_tokens.cpu())
         if unfinished.max() == 0 or input_ids.shape[1] >= max_length:
             break
-        logits = decoder.forward(next_tokens[:, None], None if step_mask is None else step_mask[..., : decoder.length + 1])
+        logits = decoder.forward(next_tokens[:, None])
+    model.lean_decoding_steps = getattr(model, "lean_decoding_steps", 0) + input_ids.shape[1] - prompt_length
     if streamer is not None:
         streamer.end()
     return input_ids

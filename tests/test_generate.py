@@ -4,6 +4,7 @@ apply. `lean_decoding = False` on a model is transformers' loop, the reference h
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -167,3 +168,66 @@ def test_bf16_autocast_decoding_matches_transformers_loop():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         lean, reference = both_loops(model, input_ids=ids, max_new_tokens=16, do_sample=False, eos_token_id=None)
     assert torch.equal(lean, reference)
+
+
+@pytest.fixture
+def fresh_graphs(monkeypatch):
+    """The process-wide record of compiled decoding steps, emptied for one test."""
+    monkeypatch.setattr(modeling, "COMPILED_DECODE_GRAPHS", {})
+    return modeling.COMPILED_DECODE_GRAPHS
+
+
+def test_compiled_decoding_step_gives_transformers_tokens(fresh_graphs):
+    """After `compile_decoding_after` steps the one-token step runs as a torch.compile graph: the tokens stay those
+    of transformers' loop, for a single prompt and a left-padded batch, and a second model of the same shape reuses
+    the graph instead of compiling another."""
+    model = make_model(tie_word_embeddings=False)
+    model.compile_decoding_after = 20
+    ids, mask = padded_batch()
+    single = dict(input_ids=ids[:1], max_new_tokens=24, do_sample=False, eos_token_id=None)
+    eager, reference = both_loops(model, **single)  # 24 lean steps: from now on this model's steps are compiled
+    assert not fresh_graphs and model.lean_decoding_steps == 24
+    compiled, _ = both_loops(model, **single)
+    assert list(fresh_graphs.values()) == [True], "the step was not compiled"
+    assert torch.equal(compiled, reference) and torch.equal(eager, reference)
+    batch = dict(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None)
+    compiled, reference = both_loops(model, **batch)
+    assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == [True, True]
+    torch.manual_seed(5)
+    first = model.generate(**{**batch, **SAMPLING})
+    torch.manual_seed(5)
+    assert torch.equal(first, model.generate(**{**batch, **SAMPLING})), "seeded sampling is not reproducible"
+
+    graphs = counters["stats"]["unique_graphs"]
+    twin = make_model(tie_word_embeddings=False)
+    twin.compile_decoding_after = 0
+    twin.load_state_dict(model.state_dict())
+    assert torch.equal(twin.generate(**single), both_loops(model, **single)[1])
+    assert counters["stats"]["unique_graphs"] == graphs and len(fresh_graphs) == 2
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qk_norm"])
+def test_compiled_decoding_step_of_other_architectures(arch, fresh_graphs):
+    model = make_model(arch, tie_word_embeddings=False)
+    model.compile_decoding_after = 0
+    ids, mask = padded_batch()
+    compiled, reference = both_loops(model, input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+                                     eos_token_id=None)
+    assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == [True]
+
+
+def test_decoding_goes_on_uncompiled_where_compiling_fails(monkeypatch, fresh_graphs):
+    def no_compiler(device_type):
+        def step(*args):
+            raise RuntimeError("no C++ compiler")
+        return step
+
+    monkeypatch.setattr(modeling, "compiled_lean_forward", no_compiler)
+    model = make_model(tie_word_embeddings=False)
+    model.compile_decoding_after = 0
+    kwargs = dict(input_ids=padded_batch()[0][:1], max_new_tokens=16, do_sample=False, eos_token_id=None)
+    for _ in range(2):  # the second call does not try again
+        lean, reference = both_loops(model, **kwargs)
+        assert torch.equal(lean, reference) and list(fresh_graphs.values()) == [False]
+    model.compile_decoding_after = None
+    assert torch.equal(model.generate(**kwargs), reference)
