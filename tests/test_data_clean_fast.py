@@ -96,11 +96,17 @@ def test_fast_minhash_shingles_and_signatures_equal_datatrove(book_paragraphs, f
     config = MinhashConfig(hash_config=HashConfig(precision=precision))
     reference = MinhashDedupSignature(str(tmp_path / "a"), config=config, language=fast_tokenizer)
     fast = FastMinhashDedupSignature(str(tmp_path / "b"), config=config, language=fast_tokenizer)
+    chunked = FastMinhashDedupSignature(str(tmp_path / "c"), config=config, language=fast_tokenizer)
+    chunked.chunk_rows = 7  # the bounded-memory path: most paragraphs span several chunks, the last one partial
+    spanned = 0
     for text in book_paragraphs[::10]:
         shingles = reference.get_shingles(text)
         assert np.array_equal(fast.get_shingles(text), shingles)
         if shingles.size:
-            assert fast.get_signature(shingles) == reference.get_signature(shingles)
+            expected = reference.get_signature(shingles)
+            assert fast.get_signature(shingles) == expected and chunked.get_signature(shingles) == expected
+            spanned += len(shingles) > 2 * chunked.chunk_rows
+    assert spanned > 10
 
 
 def test_fast_and_spacy_pipelines_make_the_same_decisions(book_paragraphs, shared_data, tmp_path):
