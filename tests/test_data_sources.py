@@ -179,3 +179,16 @@ def test_source_reader_shards_files_over_tasks(tmp_path, stories):
     assert all(sum(len(t.encode()) for t in shard) <= sum(sizes) / 2 + max(sizes) for shard in shards)
     assert max(stories[:5], key=lambda s: len(s.encode())) in shards[0]
     assert all(d.metadata["source"].startswith(str(tmp_path)) for d in SourceReader([str(tmp_path)]).run())
+
+
+def test_max_doc_bytes_counts_utf8_bytes(tmp_path, stories):
+    from hfscratch.data.sources import utf8_size_over
+
+    assert utf8_size_over("é" * 100, 150) == 200 and utf8_size_over("é" * 100, 200) is None  # bytes, not characters
+    assert utf8_size_over("a" * 201, 200) == 201 and utf8_size_over("a" * 50, 200) is None
+    source = tmp_path / "docs.jsonl"
+    records = [{"text": s} for s in stories[:5]] + [{"text": "ü" * 600}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    reader = SourceReader([str(source)], max_doc_bytes=1000)  # 600 characters, 1200 bytes
+    assert [d.text for d in reader.run()] == stories[:5]
+    assert reader.stats["oversized"].total == 1

@@ -219,3 +219,53 @@ def test_cli_one_line_errors_and_success(built, capsys):
     assert main([*common, "--vocab_size", "512"]) == 0
     out = capsys.readouterr().out
     assert "reusing prepared data" in out and "next: hfscratch pretrain" in out
+
+
+def test_one_line_documents_over_max_doc_bytes_are_counted_and_skipped(tmp_path, shared_data, capfd, caplog):
+    """A source document far larger than anything real (one line of repeated book text, in a .txt and as a .jsonl
+    record) is skipped when read and counted as oversized; the rest of the corpus is cleaned, tokenized and packed.
+    The same code path as a 50 MB line under the default 10 MB cap, with a 200 KB cap and a ~0.5 MB line."""
+    from hfscratch.cli import main
+
+    book = (shared_data / "gutenberg" / "books" / "pg11.txt").read_text(encoding="utf-8")
+    paragraphs = [p.strip() for p in book.split("\n\n") if p.strip()][100:250]
+    one_line = " ".join([" ".join(book.split())] * 3)  # ~0.5 MB of real text without a line break
+    assert len(one_line) > 2 * 200_000 and "\n" not in one_line
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "book.txt").write_text("\n\n".join(paragraphs[:100]) + "\n", encoding="utf-8")
+    (src / "huge.txt").write_text(one_line + "\n", encoding="utf-8")
+    records = [{"text": p} for p in paragraphs[100:]]
+    records.insert(20, {"text": one_line})
+    (src / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    common = ["data", "--output_root", str(tmp_path / "out"), "--txt_mode", "paragraph", "--synthetic_problems", "0",
+              "--vocab_size", "512", "--block_size", "64", "--num_proc", "1", "--validation_fraction", "0.1",
+              "--cleaning.max_doc_bytes", "200000", "--cleaning.c4_quality", "false", "--cleaning.progress", "false"]
+
+    assert main([*common, "--name", "mixed", "--sources", str(src)]) == 0
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    warnings = "\n".join(r.getMessage() for r in caplog.records if r.name == "hfscratch.data")
+    size = len(one_line.encode("utf-8"))
+    for name in ("huge.txt", "records.jsonl"):  # one warning per file, naming the cap and the size
+        assert f"{name}: skipped 1 document(s) over max_doc_bytes=200000 (largest {size} bytes)" in warnings
+    manifest = json.loads((tmp_path / "out" / "mixed" / "manifest.json").read_text())
+    read = manifest["corpus"]["stats"]["natural"]["stages"]["read"]
+    assert read["details"]["oversized"] == 2
+    assert read["docs_out"] == len(paragraphs)  # every other document was read
+    assert read["bytes_out"] == sum(len(p.encode()) for p in paragraphs)
+    assert manifest["splits"]["train"]["tokens"] > 0
+
+    # Nothing usable left: one line naming the cap and the fix, no traceback, no prepared or half-built folder.
+    (src / "book.txt").unlink()
+    (src / "records.jsonl").unlink()
+    assert main([*common, "--name", "only_huge", "--sources", str(src)]) == 2
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    error = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "all 1 are larger than max_doc_bytes=200000" in error[0]
+    assert "raise cleaning.max_doc_bytes" in error[0]
+    assert not (tmp_path / "out" / "only_huge").exists() and not list((tmp_path / "out").glob(".only_huge*"))
+
+    with pytest.raises(ConfigError, match="max_doc_bytes=0 must be a positive number"):
+        CleanConfig(max_doc_bytes=0).validate()

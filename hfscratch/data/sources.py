@@ -317,12 +317,32 @@ def iter_source_texts(kind: str, path: str, text_field: str = "text", txt_mode: 
 
 
 def _new_counters() -> dict:
-    return {"undecodable_bytes": 0, "missing_field": 0, "bad_records": 0, "empty": 0, "truncated_files": 0}
+    return {"undecodable_bytes": 0, "missing_field": 0, "bad_records": 0, "empty": 0, "truncated_files": 0,
+            "oversized": 0, "largest_oversized_bytes": 0}
 
 
 def check_txt_mode(txt_mode: str) -> None:
     if txt_mode not in TXT_MODES:
         raise DataError(f"unknown txt_mode {txt_mode!r}; use one of {', '.join(TXT_MODES)}")
+
+
+def utf8_size_over(text: str, cap: int) -> int | None:
+    """The UTF-8 size of `text` when it is over `cap` bytes, else None. A character is 1-4 bytes, so short texts
+    are never encoded; lone surrogates (possible from JSON escapes) count 3 bytes as in the writers' output."""
+    if len(text) * 4 <= cap:
+        return None
+    size = len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))
+    return size if size > cap else None
+
+
+def _within_size(texts: Iterable[tuple[str, str]], counters: dict, cap: int | None) -> Iterator[tuple[str, str]]:
+    """The `(text, id)` pairs of at most `cap` UTF-8 bytes (None = all); larger ones are counted as oversized."""
+    for text, doc_id in texts:
+        if cap is not None and (size := utf8_size_over(text, cap)) is not None:
+            counters["oversized"] += 1
+            counters["largest_oversized_bytes"] = max(counters["largest_oversized_bytes"], size)
+            continue
+        yield text, doc_id
 
 
 def _nonblank(texts: Iterable[tuple[str, str]], counters: dict, room: int | None) -> Iterator[tuple[str, str]]:
@@ -408,10 +428,11 @@ class SourceReader(BaseReader):
     name = "📂 hfscratch sources"
 
     def __init__(self, sources: list[str], text_field: str = "text", txt_mode: str = "file", limit: int = -1,
-                 file_progress: bool = True):
+                 file_progress: bool = True, max_doc_bytes: int | None = None):
         super().__init__(limit=limit)
         check_txt_mode(txt_mode)
         self.sources = [str(s) for s in sources]
+        self.max_doc_bytes = max_doc_bytes  # larger documents are skipped and counted as oversized
         self.text_field = text_field
         self.txt_mode = txt_mode
         self.file_progress = file_progress
@@ -427,14 +448,20 @@ class SourceReader(BaseReader):
             for kind, path in my_files + datasets_:
                 counters = _new_counters()
                 texts = iter_source_texts(kind, path, self.text_field, self.txt_mode, counters, rank, world_size)
+                texts = _within_size(texts, counters, self.max_doc_bytes)
                 for text, doc_id in _nonblank(texts, counters, None if self.limit == -1 else self.limit - produced):
                     produced += 1
                     document = Document(text=text, id=doc_id, metadata={"source": path})
                     self.update_doc_stats(document)
                     yield document
-                for key in ("undecodable_bytes", "bad_records", "empty", "missing_field", "truncated_files"):
+                for key in ("undecodable_bytes", "bad_records", "empty", "missing_field", "truncated_files",
+                            "oversized"):
                     if counters[key]:
                         self.stat_update(key, value=counters[key])
+                if counters["oversized"]:
+                    logger.warning("%s: skipped %d document(s) over max_doc_bytes=%d (largest %d bytes); raise "
+                                   "cleaning.max_doc_bytes to keep them", path, counters["oversized"],
+                                   self.max_doc_bytes, counters["largest_oversized_bytes"])
                 if counters["undecodable_bytes"]:
                     logger.warning("%s: skipped %d undecodable bytes", path, counters["undecodable_bytes"])
                 if counters["truncated_files"]:

@@ -40,6 +40,13 @@ class CleanConfig:
     """Every switch and threshold of the cleaning pipeline (maps 1:1 to the `clean:` block of a recipe YAML)."""
 
     # reading options (txt_mode, limit) are clean_corpus arguments: the data config owns them
+    # A document over the cap is skipped when read and counted as `oversized` (read row of the table, a warning
+    # naming it), not split. The largest Gutenberg book is 3.3 MB; a single document three times that is a dump, a
+    # concatenation or a file without its line breaks (one 50 MB line has no paragraph to split at), and cutting it
+    # at sentences would make up documents the source never had for dedup and the filters to judge one by one.
+    # Gopher's max_doc_words (100,000 words, ~0.6 MB) drops it anyway, but only after the dedup stages paid for it.
+    max_doc_bytes: int | None = option(10_000_000, "skip documents larger than this many UTF-8 bytes, counted as "
+                                       "oversized (null = no cap; each document is read into memory once)")
     exact_dedup: bool = option(True, "drop exact duplicate documents (whole-text hash)")
     # 5-gram shingles, 14 buckets x 8 hashes: documents above ~0.72 Jaccard similarity are near-duplicates
     minhash_dedup: bool = option(True, "drop near-duplicate documents (MinHash)")
@@ -102,6 +109,10 @@ class CleanConfig:
                               f"{reason}: set word_tokenizer: spacy")
         if self.decontamination_ngram < 1:
             raise ConfigError("decontamination_ngram must be >= 1; 13 is the usual value")
+        if self.max_doc_bytes is not None and (isinstance(self.max_doc_bytes, bool) or not isinstance(
+                self.max_doc_bytes, int) or self.max_doc_bytes < 1):
+            raise ConfigError(f"max_doc_bytes={self.max_doc_bytes!r} must be a positive number of bytes (default "
+                              "10000000) or null for no cap")
         if self.tasks < 1 or self.workers < 1:
             raise ConfigError("clean tasks and workers must be >= 1")
         if self.minhash_buckets < 1 or self.minhash_hashes_per_bucket < 1 or self.minhash_ngrams < 1:

@@ -154,7 +154,7 @@ def _build_stages(sources, config: CleanConfig, root: Path, text_field: str, sha
     minhash_cfg = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
                                 hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.minhash_seed)
     reader = SourceReader(sources, text_field=text_field, txt_mode=txt_mode, limit=limit or -1,
-                          file_progress=config.progress)
+                          file_progress=config.progress, max_doc_bytes=config.max_doc_bytes)
     first = [reader, StageMeter("read"), _shard_writer(ingest)]
     if config.exact_dedup:
         first.append(ExactDedupSignature(str(work / "exact_sigs"), config=exact_cfg))
@@ -311,8 +311,12 @@ def clean_corpus(sources: list[str] | Iterable[dict], output_dir: str | Path, co
         with _quiet_datatrove_console():
             _make_executor(config, stage, logs / stage.name).run()
         if stage.name == "read":
-            read_summary = summarize(_stage_stats(logs / "read"), {})
+            read_summary = summarize(_stage_stats(logs / "read"), _block_stages(stages[:1]))
             if read_summary.get("read", {}).get("docs_out", 0) == 0:
+                if oversized := read_summary.get("read", {}).get("details", {}).get("oversized", 0):
+                    raise DataError(f"no documents left in {', '.join(source_list)}: all {oversized} are larger than "
+                                    f"max_doc_bytes={config.max_doc_bytes}; raise cleaning.max_doc_bytes (null = no "
+                                    "cap) or split the text into documents (paragraphs, lines, records)")
                 raise DataError(f"no documents read from {', '.join(source_list)}; check the sources hold text "
                                 f"(text_field={text_field!r}, txt_mode={txt_mode!r})")
     elapsed = time.perf_counter() - started
