@@ -5,7 +5,12 @@ that drops or edits text does not shrink the next stage's input): the MB/s are c
 The blocks are those `clean_corpus` builds for --word-tokenizer (fast: the default; spacy: datatrove's as shipped).
 Then the whole `clean_corpus` pipeline runs with --tasks/--workers, once with --word-tokenizer and once with datatrove's
 blocks as shipped (spaCy words: word_tokenizer spacy, same stages and executor), and the wall times give the
-end-to-end MB/s and their ratio.
+end-to-end MB/s and their ratio. Last, a plain datatrove pipeline on the same documents: only datatrove's stock blocks,
+each with its DEFAULT constructor arguments (JsonlReader, exact dedup, MinHash dedup with MinhashConfig(), Gopher
+repetition/quality, C4, FineWeb, PIIFormatter, NGramsDecontFilter with NGramsDecontConfig() when --eval-set is given,
+JsonlWriter), run by LocalPipelineExecutor with the same --tasks/--workers and start method; its wall time, MB/s,
+documents in and out (the defaults keep and drop differently from hfscratch's) and hfscratch's MB/s over it.
+--skip-stages leaves out the per-stage table (end to end only); --skip-plain the plain datatrove run.
 --compare-tokenizers replaces the per-stage table by the agreement of fast with spacy: identical word lists per
 document, and keep/drop per document for every stage, each disagreement listed with both blocks' reasons.
 --executors local,ray replaces everything by one `clean_corpus` job run by each datatrove executor (same files,
@@ -15,6 +20,8 @@ and out, and whether the output texts (sorted) and per-stage stats equal the fir
     .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books                   # all 42 MB
     .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books --max-files 10 \\
         --eval-set /path/to/gsm8k/test.jsonl --compare-tokenizers --results benchmarks/RESULTS_data_clean.md
+    .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books --max-files 10 \\
+        --eval-set /path/to/gsm8k/test.jsonl --skip-stages                 # end to end: hfscratch, spaCy, plain datatrove
     .venv/bin/python benchmarks/bench_data_clean.py /path/to/gutenberg/books --max-files 3 --executors local,ray  # pip install ".[ray]"
 """
 
@@ -34,7 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datatrove.data import Document  # noqa: E402
-from datatrove.pipeline.decont import NGramsDecontConfig  # noqa: E402
+from datatrove.executor import LocalPipelineExecutor  # noqa: E402
+from datatrove.pipeline.decont import NGramsDecontConfig, NGramsDecontFilter  # noqa: E402
 from datatrove.pipeline.dedup.exact_dedup import (  # noqa: E402
     ExactDedupConfig,
     ExactDedupFilter,
@@ -54,6 +62,9 @@ from datatrove.pipeline.filters import (  # noqa: E402
     GopherQualityFilter,
     GopherRepetitionFilter,
 )
+from datatrove.pipeline.formatters import PIIFormatter  # noqa: E402
+from datatrove.pipeline.readers import JsonlReader  # noqa: E402
+from datatrove.pipeline.writers import JsonlWriter  # noqa: E402
 from datatrove.utils.text import simplify_text  # noqa: E402
 from datatrove.utils.word_tokenizers import load_word_tokenizer  # noqa: E402
 
@@ -66,6 +77,7 @@ from hfscratch.data.clean import (  # noqa: E402
     document_text,
 )
 from hfscratch.data.clean.fast_blocks import FastGopherRepetitionFilter, FastMinhashDedupSignature  # noqa: E402
+from hfscratch.data.clean.pipeline import _quiet_datatrove_console  # noqa: E402
 from hfscratch.data.clean.word_tokenizer import word_tokenizer_for  # noqa: E402
 from hfscratch.data.sources import iter_documents  # noqa: E402
 
@@ -204,11 +216,89 @@ def compare_tokenizers(docs: list[dict], work: Path, eval_set: str | None) -> tu
     return "\n".join(lines), timings
 
 
-def end_to_end(files: list[Path], out: Path, args, word_tokenizer: str) -> tuple[float, int]:
+def end_to_end(files: list[Path], out: Path, args, word_tokenizer: str) -> tuple[float, int, int]:
+    """(wall seconds, documents read, documents written) of `clean_corpus` with CleanConfig's defaults."""
     config = CleanConfig(tasks=args.tasks, workers=args.workers, progress=False, word_tokenizer=word_tokenizer,
                          decontaminate_with=[args.eval_set] if args.eval_set else [])
     seconds, result = timed(lambda: clean_corpus([str(f) for f in files], out, config, txt_mode=args.txt_mode))
-    return seconds, result.stats["stages"][list(result.stats["stages"])[-1]]["docs_out"]
+    stages = result.stats["stages"]
+    return seconds, stages["read"]["docs_out"], stages[list(stages)[-1]]["docs_out"]
+
+
+def count_lines(folder: Path) -> int:
+    total = 0
+    for path in folder.glob("*.jsonl.gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            total += sum(1 for _ in f)
+    return total
+
+
+PLAIN_STAGES = ["JsonlReader()", "ExactDedupSignature/ExactFindDedups/ExactDedupFilter (ExactDedupConfig("
+                "content_getter=the text), its one argument without a default)",
+                "MinhashDedupSignature/Buckets/Cluster/Filter (MinhashConfig())", "GopherRepetitionFilter()",
+                "GopherQualityFilter()", "C4QualityFilter()", "FineWebQualityFilter()", "PIIFormatter()",
+                "NGramsDecontFilter (NGramsDecontConfig(): 12-grams)", "JsonlWriter()"]
+
+
+def raw_text(doc: Document) -> str:
+    """The exact-dedup key of the plain pipeline: the text as is (ExactDedupConfig has no default content_getter)."""
+    return doc.text
+
+
+def plain_datatrove(files: list[Path], work: Path, args) -> tuple[float, int, int, float]:
+    """(wall seconds, documents read, documents written, seconds of the txt -> jsonl.gz conversion) of a pipeline of
+    datatrove's stock blocks only, each with its default constructor arguments, wired as datatrove's own examples
+    do: every stage re-reads the input with the reader (no intermediate shards), and the dedup filters re-run in
+    front of the later stages so each sees the documents in the same order as when its signatures were written.
+
+    datatrove has no plain-text reader, so each .txt file becomes one jsonl.gz of the same documents (`txt_mode`)
+    first; that conversion is timed apart and not in the wall time. The decontamination index is built by
+    hfscratch's `build_decontamination_index` with NGramsDecontConfig()'s n-gram size and datatrove's default
+    tokenizer (datatrove's NGramsDecontIndexer needs lighteval and loads the eval tasks from the Hub); it is in the
+    wall time, as in `clean_corpus`. The executor is `clean_corpus`'s: LocalPipelineExecutor, --tasks/--workers,
+    fork. Its console records are filtered as in `clean_corpus` (the task logs keep them)."""
+    inputs = work / "input"
+    inputs.mkdir(parents=True)
+
+    def convert():
+        for path in files:
+            with gzip.open(inputs / f"{path.stem}.jsonl.gz", "wt", encoding="utf-8") as f:
+                for doc in iter_documents([str(path)], txt_mode=args.txt_mode):
+                    f.write(json.dumps({"text": doc["text"], "id": doc["id"]}, ensure_ascii=False) + "\n")
+
+    convert_seconds, _ = timed(convert)
+    folder = {name: str(work / name) for name in ("exact_sigs", "exact_dups", "minhash_sigs", "minhash_buckets",
+                                                  "minhash_remove", "decont_index", "output")}
+    minhash_buckets = MinhashConfig().num_buckets
+    exact = ExactDedupConfig(content_getter=raw_text)
+
+    def reader():
+        return JsonlReader(str(inputs))
+
+    def run():
+        if args.eval_set:
+            build_decontamination_index([args.eval_set], folder["decont_index"], NGramsDecontConfig().n_grams)
+        finishing = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(), FineWebQualityFilter(),
+                     PIIFormatter()]
+        if args.eval_set:
+            finishing.append(NGramsDecontFilter(folder["decont_index"]))
+        stages = [
+            ([reader(), ExactDedupSignature(folder["exact_sigs"], exact)], args.tasks),
+            ([ExactFindDedups(folder["exact_sigs"], folder["exact_dups"], exact)], 1),
+            ([reader(), ExactDedupFilter(folder["exact_dups"], exact), MinhashDedupSignature(folder["minhash_sigs"])],
+             args.tasks),
+            ([MinhashDedupBuckets(folder["minhash_sigs"], folder["minhash_buckets"])], minhash_buckets),
+            ([MinhashDedupCluster(folder["minhash_buckets"], folder["minhash_remove"])], 1),
+            ([reader(), ExactDedupFilter(folder["exact_dups"], exact), MinhashDedupFilter(folder["minhash_remove"]),
+              *finishing, JsonlWriter(folder["output"])], args.tasks),
+        ]
+        for index, (pipeline, tasks) in enumerate(stages):
+            with _quiet_datatrove_console():
+                LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(args.workers, tasks), start_method="fork",
+                                      logging_dir=str(work / "logs" / str(index))).run()
+
+    seconds, _ = timed(run)
+    return seconds, count_lines(inputs), count_lines(work / "output"), convert_seconds
 
 
 # datatrove's web-text defaults drop almost every hard-wrapped book paragraph (see the 2026-11-21 notes in
@@ -265,6 +355,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--skip-stages", action="store_true", help="leave out the per-stage table (end to end only)")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="end to end: skip the plain datatrove pipeline (stock blocks, default arguments)")
     parser.add_argument("--skip-datatrove", action="store_true",
                         help="end to end: skip the run with datatrove's blocks as shipped (spaCy words) and the ratio")
     parser.add_argument("--compare-tokenizers", action="store_true",
@@ -297,10 +390,10 @@ def main(argv=None) -> int:
         return 0 if all_equal else 1
 
     with tempfile.TemporaryDirectory() as tmp:
+        table, rows = "", []
         if args.compare_tokenizers:
             table, _ = compare_tokenizers(docs, Path(tmp), args.eval_set)
-            rows = []
-        else:
+        elif not args.skip_stages:
             stage_rows, _, _ = stage_timings(docs, Path(tmp), args.eval_set, args.word_tokenizer)
             rows = [("read", read_seconds, len(docs), len(docs)), *stage_rows]
         runs = {}
@@ -308,6 +401,9 @@ def main(argv=None) -> int:
             runs["hfscratch"] = end_to_end(files, Path(tmp) / "out", args, args.word_tokenizer)
             if not args.skip_datatrove:
                 runs["datatrove"] = end_to_end(files, Path(tmp) / "out_datatrove", args, "spacy")
+            if not args.skip_plain:
+                seconds, docs_in, docs_out, convert_seconds = plain_datatrove(files, Path(tmp) / "plain", args)
+                runs["plain"] = (seconds, docs_in, docs_out)
 
     lines = []
     if rows:
@@ -319,18 +415,32 @@ def main(argv=None) -> int:
             rate = f"{mb / seconds:.2f}" if n_in else "-"
             lines.append(f"| {name} | {seconds:.2f} | {rate} | {seconds / sum_stages:.1%} | {n_in} | {n_out} |")
         lines.append(f"| **sum of stages (1 process)** | {sum_stages:.2f} | {mb / sum_stages:.3f} | 100% | | |")
-    else:
+    elif table:
         lines.append(table)
     if runs:
-        lines += ["", f"clean_corpus end to end ({args.tasks} tasks, {args.workers} workers, same input):", "",
-                  "| pipeline | seconds | MB/s | docs kept |", "| --- | ---: | ---: | ---: |"]
-        names = {"hfscratch": f"hfscratch (word_tokenizer: {args.word_tokenizer})",
-                 "datatrove": "datatrove's blocks as shipped, spaCy words (word_tokenizer: spacy)"}
-        for key, (seconds, kept) in runs.items():
-            lines.append(f"| {names[key]} | {seconds:.2f} | {mb / seconds:.3f} | {kept} |")
-        if len(runs) == 2:
+        lines += ["", f"End to end ({args.tasks} tasks, {args.workers} workers, same input; docs in/out differ where the "
+                  "pipelines' defaults keep or drop differently):", "",
+                  "| pipeline | seconds | MB/s | docs in | docs out |", "| --- | ---: | ---: | ---: | ---: |"]
+        names = {"hfscratch": f"hfscratch clean_corpus (word_tokenizer: {args.word_tokenizer})",
+                 "datatrove": "clean_corpus with datatrove's blocks as shipped, spaCy words (word_tokenizer: spacy)",
+                 "plain": "plain datatrove: stock blocks, default arguments"}
+        for key, (seconds, docs_in, docs_out) in runs.items():
+            lines.append(f"| {names[key]} | {seconds:.2f} | {mb / seconds:.3f} | {docs_in} | {docs_out} |")
+        if "datatrove" in runs:
             ratio = runs["datatrove"][0] / runs["hfscratch"][0]
             lines.append(f"\nword_tokenizer {args.word_tokenizer} vs datatrove's blocks as shipped: {ratio:.2f}x the throughput")
+        if "plain" in runs:
+            ratio = runs["plain"][0] / runs["hfscratch"][0]
+            decont = f"against {Path(args.eval_set).name}" if args.eval_set else "off (no --eval-set)"
+            lines += [f"\nhfscratch / plain datatrove: {ratio:.2f}x the throughput (MB/s over MB/s)", "",
+                      f"- plain datatrove: {', '.join(PLAIN_STAGES)}; decontamination {decont}; LocalPipelineExecutor, "
+                      f"{args.tasks} tasks, {args.workers} workers, fork (as clean_corpus).",
+                      f"- Its input: the same documents as jsonl.gz (datatrove has no plain-text reader); converting "
+                      f"took {convert_seconds:.2f} s more, not in its seconds. Files go to tasks by position "
+                      "(JsonlReader), hfscratch's by size.",
+                      "- hfscratch: CleanConfig defaults (datatrove's default thresholds, the same MinHash settings; "
+                      "exact dedup of the stripped text, PII also phone numbers, decontamination 13-grams incl. the "
+                      "questions' own)."]
     table = "\n".join(lines)
     print(header)
     print(table)
