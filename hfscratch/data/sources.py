@@ -328,7 +328,7 @@ def check_txt_mode(txt_mode: str) -> None:
 
 def utf8_size_over(text: str, cap: int) -> int | None:
     """The UTF-8 size of `text` when it is over `cap` bytes, else None. A character is 1-4 bytes, so short texts
-    are never encoded; lone surrogates (possible from JSON escapes) count 3 bytes as in the writers' output."""
+    are never encoded; lone surrogates (possible from JSON escapes) count 3 bytes each."""
     if len(text) * 4 <= cap:
         return None
     size = len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))
