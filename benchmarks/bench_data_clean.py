@@ -362,7 +362,7 @@ def main(argv=None) -> int:
                         help="end to end: skip the run with datatrove's blocks as shipped (spaCy words) and the ratio")
     parser.add_argument("--compare-tokenizers", action="store_true",
                         help="instead of the table: word agreement with spaCy, keep/drop agreement per stage "
-                        "(fast vs spacy) with every disagreement, and both end-to-end runs")
+                        "(fast vs spacy) with every disagreement, and the end-to-end runs")
     parser.add_argument("--executors", default=None,
                         help="comma list, e.g. local,ray: instead of the tables, run the same job with each executor "
                         "and check the outputs are equal")
