@@ -215,11 +215,14 @@ def grpo_lines(args) -> list[str]:
     texts = [m["content"] for r in rows for m in r["prompt"]] + [str(r["answer"]) for r in rows]
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = ensure_chat_template(train_tokenizer(texts * 20, 1024, Path(tmp) / "tok", show_progress=False))
-        config = HfscratchConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=704, num_hidden_layers=6,
-                                 num_attention_heads=8, num_key_value_heads=4, pad_token_id=tokenizer.pad_token_id,
-                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
         seconds = {}
         for variant in ("transformers' loop", "lean loop", "compiled step") * 2:
+            # A config per run: transformers' Trainer sets use_cache=False on the config of the model it trains,
+            # and a shared one would send every later run's generation down the cacheless path.
+            config = HfscratchConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=704,
+                                     num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+                                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
             torch.manual_seed(0)
             model = HfscratchForCausalLM(config)
             model.lean_decoding = variant != "transformers' loop"

@@ -531,11 +531,13 @@ def lean_decoding_applies(model: HfscratchForCausalLM, generation_config, synced
     )
 
 
-def lean_forward(parts: tuple, tokens, slots, real, positions, cos, signed_sin, keys: list, values: list) -> torch.Tensor:
-    """Runs `tokens` (batch, n) into cache slots `slots` (n,) and returns the last position's logits. `real`
-    (batch, 1, 1, slots) marks the keys that are not padding; `keys`/`values` hold one (batch, kv heads, slots,
-    head dim) buffer per layer, filled in place. Shapes depend only on the batch and the buffer size, so one compiled
-    graph serves every step of every call of that size."""
+def lean_forward(parts: tuple, tokens, slots, attend: int, real, positions, cos, signed_sin, keys: list,
+                 values: list) -> torch.Tensor:
+    """Runs `tokens` (batch, n) into cache slots `slots` (n,) and returns the last position's logits. Queries attend
+    to the first `attend` slots; `real` (batch, 1, 1, slots) marks the keys that are not padding; `keys`/`values`
+    hold one (batch, kv heads, slots, head dim) buffer per layer, filled in place. The compiled step attends to every
+    slot (masked), so its shapes depend only on the batch and the buffer size: one graph serves every step of every
+    call of that size. Uncompiled passes attend to the slots filled so far, which is less work."""
     embed, learned_positions, final_norm, head, layers, head_dim, scaling, gqa, half = parts
     batch, n = tokens.shape
     hidden = embed(tokens)
@@ -545,8 +547,8 @@ def lean_forward(parts: tuple, tokens, slots, real, positions, cos, signed_sin, 
         cos, signed_sin = cos.index_select(2, slots), signed_sin.index_select(2, slots)
     # A query sees the real keys up to its own slot, and itself: a left-pad query has no real key before it, and a
     # softmax over no key at all is NaN.
-    key_slots = torch.arange(real.shape[-1], device=tokens.device)
-    mask = ((key_slots <= slots[:, None]) & real) | (key_slots == slots[:, None])
+    key_slots = torch.arange(attend, device=tokens.device)
+    mask = ((key_slots <= slots[:, None]) & real[..., :attend]) | (key_slots == slots[:, None])
     head_shape = (batch, n, -1, head_dim)
     for i, (in_norm, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, post_norm, gate, up, down, act) in enumerate(layers):
         x = in_norm(hidden)
@@ -563,8 +565,8 @@ def lean_forward(parts: tuple, tokens, slots, real, positions, cos, signed_sin, 
             values[i] = value.new_zeros(keys[i].shape)
         keys[i].index_copy_(2, slots, key)
         values[i].index_copy_(2, slots, value)
-        attended = nn.functional.scaled_dot_product_attention(query, keys[i], values[i], attn_mask=mask, scale=scaling,
-                                                              enable_gqa=gqa)
+        attended = nn.functional.scaled_dot_product_attention(query, keys[i][:, :, :attend], values[i][:, :, :attend],
+                                                              attn_mask=mask, scale=scaling, enable_gqa=gqa)
         hidden = hidden + o_proj(attended.transpose(1, 2).reshape(batch, n, -1))
         x = post_norm(hidden)
         hidden = hidden + down(act(gate(x)) * up(x) if gate is not None else act(up(x)))
@@ -619,31 +621,36 @@ class LeanDecoder:
                       config.num_attention_heads != config.num_key_value_heads, half)
         self.keys: list[torch.Tensor | None] = [None] * len(layers)
         self.values: list[torch.Tensor | None] = [None] * len(layers)
-        self.model, self.length, self.step, self.graph = model, 0, lean_forward, None
+        self.model, self.length = model, 0
+        self.graph: tuple | None = None  # the compiled step's kind (its device first), once compiling is due
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         slots = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
         with torch.inference_mode():
             if tokens.shape[1] > 1:  # the prompt: one pass of its own length, never compiled
-                logits = lean_forward(self.parts, tokens, slots, self.real, self.positions, self.cos, self.signed_sin,
-                                      self.keys, self.values)
+                logits = lean_forward(self.parts, tokens, slots, self.length + tokens.shape[1], self.real,
+                                      self.positions, self.cos, self.signed_sin, self.keys, self.values)
             else:
                 logits = self.decode_step(tokens, slots)
         self.length += tokens.shape[1]
         return logits.to(copy=True, dtype=torch.float32)  # a copy made outside: an ordinary tensor for the caller
 
     def decode_step(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        arguments = (self.parts, tokens, slots, self.real, self.positions, self.cos, self.signed_sin, self.keys,
-                     self.values)
-        if self.graph is None or COMPILED_DECODE_GRAPHS.get(self.graph) is not None:
-            return self.step(*arguments)
+        if self.graph is None:
+            return lean_forward(self.parts, tokens, slots, self.length + 1, self.real, self.positions, self.cos,
+                                self.signed_sin, self.keys, self.values)
+        arguments = (self.parts, tokens, slots, self.real.shape[-1], self.real, self.positions, self.cos,
+                     self.signed_sin, self.keys, self.values)
+        compiled = compiled_lean_forward(self.graph[0])
+        if COMPILED_DECODE_GRAPHS.get(self.graph) is not None:
+            return compiled(*arguments)
         # The first call of a new graph compiles it. Where that fails (no C++ compiler, an op dynamo cannot
         # trace), this kind of step runs uncompiled from then on; nothing was written to the buffers yet.
         try:
-            logits = self.step(*arguments)
+            logits = compiled(*arguments)
         except Exception:  # noqa: BLE001 -- any compile failure means: decode uncompiled
-            COMPILED_DECODE_GRAPHS[self.graph], self.step = False, lean_forward
-            return lean_forward(*arguments)
+            COMPILED_DECODE_GRAPHS[self.graph], self.graph = False, None
+            return self.decode_step(tokens, slots)
         COMPILED_DECODE_GRAPHS[self.graph] = True
         return logits
 
@@ -660,7 +667,7 @@ class LeanDecoder:
         known = COMPILED_DECODE_GRAPHS.get(graph)
         if known is False or (known is None and len(COMPILED_DECODE_GRAPHS) >= MAX_DECODE_GRAPHS):
             return
-        self.graph, self.step = graph, compiled_lean_forward(device)
+        self.graph = graph
 
 
 @torch.no_grad()

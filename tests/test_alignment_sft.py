@@ -36,6 +36,7 @@ def test_sft_output_is_a_standalone_checkpoint_with_results():
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert "{% generation %}" in tokenizer.chat_template
     assert model.config.model_type == "hfscratch"
+    assert model.config.use_cache, "the Trainer's use_cache=False was saved with the model"
     saved = json.loads((final.parent / "alignment_results.json").read_text())
     assert saved["after"]["eos_rate"] == result["after"]["eos_rate"]
     assert (final.parent / "sft_before_after.png").stat().st_size > 1000

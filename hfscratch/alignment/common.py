@@ -251,6 +251,9 @@ def train_and_finish(trainer_class, stage: str, model, tokenizer, train, measure
     trainer = trainer_class(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
                             **trainer_kwargs)
     trainer.train()
+    # transformers' Trainer sets `config.use_cache = args.use_cache` (False) on the model it trains; the saved model
+    # is for inference, where the KV cache is the default (and `from_pretrained` would carry False on to every user).
+    model.config.use_cache = True
     final, accelerator = Path(training_args.output_dir) / "final", trainer.accelerator
     tmp = final.with_name("final.tmp")
     if accelerator.is_main_process and tmp.exists():
