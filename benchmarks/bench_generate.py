@@ -34,6 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hfscratch import HfscratchConfig, HfscratchForCausalLM
 
 BENCHMARKS = Path(__file__).resolve().parent
+GENERATED = "## Generated\n"
 REPO = BENCHMARKS.parent
 
 
@@ -290,8 +291,10 @@ def main(argv=None) -> int:
         lines += [""] + grpo_lines(args)
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.results:
-        Path(args.results).write_text(text)
+    if args.results:  # the hand-written summary above "## Generated" is kept
+        path = Path(args.results)
+        kept = path.read_text().split(GENERATED)[0] + GENERATED if path.exists() and GENERATED in path.read_text() else ""
+        path.write_text(kept + text)
     return 1 if problems else 0
 
 
