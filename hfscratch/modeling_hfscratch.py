@@ -593,8 +593,11 @@ class LeanDecoder:
 
     def __init__(self, model: HfscratchForCausalLM, position_ids: torch.Tensor, real: torch.Tensor):
         backbone, config = model.model, model.config
-        # Buffers of a power-of-two size: calls of different lengths share one compiled step.
-        size = max(64, 1 << (real.shape[-1] - 1).bit_length())
+        model_steps, after = getattr(model, "lean_decoding_steps", 0), model.compile_decoding_after
+        self.compile_due = after is not None and model_steps >= after
+        # Where the step will be compiled, buffers of a power-of-two size, so calls of different lengths share one
+        # graph; otherwise just the call's length (up to half the memory of the rounded size).
+        size = max(64, 1 << (real.shape[-1] - 1).bit_length()) if self.compile_due else real.shape[-1]
         self.real = nn.functional.pad(real, (0, size - real.shape[-1]))[:, None, None, :]
         self.positions = nn.functional.pad(position_ids, (0, size - position_ids.shape[-1])).clamp(min=0)
         self.cos = self.signed_sin = None
@@ -656,11 +659,10 @@ class LeanDecoder:
 
     def compile_when_due(self) -> None:
         """Once the model has decoded `compile_decoding_after` steps the lean way, this call's one-token steps run
-        as a compiled graph (called after the prompt's pass, which sizes the buffers)."""
-        model, after = self.model, self.model.compile_decoding_after
-        if after is None or getattr(model, "lean_decoding_steps", 0) < after:
+        as a compiled graph (called after the prompt's pass, which fixes the buffers' dtype)."""
+        if not self.compile_due:
             return
-        device = self.keys[0].device.type
+        model, device = self.model, self.keys[0].device.type
         graph = (device, self.keys[0].dtype, tuple(self.keys[0].shape), torch.is_autocast_enabled(device),
                  model.training, tuple(sorted({type(m).__qualname__ for m in model.modules()})),
                  *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS))

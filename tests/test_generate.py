@@ -231,3 +231,21 @@ def test_decoding_goes_on_uncompiled_where_compiling_fails(monkeypatch, fresh_gr
         assert torch.equal(lean, reference) and list(fresh_graphs.values()) == [False]
     model.compile_decoding_after = None
     assert torch.equal(model.generate(**kwargs), reference)
+
+
+def test_kv_buffers_are_rounded_up_only_where_the_step_will_be_compiled(monkeypatch, fresh_graphs):
+    decoders = []
+
+    class Recording(modeling.LeanDecoder):
+        def __init__(self, *args):
+            super().__init__(*args)
+            decoders.append(self)
+
+    monkeypatch.setattr(modeling, "LeanDecoder", Recording)
+    model = make_model(tie_word_embeddings=False)
+    kwargs = dict(input_ids=padded_batch()[0][:1], max_new_tokens=70, do_sample=False, eos_token_id=None)
+    model.compile_decoding_after = None
+    model.generate(**kwargs)
+    model.compile_decoding_after = 0
+    model.generate(**kwargs)
+    assert [d.keys[0].shape[2] for d in decoders] == [9 + 70, 128]  # the call's length; the next power of two
