@@ -3,7 +3,7 @@
 Four models answer the same `generate` calls, interleaved round by round so machine noise hits all alike:
 `llama` (transformers' LlamaForCausalLM with the hfscratch weights), `hfscratch-reference` (hfscratch with
 `lean_decoding = False`: transformers' own per-token loop, what `generate` ran before), `hfscratch` (the lean loop
-before its step is compiled: what a model runs for its first `compile_decoding_after` steps) and
+before its step is compiled: what runs for the first `compile_decoding_after` steps of a kind) and
 `hfscratch-compiled` (the lean loop with its one-token step compiled, as every long-running use gets; its one-time
 compile is timed apart). Measured at batch 1 and batch 8 (left-padded prompts of different lengths): new tokens/s
 over `--new_tokens` greedy tokens and time to first token (a 1-token `generate`), each the median over rounds, with

@@ -424,7 +424,7 @@ class HfscratchForCausalLM(HfscratchPreTrainedModel, GenerationMixin):
     _tp_plan = {"lm_head": "colwise_gather_output"}
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
     lean_decoding = True  # False: `generate` always runs transformers' own per-token loop (see lean decoding below)
-    compile_decoding_after: int | None = 4096  # lean decoding steps before the step is compiled; None: never
+    compile_decoding_after: int | None = 8192  # lean steps of one kind before that step is compiled; None: never
 
     def __init__(self, config: HfscratchConfig):
         super().__init__(config)
@@ -503,9 +503,10 @@ HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausa
 # forward functions (so LoRA layers still apply), keys and values in buffers sized once per call, angles built once
 # per call. Token choice is `GenerationMixin._sample`'s: the same float32 scores through the same logits processors
 # and stopping criteria, then argmax or one multinomial draw. Tests hold it to that path's tokens.
-# Once a model has decoded `compile_decoding_after` tokens this way, its one-token step is compiled with
-# `torch.compile` (one fused graph a step instead of a dozen dispatched ops per layer): long-running decoding (RL
-# rollouts, lm-eval) pays the compile once, short scripts and tests never do.
+# Once the process has decoded `compile_decoding_after` steps of one kind (model shape, batch, buffer size, dtype)
+# this way, that one-token step is compiled with `torch.compile` (one fused graph a step instead of a dozen
+# dispatched ops per layer): decoding that recurs for long (RL rollouts, a full lm-eval run) pays the compile
+# (seconds to a minute) once; short scripts, tests and one-off shapes such as a last, smaller batch never do.
 LEAN_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "use_cache", "cache", "past_key_values",
                      "cache_position"}
 MAX_DECODE_GRAPHS = 6  # distinct compiled step shapes per process; below torch._dynamo's recompile limit of 8
@@ -585,6 +586,17 @@ DECODE_GRAPH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hi
                        "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "attention_bias", "mlp_bias",
                        "max_position_embeddings", "position_embedding_type", "norm_type", "mlp_type", "qk_norm")
 COMPILED_DECODE_GRAPHS: dict[tuple, bool] = {}  # step kind -> whether its compiled graph works
+DECODED_STEPS: dict[tuple, int] = {}  # step kind -> one-token steps this process has decoded uncompiled
+
+
+def decode_step_kind(model: HfscratchForCausalLM, batch: int, size: int, device: torch.device) -> tuple:
+    """What fixes a compiled step's graph: the device, the dtype the projections compute in, batch and buffer size,
+    train/eval mode, the module classes (a LoRA layer is another graph) and the shape-giving config fields."""
+    autocast = torch.is_autocast_enabled(device.type)
+    dtype = torch.get_autocast_dtype(device.type) if autocast else model.lm_head.weight.dtype
+    return (device.type, dtype, autocast, batch, size, model.training,
+            tuple(sorted({type(m).__qualname__ for m in model.modules()})),
+            *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS))
 
 
 class LeanDecoder:
@@ -593,11 +605,15 @@ class LeanDecoder:
 
     def __init__(self, model: HfscratchForCausalLM, position_ids: torch.Tensor, real: torch.Tensor):
         backbone, config = model.model, model.config
-        model_steps, after = getattr(model, "lean_decoding_steps", 0), model.compile_decoding_after
-        self.compile_due = after is not None and model_steps >= after
         # Where the step will be compiled, buffers of a power-of-two size, so calls of different lengths share one
         # graph; otherwise just the call's length (up to half the memory of the rounded size).
-        size = max(64, 1 << (real.shape[-1] - 1).bit_length()) if self.compile_due else real.shape[-1]
+        size = max(64, 1 << (real.shape[-1] - 1).bit_length())
+        self.kind, after = decode_step_kind(model, real.shape[0], size, real.device), model.compile_decoding_after
+        known = COMPILED_DECODE_GRAPHS.get(self.kind)
+        due = after is not None and DECODED_STEPS.get(self.kind, 0) >= after and known is not False and not (
+            known is None and len(COMPILED_DECODE_GRAPHS) >= MAX_DECODE_GRAPHS)
+        self.graph = self.kind if due else None  # the compiled step's kind (its device first), or None
+        size = size if due else real.shape[-1]
         self.real = nn.functional.pad(real, (0, size - real.shape[-1]))[:, None, None, :]
         self.positions = nn.functional.pad(position_ids, (0, size - position_ids.shape[-1])).clamp(min=0)
         self.cos = self.signed_sin = None
@@ -624,8 +640,7 @@ class LeanDecoder:
                       config.num_attention_heads != config.num_key_value_heads, half)
         self.keys: list[torch.Tensor | None] = [None] * len(layers)
         self.values: list[torch.Tensor | None] = [None] * len(layers)
-        self.model, self.length = model, 0
-        self.graph: tuple | None = None  # the compiled step's kind (its device first), once compiling is due
+        self.length = 0
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         slots = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
@@ -657,20 +672,6 @@ class LeanDecoder:
         COMPILED_DECODE_GRAPHS[self.graph] = True
         return logits
 
-    def compile_when_due(self) -> None:
-        """Once the model has decoded `compile_decoding_after` steps the lean way, this call's one-token steps run
-        as a compiled graph (called after the prompt's pass, which fixes the buffers' dtype)."""
-        if not self.compile_due:
-            return
-        model, device = self.model, self.keys[0].device.type
-        graph = (device, self.keys[0].dtype, tuple(self.keys[0].shape), torch.is_autocast_enabled(device),
-                 model.training, tuple(sorted({type(m).__qualname__ for m in model.modules()})),
-                 *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS))
-        known = COMPILED_DECODE_GRAPHS.get(graph)
-        if known is False or (known is None and len(COMPILED_DECODE_GRAPHS) >= MAX_DECODE_GRAPHS):
-            return
-        self.graph = graph
-
 
 @torch.no_grad()
 def lean_sample(model: HfscratchForCausalLM, input_ids: torch.LongTensor, logits_processor, stopping_criteria,
@@ -691,7 +692,6 @@ def lean_sample(model: HfscratchForCausalLM, input_ids: torch.LongTensor, logits
     stops_on_eos = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     logits = decoder.forward(input_ids)
-    decoder.compile_when_due()
     while True:
         scores = logits_processor(input_ids, logits)
         if generation_config.do_sample:
@@ -707,7 +707,8 @@ def lean_sample(model: HfscratchForCausalLM, input_ids: torch.LongTensor, logits
         if unfinished.max() == 0 or input_ids.shape[1] >= max_length:
             break
         logits = decoder.forward(next_tokens[:, None])
-    model.lean_decoding_steps = getattr(model, "lean_decoding_steps", 0) + input_ids.shape[1] - prompt_length
+    if decoder.graph is None:
+        DECODED_STEPS[decoder.kind] = DECODED_STEPS.get(decoder.kind, 0) + input_ids.shape[1] - prompt_length
     if streamer is not None:
         streamer.end()
     return input_ids

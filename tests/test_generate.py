@@ -172,27 +172,29 @@ def test_bf16_autocast_decoding_matches_transformers_loop():
 
 @pytest.fixture
 def fresh_graphs(monkeypatch):
-    """The process-wide record of compiled decoding steps, emptied for one test."""
+    """The process-wide records of compiled and uncompiled decoding steps, emptied for one test."""
     monkeypatch.setattr(modeling, "COMPILED_DECODE_GRAPHS", {})
+    monkeypatch.setattr(modeling, "DECODED_STEPS", {})
     return modeling.COMPILED_DECODE_GRAPHS
 
 
 def test_compiled_decoding_step_gives_transformers_tokens(fresh_graphs):
-    """After `compile_decoding_after` steps the one-token step runs as a torch.compile graph: the tokens stay those
-    of transformers' loop, for a single prompt and a left-padded batch, and a second model of the same shape reuses
-    the graph instead of compiling another."""
+    """After `compile_decoding_after` steps of one kind that kind's one-token step runs as a torch.compile graph:
+    the tokens stay those of transformers' loop, for a single prompt and a left-padded batch, another kind (batch
+    size) keeps its own count, and a second model of the same shape reuses the graph instead of compiling another."""
     model = make_model(tie_word_embeddings=False)
     model.compile_decoding_after = 20
     ids, mask = padded_batch()
     single = dict(input_ids=ids[:1], max_new_tokens=24, do_sample=False, eos_token_id=None)
-    eager, reference = both_loops(model, **single)  # 24 lean steps: from now on this model's steps are compiled
-    assert not fresh_graphs and model.lean_decoding_steps == 24
+    eager, reference = both_loops(model, **single)  # 24 lean steps of this kind: from now on it is compiled
+    assert not fresh_graphs and list(modeling.DECODED_STEPS.values()) == [24]
     compiled, _ = both_loops(model, **single)
     assert list(fresh_graphs.values()) == [True], "the step was not compiled"
     assert torch.equal(compiled, reference) and torch.equal(eager, reference)
     batch = dict(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, eos_token_id=None)
-    compiled, reference = both_loops(model, **batch)
-    assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == [True, True]
+    for compiled_kinds in ([True], [True, True]):  # a batch of 3 is a kind of its own, compiled once it is due
+        compiled, reference = both_loops(model, **batch)
+        assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == compiled_kinds
     torch.manual_seed(5)
     first = model.generate(**{**batch, **SAMPLING})
     torch.manual_seed(5)
