@@ -584,18 +584,21 @@ def compiled_lean_forward(device_type: str) -> Callable:
 # What fixes a compiled step's graph besides the buffers' shape: a step of another kind is compiled anew.
 DECODE_GRAPH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                        "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "attention_bias", "mlp_bias",
-                       "max_position_embeddings", "position_embedding_type", "norm_type", "mlp_type", "qk_norm")
+                       "max_position_embeddings", "position_embedding_type", "norm_type", "mlp_type", "qk_norm",
+                       "tie_word_embeddings")
 COMPILED_DECODE_GRAPHS: dict[tuple, bool] = {}  # step kind -> whether its compiled graph works
 DECODED_STEPS: dict[tuple, int] = {}  # step kind -> one-token steps this process has decoded uncompiled
 
 
 def decode_step_kind(model: HfscratchForCausalLM, batch: int, size: int, device: torch.device) -> tuple:
     """What fixes a compiled step's graph: the device, the dtype the projections compute in, batch and buffer size,
-    train/eval mode, the module classes (a LoRA layer is another graph) and the shape-giving config fields."""
+    train/eval mode, the module classes (a LoRA layer is another graph), which weights are frozen (torch.compile
+    guards on it) and the shape-giving config fields."""
     autocast = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type) if autocast else model.lm_head.weight.dtype
     return (device.type, dtype, autocast, batch, size, model.training,
             tuple(sorted({type(m).__qualname__ for m in model.modules()})),
+            tuple(p.requires_grad for p in model.parameters()),
             *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS))
 
 
@@ -654,23 +657,19 @@ class LeanDecoder:
         return logits.to(copy=True, dtype=torch.float32)  # a copy made outside: an ordinary tensor for the caller
 
     def decode_step(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        if self.graph is None:
-            return lean_forward(self.parts, tokens, slots, self.length + 1, self.real, self.positions, self.cos,
-                                self.signed_sin, self.keys, self.values)
-        arguments = (self.parts, tokens, slots, self.real.shape[-1], self.real, self.positions, self.cos,
-                     self.signed_sin, self.keys, self.values)
-        compiled = compiled_lean_forward(self.graph[0])
-        if COMPILED_DECODE_GRAPHS.get(self.graph) is not None:
-            return compiled(*arguments)
-        # The first call of a new graph compiles it. Where that fails (no C++ compiler, an op dynamo cannot
-        # trace), this kind of step runs uncompiled from then on; nothing was written to the buffers yet.
-        try:
-            logits = compiled(*arguments)
-        except Exception:  # noqa: BLE001 -- any compile failure means: decode uncompiled
-            COMPILED_DECODE_GRAPHS[self.graph], self.graph = False, None
-            return self.decode_step(tokens, slots)
-        COMPILED_DECODE_GRAPHS[self.graph] = True
-        return logits
+        if self.graph is not None:
+            try:
+                logits = compiled_lean_forward(self.graph[0])(
+                    self.parts, tokens, slots, self.real.shape[-1], self.real, self.positions, self.cos,
+                    self.signed_sin, self.keys, self.values)
+            except Exception:  # noqa: BLE001 -- compiling failed (no C++ compiler, an op dynamo cannot trace):
+                # this kind decodes uncompiled from now on; the uncompiled pass rewrites the same slot.
+                COMPILED_DECODE_GRAPHS[self.graph], self.graph = False, None
+            else:
+                COMPILED_DECODE_GRAPHS[self.graph] = True
+                return logits
+        return lean_forward(self.parts, tokens, slots, self.length + 1, self.real, self.positions, self.cos,
+                            self.signed_sin, self.keys, self.values)
 
 
 @torch.no_grad()
