@@ -12,30 +12,30 @@ extensions and sources without any text raise a one-line `DataError`.
 from __future__ import annotations
 
 import glob as globlib
-import gzip
-import io
 import itertools
 import json
 import logging
-import lzma
 import re
-import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import fsspec
 import pyarrow.parquet as pq
-import zstandard
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers import HuggingFaceDatasetReader, ParquetReader
 from datatrove.pipeline.readers.base import BaseReader
 from tqdm.auto import tqdm
 
+from hfscratch.data.compressed import (
+    COMPRESSION_SUFFIXES,
+    DAMAGED_ARCHIVE_ERRORS,
+    READ_CHUNK_BYTES,
+    is_damaged_archive,
+    open_binary,
+)
 from hfscratch.errors import DataError
 
 logger = logging.getLogger("hfscratch.data")
 
-COMPRESSION_SUFFIXES = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 FORMAT_SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                    ".parquet": "parquet"}
 TXT_MODES = ("file", "paragraph", "line")
@@ -118,82 +118,21 @@ def decode_counting(raw: bytes) -> tuple[str, int]:
         return _ESCAPED_BYTES.subn("", raw.decode("utf-8", errors="surrogateescape"))
 
 
-class _ZstdFrames(io.RawIOBase):
-    """The decompressed bytes of every zstd frame in a file, for `io.BufferedReader`. Not zstandard's `stream_reader`
-    (nor fsspec's zstd file, which cannot iterate lines): at the end of a file cut mid-frame it returns EOF quietly;
-    here that raises EOFError like gzip and bz2 do, so the file is counted as truncated."""
-
-    def __init__(self, compressed):
-        self._compressed, self._frame = compressed, zstandard.ZstdDecompressor().decompressobj()
-        self._pending, self._offset = b"", 0  # decompressed bytes not yet handed out start at _offset
-        self._in_frame = False  # bytes of an unfinished frame were consumed
-
-    def readable(self) -> bool:
-        return True
-
-    def _decompress(self, chunk: bytes) -> bytes:
-        parts = []
-        while chunk:
-            self._in_frame = True
-            parts.append(self._frame.decompress(chunk))
-            chunk = b""
-            if self._frame.eof:  # a frame ended: the next one starts in its unused bytes
-                chunk, self._frame = self._frame.unused_data, zstandard.ZstdDecompressor().decompressobj()
-                self._in_frame = False
-        return b"".join(parts)
-
-    def readinto(self, buffer) -> int:
-        while self._offset == len(self._pending):
-            chunk = self._compressed.read(READ_CHUNK_BYTES)
-            if not chunk:
-                if self._in_frame:
-                    raise EOFError("zstd file ended inside a frame")
-                return 0
-            self._pending, self._offset = self._decompress(chunk), 0
-        size = min(len(buffer), len(self._pending) - self._offset)
-        buffer[:size] = self._pending[self._offset:self._offset + size]
-        self._offset += size
-        return size
-
-    def close(self) -> None:
-        self._compressed.close()
-        super().close()
-
-
-def _open_binary(path: str):
-    """Open a local or fsspec path for binary reading, decompressing gz/bz2/zst transparently."""
-    compression = COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
-    if compression == "zstd":
-        return io.BufferedReader(_ZstdFrames(fsspec.open(path, "rb").open()))
-    return fsspec.open(path, "rb", compression=compression).open()
-
-
-# What the decompressors raise for a file cut short or corrupted (gzip/zlib, bz2's errno-less OSError, xz, zstd): the
-# text before the damage is kept, the file is counted as truncated_files and the run goes on. OSErrors with an errno
-# (disk, permissions, network) are real I/O failures and still stop the run.
-DAMAGED_ARCHIVE_ERRORS = (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError)
-READ_CHUNK_BYTES = 1 << 20
-
-
-def _is_damaged_archive(error: Exception) -> bool:
-    return isinstance(error, gzip.BadGzipFile) or not (isinstance(error, OSError) and error.errno is not None)
-
-
 def _read_text(path: str, counters: dict) -> tuple[str, int]:
     chunks = []
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         try:
             while chunk := handle.read(READ_CHUNK_BYTES):
                 chunks.append(chunk)
         except DAMAGED_ARCHIVE_ERRORS as error:
-            if not _is_damaged_archive(error):
+            if not is_damaged_archive(error):
                 raise
             counters["truncated_files"] += 1
     return decode_counting(b"".join(chunks))
 
 
 def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         lines = enumerate(handle)
         while True:
             try:
@@ -201,7 +140,7 @@ def _read_lines(path: str, counters: dict) -> Iterator[tuple[int, str]]:
             except StopIteration:
                 return
             except DAMAGED_ARCHIVE_ERRORS as error:
-                if not _is_damaged_archive(error):
+                if not is_damaged_archive(error):
                     raise
                 counters["truncated_files"] += 1
                 return
