@@ -293,7 +293,8 @@ def main(argv=None) -> int:
     print(text)
     if args.results:  # the hand-written summary above "## Generated" is kept
         path = Path(args.results)
-        kept = path.read_text().split(GENERATED)[0] + GENERATED if path.exists() and GENERATED in path.read_text() else ""
+        previous = path.read_text() if path.exists() else ""
+        kept = previous.split(GENERATED)[0] + GENERATED if GENERATED in previous else ""
         path.write_text(kept + text)
     return 1 if problems else 0
 
