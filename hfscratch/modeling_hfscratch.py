@@ -10,6 +10,7 @@ next to the weights, so a saved folder loads with `trust_remote_code=True` where
 
 import functools
 import inspect
+import types
 from collections.abc import Callable
 
 import torch
@@ -509,7 +510,7 @@ HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausa
 # (seconds to a minute) once; short scripts, tests and one-off shapes such as a last, smaller batch never do.
 LEAN_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "use_cache", "cache", "past_key_values",
                      "cache_position"}
-MAX_DECODE_GRAPHS = 6  # distinct compiled step shapes per process; below torch._dynamo's recompile limit of 8
+MAX_DECODE_GRAPHS = 6  # compiled step kinds per process: each costs seconds to a minute of compiling and its kernels
 
 
 def lean_decoding_applies(model: HfscratchForCausalLM, generation_config, synced_gpus: bool, model_kwargs: dict) -> bool:
@@ -574,11 +575,30 @@ def lean_forward(parts: tuple, tokens, slots, attend: int, real, positions, cos,
     return head(final_norm(hidden[:, -1:]))[:, -1]
 
 
+def input_guards_only(guard_entries) -> list[bool]:
+    """A `guard_filter_fn` for torch.compile: keeps the checks on the call's activation and cache tensors (shape,
+    strides, dtype) and on global state, drops those on modules, their attributes and weights."""
+    return [entry.guard_type == "GLOBAL_STATE" or (
+        entry.guard_type == "TENSOR_MATCH" and not isinstance(entry.value, nn.Parameter)) for entry in guard_entries]
+
+
 @functools.cache
-def compiled_lean_forward(device_type: str) -> Callable:
+def compiled_lean_forward(kind: tuple) -> Callable:
+    """The compiled step of one step kind (see `decode_step_kind`; its device comes first). Each kind compiles its
+    own copy of `lean_forward`'s code: dynamo keeps compiled graphs per code object, so each copy holds one graph and
+    no guard has to choose between graphs. Before every call dynamo re-checks what the graph assumed about every
+    module and weight it reads (0.15-0.35 ms a call on 2 CPU cores, up to a tenth of a 6.5M model's step). Where
+    the model is built only from this file's and torch's own modules, the kind fixes all of that (module classes,
+    config fields, dtypes, frozen weights), so only the checks on the call's tensors stay; a model with other
+    modules (a PEFT LoRA layer has scaling, merge and adapter switches of its own) keeps every guard."""
+    device_type, own_modules = kind[0], kind[-1]
+    code = lean_forward.__code__.replace(co_name=f"lean_forward_{compiled_lean_forward.cache_info().currsize}")
+    step = types.FunctionType(code, lean_forward.__globals__, code.co_name)
     # On CPU the C++ wrapper calls the graph's kernels without a Python line between them; CUDA gets the default.
-    return torch.compile(lean_forward, fullgraph=True, dynamic=False,
-                         options={"cpp_wrapper": True} if device_type == "cpu" else None)
+    options = {"cpp_wrapper": True} if device_type == "cpu" else {}
+    if own_modules:
+        options["guard_filter_fn"] = input_guards_only
+    return torch.compile(step, fullgraph=True, dynamic=False, options=options)
 
 
 # What fixes a compiled step's graph besides the buffers' shape: a step of another kind is compiled anew.
@@ -592,14 +612,17 @@ DECODED_STEPS: dict[tuple, int] = {}  # step kind -> one-token steps this proces
 
 def decode_step_kind(model: HfscratchForCausalLM, batch: int, size: int, device: torch.device) -> tuple:
     """What fixes a compiled step's graph: the device, the dtype the projections compute in, batch and buffer size,
-    train/eval mode, the module classes (a LoRA layer is another graph), which weights are frozen (torch.compile
-    guards on it) and the shape-giving config fields."""
+    train/eval mode, the module classes (a LoRA layer is another graph), each weight's dtype and whether it is frozen,
+    the shape-giving config fields, and last whether every module is this file's or torch's own."""
     autocast = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type) if autocast else model.lm_head.weight.dtype
+    classes = {type(m) for m in model.modules()}
+    own_modules = all(c.__module__ == __name__ or c.__module__.startswith(("torch.nn.", "transformers.activations"))
+                      for c in classes)
     return (device.type, dtype, autocast, batch, size, model.training,
-            tuple(sorted({type(m).__qualname__ for m in model.modules()})),
-            tuple(p.requires_grad for p in model.parameters()),
-            *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS))
+            tuple(sorted(f"{c.__module__}.{c.__qualname__}" for c in classes)),
+            tuple((p.dtype, p.requires_grad) for p in model.parameters()),
+            *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS), own_modules)
 
 
 class LeanDecoder:
@@ -659,7 +682,7 @@ class LeanDecoder:
     def decode_step(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         if self.graph is not None:
             try:
-                logits = compiled_lean_forward(self.graph[0])(
+                logits = compiled_lean_forward(self.graph)(
                     self.parts, tokens, slots, self.real.shape[-1], self.real, self.positions, self.cos,
                     self.signed_sin, self.keys, self.values)
             except Exception:  # noqa: BLE001 -- compiling failed (no C++ compiler, an op dynamo cannot trace):
@@ -689,10 +712,16 @@ def lean_sample(model: HfscratchForCausalLM, input_ids: torch.LongTensor, logits
 
     pad_token = generation_config._pad_token_tensor
     stops_on_eos = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
+    # `LogitsProcessorList.__call__` reads every processor's signature at every token (tens of microseconds each)
+    # to see whether it wants extra arguments; with none to give it calls `processor(input_ids, scores)`, as here.
+    takes_two = all(len(inspect.signature(processor.__call__).parameters) <= 2 for processor in logits_processor)
+    processors = list(logits_processor) if takes_two else [logits_processor]
     unfinished = torch.ones(batch, dtype=torch.long, device=device)
     logits = decoder.forward(input_ids)
     while True:
-        scores = logits_processor(input_ids, logits)
+        scores = logits
+        for processor in processors:
+            scores = processor(input_ids, scores)
         if generation_config.do_sample:
             next_tokens = torch.multinomial(nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:

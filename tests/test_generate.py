@@ -181,7 +181,9 @@ def fresh_graphs(monkeypatch):
 def test_compiled_decoding_step_gives_transformers_tokens(fresh_graphs):
     """After `compile_decoding_after` steps of one kind that kind's one-token step runs as a torch.compile graph:
     the tokens stay those of transformers' loop, for a single prompt and a left-padded batch, another kind (batch
-    size) keeps its own count, and a second model of the same shape reuses the graph instead of compiling another."""
+    size) keeps its own count, and a second model of the same shape but other weights reuses the graph instead of
+    compiling another, and decodes with its own weights (the graph reads them at every call, it has not kept the
+    first model's)."""
     model = make_model(tie_word_embeddings=False)
     model.compile_decoding_after = 20
     ids, mask = padded_batch()
@@ -202,9 +204,12 @@ def test_compiled_decoding_step_gives_transformers_tokens(fresh_graphs):
 
     graphs = counters["stats"]["unique_graphs"]
     twin = make_model(tie_word_embeddings=False)
+    with torch.no_grad():
+        for weight in twin.parameters():
+            weight.mul_(-1.5)
     twin.compile_decoding_after = 0
-    twin.load_state_dict(model.state_dict())
-    assert torch.equal(twin.generate(**single), both_loops(model, **single)[1])
+    compiled, reference = both_loops(twin, **single)
+    assert torch.equal(compiled, reference) and not torch.equal(reference, both_loops(model, **single)[1])
     assert counters["stats"]["unique_graphs"] == graphs and len(fresh_graphs) == 2
 
 
