@@ -42,14 +42,16 @@ def flops_per_token(config, seq_len: int) -> float:
 def measure_cpu_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:
     """Best observed FLOP/s of a 1024x1024 matmul on this CPU: CPUs have no datasheet number, and a large matmul is
     what BLAS runs closest to peak. On a machine shared with other jobs it reads low (MFU high): pass --peak_flops."""
-    n, best, deadline = 1024, 0.0, time.perf_counter() + seconds
+    n = 1024
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm up the BLAS threads
-    while time.perf_counter() < deadline:
+    # The deadline starts after the warm-up, and one product is always timed: on a CPU without native bf16 a single
+    # bf16 product can take longer than `seconds`, which used to leave no measurement (MFU "n/a").
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while not best or time.perf_counter() < deadline:
         start = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, b)
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - start))
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
 
 
