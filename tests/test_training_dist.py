@@ -141,6 +141,31 @@ def test_two_process_sigkill_then_resume_reproduces_the_uninterrupted_loss_seque
     assert abs(json.loads((out / "metrics.json").read_text())["val_loss"] - ref_val) <= 1e-6
 
 
+# Runs the recipe once per bad command line, each in a process forked after the imports (they take most of a run's
+# start-up): every case still exits through the recipe's own `sys.exit` with its real exit status and stderr. The
+# imports' own stderr (any warning they print) is kept and counts towards each case's stderr, as in a fresh process.
+_FORKING_RECIPE = """
+import json, os, runpy, sys
+imports_err = sys.argv[1] + "/imports.err"
+os.dup2(os.open(imports_err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+import hfscratch.cli, hfscratch.training.cli  # what the recipe and its stage import
+results = []
+for i, argv in enumerate(json.loads(sys.argv[2])):
+    err = f"{sys.argv[1]}/case{i}.err"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        sys.argv = [RECIPE, *argv]
+        runpy.run_path(RECIPE, run_name="__main__")
+        os._exit(0)  # not reached: the recipe ends with sys.exit
+    _, status = os.waitpid(pid, 0)
+    results.append([os.waitstatus_to_exitcode(status), open(imports_err).read() + open(err).read()])
+print(json.dumps(results))
+"""
+
+
 def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("max_stepz: 5\n")
@@ -149,11 +174,17 @@ def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):
         (["--config", str(bad_yaml)], "unknown key 'max_stepz' in"),
         (["--learning_rate", "fast"], "learning_rate"),
     ]
-    for argv, expected in cases:
-        run = subprocess.run([sys.executable, str(RECIPE), *argv], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
-        assert run.returncode == 2, (argv, run.stderr)
-        lines = [line for line in run.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], (argv, run.stderr)
+    forking_recipe = tmp_path / "forking_recipe.py"
+    forking_recipe.write_text(f"RECIPE = {str(RECIPE)!r}\n" + _FORKING_RECIPE)
+    run = subprocess.run([sys.executable, str(forking_recipe), str(tmp_path), json.dumps([argv for argv, _ in cases])],
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads(run.stdout.splitlines()[-1])
+    assert len(results) == len(cases)
+    for (argv, expected), (returncode, stderr) in zip(cases, results):
+        assert returncode == 2, (argv, stderr)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], (argv, stderr)
 
 
 def test_default_yaml_matches_dataclass_defaults():
