@@ -29,9 +29,12 @@ def _env(**extra) -> dict:
 
 
 def _recipe_argv(data_root: Path, output_dir: Path, **overrides) -> list[str]:
+    # peak_flops: MFU against a set number instead of each process's 1-second CPU matmul probe (one per rank, per
+    # launch); these runs check losses, checkpoints and folders, never MFU.
     values = dict(
         dataset_path=data_root / "ds", tokenizer_path=data_root / "tok", output_dir=output_dir, report_to="none", eval_steps=0, eval_max_batches=4,
-        sample_max_new_tokens=8, spike_zscore=0.0, optimizer="adamw", learning_rate=3e-3, warmup_steps=2, logging_steps=4, **{k: v for k, v in TINY_MODEL.items()},
+        sample_max_new_tokens=8, spike_zscore=0.0, optimizer="adamw", learning_rate=3e-3, warmup_steps=2, logging_steps=4, peak_flops=1e11,
+        **{k: v for k, v in TINY_MODEL.items()},
     )
     values.update(overrides)
     return [a for k, v in values.items() for a in (f"--{k}", str(v))]
