@@ -28,10 +28,11 @@ from tests.test_training_loop import TINY_MODEL, make_args, shakespeare_data, sh
 
 
 def default_model_args(tmp_path, name: str, **training) -> PretrainConfig:
-    """The default model (the `tiny` preset of pretrain_tiny.yaml) on the Shakespeare blocks of the loop tests."""
+    """The default model (the `tiny` preset of pretrain_tiny.yaml) on the Shakespeare blocks of the loop tests.
+    peak_flops is set: these runs check losses and folders, not MFU, and the CPU probe's bf16 matmul takes seconds."""
     train = dict(output_dir=str(tmp_path / name), max_steps=40, per_device_train_batch_size=8, optimizer="adamw", learning_rate=3e-3, warmup_steps=4,
                  eval_steps=0, eval_max_batches=4, logging_steps=10, report_to="none", sample_max_new_tokens=4, spike_zscore=0.0,
-                 save_steps=20)
+                 save_steps=20, peak_flops=1e11)
     train.update(training)
     return PretrainConfig(ModelConfig(), DataConfig(block_size=64), TrainConfig(**train))
 
