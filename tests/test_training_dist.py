@@ -181,7 +181,8 @@ def test_recipe_cli_errors_are_one_line_exit_2(tmp_path):
     forking_recipe.write_text(f"RECIPE = {str(RECIPE)!r}\n" + _FORKING_RECIPE)
     run = subprocess.run([sys.executable, str(forking_recipe), str(tmp_path), json.dumps([argv for argv, _ in cases])],
                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    imports_err = tmp_path / "imports.err"  # the driver's own stderr (a failed import lands there)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + (imports_err.read_text()[-2000:] if imports_err.exists() else "")
     results = json.loads(run.stdout.splitlines()[-1])
     assert len(results) == len(cases)
     for (argv, expected), (returncode, stderr) in zip(cases, results):
