@@ -223,6 +223,27 @@ def test_compiled_decoding_step_of_other_architectures(arch, fresh_graphs):
     assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == [True]
 
 
+def test_compiled_decoding_step_of_a_lora_model_follows_its_adapter_switches(fresh_graphs):
+    """A PEFT model's compiled step keeps dynamo's guards: its LoRA layers have merge, scaling and adapter switches
+    that the step kind does not record. Merging the adapters keeps the kind (same modules, same frozen weights), so
+    the same compiled step runs; a graph that still added the adapters' products would apply them twice."""
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model(tie_word_embeddings=False)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
+    model.compile_decoding_after = 0
+    kwargs = dict(input_ids=padded_batch()[0][:1], max_new_tokens=16, do_sample=False, eos_token_id=None)
+    for state in ("adapters", "merged"):
+        if state == "merged":
+            peft_model.merge_adapter()
+        compiled = peft_model.generate(**kwargs)
+        model.lean_decoding = False
+        reference = peft_model.generate(**kwargs)
+        model.lean_decoding = True
+        assert torch.equal(compiled, reference), state
+    assert list(fresh_graphs.values()) == [True]
+
+
 def test_decoding_goes_on_uncompiled_where_compiling_fails(monkeypatch, fresh_graphs):
     def no_compiler(device_type):
         def step(*args):
