@@ -612,15 +612,14 @@ DECODED_STEPS: dict[tuple, int] = {}  # step kind -> one-token steps this proces
 
 def decode_step_kind(model: HfscratchForCausalLM, batch: int, size: int, device: torch.device) -> tuple:
     """What fixes a compiled step's graph: the device, the dtype the projections compute in, batch and buffer size,
-    train/eval mode, the module classes (a LoRA layer is another graph), each weight's dtype and whether it is frozen,
-    the shape-giving config fields, and last whether every module is this file's or torch's own."""
+    train/eval mode, each module's class in module order (a LoRA layer is another graph), each weight's dtype and
+    whether it is frozen, the shape-giving config fields, and last whether every module is this file's or torch's."""
     autocast = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type) if autocast else model.lm_head.weight.dtype
-    classes = {type(m) for m in model.modules()}
+    classes = tuple(type(m) for m in model.modules())
     own_modules = all(c.__module__ == __name__ or c.__module__.startswith(("torch.nn.", "transformers.activations"))
-                      for c in classes)
-    return (device.type, dtype, autocast, batch, size, model.training,
-            tuple(sorted(f"{c.__module__}.{c.__qualname__}" for c in classes)),
+                      for c in set(classes))
+    return (device.type, dtype, autocast, batch, size, model.training, classes,
             tuple((p.dtype, p.requires_grad) for p in model.parameters()),
             *(getattr(model.config, name, None) for name in DECODE_GRAPH_FIELDS), own_modules)
 
