@@ -245,7 +245,7 @@ def test_compiled_decoding_step_of_a_lora_model_follows_its_adapter_switches(fre
 
 
 def test_decoding_goes_on_uncompiled_where_compiling_fails(monkeypatch, fresh_graphs):
-    def no_compiler(device_type):
+    def no_compiler(kind):
         def step(*args):
             raise RuntimeError("no C++ compiler")
         return step
