@@ -366,7 +366,8 @@ def main(argv=None) -> int:
     parser.add_argument("--executors", default=None,
                         help="comma list, e.g. local,ray: instead of the tables, run the same job with each executor "
                         "and check the outputs are equal")
-    parser.add_argument("--results", type=Path, default=None, help="append the table to this markdown file")
+    parser.add_argument("--results", type=lambda s: Path(s) if s else None, default=None,
+                        help="append the table to this markdown file (none or '': print only)")
     args = parser.parse_args(argv)
 
     files = pick_files(args.books, args.max_mb)[: args.max_files]

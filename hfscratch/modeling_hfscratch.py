@@ -508,6 +508,7 @@ HfscratchForCausalLM.forward.__signature__ = inspect.signature(HfscratchForCausa
 # this way, that one-token step is compiled with `torch.compile` (one fused graph a step instead of a dozen
 # dispatched ops per layer): decoding that recurs for long (RL rollouts, a full lm-eval run) pays the compile
 # (seconds to a minute) once; short scripts, tests and one-off shapes such as a last, smaller batch never do.
+# A compiled one-row fp32 step on CPU computes its linear layers as `streamed_projection`s (weight-read bound).
 LEAN_MODEL_KWARGS = {"attention_mask", "position_ids", "logits_to_keep", "use_cache", "cache", "past_key_values",
                      "cache_position"}
 MAX_DECODE_GRAPHS = 6  # compiled step kinds per process: each costs seconds to a minute of compiling and its kernels
@@ -573,6 +574,15 @@ def lean_forward(parts: tuple, tokens, slots, attend: int, real, positions, cos,
         x = post_norm(hidden)
         hidden = hidden + down(act(gate(x)) * up(x) if gate is not None else act(up(x)))
     return head(final_norm(hidden[:, -1:]))[:, -1]
+
+
+def streamed_projection(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`linear(x)` for a single row, as a product and a sum over the input features. At batch 1 a decoding step is a
+    chain of matrix-vector products bound by reading the weights; on CPU the BLAS call reads them at about half the
+    memory bandwidth a plain vectorised pass gets (`benchmarks/RESULTS_generate.md`), and inductor compiles this
+    form into such a pass. Only for compiled fp32 steps: eager, it would build the whole product in memory."""
+    out = (x.unsqueeze(-2) * linear.weight).sum(-1)
+    return out if linear.bias is None else out + linear.bias
 
 
 def input_guards_only(guard_entries) -> list[bool]:
@@ -649,23 +659,39 @@ class LeanDecoder:
             # rotate_half(x) * sin == x.roll(half) * sin with the first half of sin negated: the same products
             # (a sign flip is exact), in two ops instead of four.
             self.cos, self.signed_sin = cos[:, None], torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, None]
-        # Bound forward functions, gathered once: a module call or attribute lookup per token costs more than the
-        # arithmetic at this size.
+        self.parts = self.gather_parts(model, learned, streamed=False)
+        # The compiled one-row fp32 CPU step computes plain linear layers as `streamed_projection`s.
+        device_type, dtype, autocast, batch = self.kind[:4]
+        streamed = due and device_type == "cpu" and dtype == torch.float32 and not autocast and batch == 1
+        self.step_parts = self.gather_parts(model, learned, streamed=True) if streamed else self.parts
+        self.keys: list[torch.Tensor | None] = [None] * config.num_hidden_layers
+        self.values: list[torch.Tensor | None] = [None] * config.num_hidden_layers
+        self.length = 0
+
+    @staticmethod
+    def gather_parts(model: HfscratchForCausalLM, learned, streamed: bool) -> tuple:
+        """`lean_forward`'s `parts`: bound forward functions, gathered once (a module call or attribute lookup per
+        token costs more than the arithmetic at this size); `streamed`: plain linear layers as
+        `streamed_projection`s."""
+        backbone, config = model.model, model.config
+
+        def project(linear: nn.Module) -> Callable:
+            return functools.partial(streamed_projection, linear) if streamed and type(linear) is nn.Linear \
+                else linear.forward
+
         layers = []
         for layer in backbone.layers[: config.num_hidden_layers]:
             attn, mlp = layer.self_attn, layer.mlp
             layers.append((
-                layer.input_layernorm.forward, attn.q_proj.forward, attn.k_proj.forward, attn.v_proj.forward,
+                layer.input_layernorm.forward, project(attn.q_proj), project(attn.k_proj), project(attn.v_proj),
                 attn.q_norm.forward if attn.qk_norm else None, attn.k_norm.forward if attn.qk_norm else None,
-                attn.o_proj.forward, layer.post_attention_layernorm.forward,
-                mlp.gate_proj.forward if mlp.gated else None, mlp.up_proj.forward, mlp.down_proj.forward, mlp.act_fn,
+                project(attn.o_proj), layer.post_attention_layernorm.forward,
+                project(mlp.gate_proj) if mlp.gated else None, project(mlp.up_proj), project(mlp.down_proj),
+                mlp.act_fn,
             ))
-        self.parts = (backbone.embed_tokens.forward, learned, backbone.norm.forward, model.lm_head.forward,
-                      tuple(layers), config.head_dim, config.head_dim**-0.5,
-                      config.num_attention_heads != config.num_key_value_heads, half)
-        self.keys: list[torch.Tensor | None] = [None] * len(layers)
-        self.values: list[torch.Tensor | None] = [None] * len(layers)
-        self.length = 0
+        return (backbone.embed_tokens.forward, learned, backbone.norm.forward, project(model.lm_head), tuple(layers),
+                config.head_dim, config.head_dim**-0.5, config.num_attention_heads != config.num_key_value_heads,
+                config.head_dim // 2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         slots = torch.arange(self.length, self.length + tokens.shape[1], device=tokens.device)
@@ -682,7 +708,7 @@ class LeanDecoder:
         if self.graph is not None:
             try:
                 logits = compiled_lean_forward(self.graph)(
-                    self.parts, tokens, slots, self.real.shape[-1], self.real, self.positions, self.cos,
+                    self.step_parts, tokens, slots, self.real.shape[-1], self.real, self.positions, self.cos,
                     self.signed_sin, self.keys, self.values)
             except Exception:  # noqa: BLE001 -- compiling failed (no C++ compiler, an op dynamo cannot trace):
                 # this kind decodes uncompiled from now on; the uncompiled pass rewrites the same slot.

@@ -2,6 +2,8 @@
 same weights), the same streamer, processor and stopping-criteria behaviour, and a fallback wherever it does not
 apply. `lean_decoding = False` on a model is transformers' loop, the reference here."""
 
+import functools
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -221,6 +223,25 @@ def test_compiled_decoding_step_of_other_architectures(arch, fresh_graphs):
     compiled, reference = both_loops(model, input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
                                      eos_token_id=None)
     assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == [True]
+    if arch == "gpt2":  # one row: its step computes the linear layers (with biases here) as streamed projections
+        with torch.no_grad():  # biases start at zero: give them values a lost bias would show in the tokens
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    module.bias.normal_(0, 0.5)
+        compiled, reference = both_loops(model, input_ids=ids[:1], max_new_tokens=16, do_sample=False,
+                                         eos_token_id=None)
+        assert torch.equal(compiled, reference) and list(fresh_graphs.values()) == [True, True]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_streamed_projection_is_the_linear_layer(bias):
+    """The compiled one-row step's form of a linear layer (a product and a sum) gives the layer's output."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80, bias=bias)
+    row = torch.randn(1, 1, 48)
+    assert torch.allclose(modeling.streamed_projection(linear, row), linear(row), atol=1e-5)
+    parts = modeling.LeanDecoder.gather_parts(make_model(), None, streamed=True)
+    assert all(isinstance(part, functools.partial) for part in (parts[3], *parts[4][0][1:4]))
 
 
 def test_compiled_decoding_step_of_a_lora_model_follows_its_adapter_switches(fresh_graphs):

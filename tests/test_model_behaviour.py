@@ -292,7 +292,7 @@ def test_old_cache_argument_name_still_works():
 
 def test_gradient_checkpointing_builds_no_cache_to_replay():
     model = make_model()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model.train()
     out = model(torch.randint(3, 101, (1, 6)), use_cache=True)
     assert getattr(out, CACHE_FIELD) is None
