@@ -4,12 +4,12 @@ spaCy's rule-based tokenizer first splits text on whitespace, then tokenizes eac
 (prefixes, suffixes and infixes never look across whitespace; special cases do in one rare case, see
 `APOSTROPHES_ACROSS_CHUNKS`). A document's words are therefore the concatenation of its chunks' words, and books
 repeat a small set of chunks: the 10-book benchmark set has 1.15 M chunks but only 71 k distinct ones.
-`ChunkCachedWordTokenizer` splits on whitespace with `str.split` (the same whitespace as spaCy's `isspace`), looks each chunk up in a per-process table, and tokenizes only chunks it has not
-seen. In English, plain words and quoted/bracketed/hyphenated ASCII words are split by two regexes written from
-spaCy's English rules (unless spaCy has a special case for them: `cannot` -> `can`, `not`); any other chunk, and
-every chunk of other languages, goes through spaCy's own tokenizer once. So the words equal spaCy's (measured:
-identical on all 150,810 paragraphs of the 63 Gutenberg books, `benchmarks/bench_data_clean.py
---compare-tokenizers`) at dictionary-lookup speed.
+`ChunkCachedWordTokenizer` splits on whitespace with `str.split` (the same whitespace as spaCy's `isspace`), looks
+each chunk up in a per-process table, and tokenizes only chunks it has not seen. In English, plain words and
+quoted/bracketed/hyphenated ASCII words are split by two regexes written from spaCy's English rules (unless spaCy has
+a special case for them: `cannot` -> `can`, `not`); any other chunk, and every chunk of other languages, goes through
+spaCy's own tokenizer once. So the words equal spaCy's (measured: identical on all 150,810 paragraphs of the 63
+Gutenberg books, `benchmarks/bench_data_clean.py --compare-tokenizers`) at dictionary-lookup speed.
 
 Datatrove documents the hook: every block that tokenizes calls `load_word_tokenizer(language)`, which returns a
 `WordTokenizer` instance passed as `language` unchanged, so the blocks are used as they are.
