@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+import transformers  # Llama is taken from it after `import hfscratch`, whose log filter drops torchao's import notes
 
 from hfscratch import HfscratchConfig, HfscratchForCausalLM
 
@@ -46,8 +46,9 @@ def build_models(args) -> dict:
                              eos_token_id=2)
     torch.manual_seed(0)
     hfscratch = HfscratchForCausalLM(config).eval()
-    llama_config = LlamaConfig(**{k: v for k, v in config.to_dict().items() if k in LlamaConfig().to_dict()})
-    llama = LlamaForCausalLM(llama_config).eval()
+    llama_config = transformers.LlamaConfig(
+        **{k: v for k, v in config.to_dict().items() if k in transformers.LlamaConfig().to_dict()})
+    llama = transformers.LlamaForCausalLM(llama_config).eval()
     missing = llama.load_state_dict(hfscratch.state_dict(), strict=False)
     assert not missing.missing_keys, missing
     reference = HfscratchForCausalLM(config).eval()

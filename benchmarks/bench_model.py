@@ -28,7 +28,7 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+import transformers  # Llama is taken from it after `import hfscratch`, whose log filter drops torchao's import notes
 
 from hfscratch import HfscratchConfig, HfscratchForCausalLM
 
@@ -44,7 +44,8 @@ def shapes(args):
 def build(kind, args):
     torch.manual_seed(0)
     if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**shapes(args), head_dim=args.hidden // args.heads))
+        model = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(**shapes(args), head_dim=args.hidden // args.heads))
     else:
         model = HfscratchForCausalLM(HfscratchConfig(**shapes(args)))
     model.config._attn_implementation = "sdpa"
