@@ -22,11 +22,11 @@ def test_unknown_command_and_option_are_one_line_errors():
 
 
 def exit_code_and_stderr(argv: list[str], capsys) -> tuple[int, str]:
-    """`hfscratch <argv>` in this process (the tests above run real processes; this one checks parsing only)."""
+    """`hfscratch <argv>` in this process (the other tests here run real processes; this checks parsing only)."""
     try:
         code = main(argv)
-    except SystemExit as exit:  # argparse's own exit, e.g. on an unrecognized option
-        code = exit.code
+    except SystemExit as stopped:  # argparse's own exit, e.g. on an unrecognized option
+        code = stopped.code
     return code, capsys.readouterr().err
 
 
