@@ -46,8 +46,8 @@ def build_models(args) -> dict:
                              eos_token_id=2)
     torch.manual_seed(0)
     hfscratch = HfscratchForCausalLM(config).eval()
-    llama_config = transformers.LlamaConfig(
-        **{k: v for k, v in config.to_dict().items() if k in transformers.LlamaConfig().to_dict()})
+    llama_fields = transformers.LlamaConfig().to_dict()
+    llama_config = transformers.LlamaConfig(**{k: v for k, v in config.to_dict().items() if k in llama_fields})
     llama = transformers.LlamaForCausalLM(llama_config).eval()
     missing = llama.load_state_dict(hfscratch.state_dict(), strict=False)
     assert not missing.missing_keys, missing
